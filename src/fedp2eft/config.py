@@ -1,0 +1,185 @@
+"""Experiment configuration: TOML files validated on load, with ``--set section.key=value`` overrides.
+
+Every key is declared below with its type and default; an unknown section or key, a value of
+the wrong type or outside its range is rejected with an error that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    output_dir: str = "runs/experiment"
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "masakhanews"
+    path: str = ""  # local folder; "" = $FEDP2EFT_DATA/<dataset>, then the hub
+    languages: list[str] = field(default_factory=list)  # [] = every language
+    clients_per_language: int = 10
+    partition_seed: int = 0  # the same clients for every experiment seed and method
+    dirichlet_alpha: float = 0.5
+    train_per_pool: int = 0  # 0 = no cap (XNLI: 2000)
+    test_per_pool: int = 0  # 0 = no cap (XNLI: 500)
+    max_train_per_client: int = 0  # 0 = no cap; a reduction for quick runs
+    max_test_per_client: int = 0
+    min_train_per_client: int = 2
+    max_length: int = 256
+
+
+@dataclass
+class ModelConfig:
+    name: str = "e5-small"
+    pooling: str = ""  # "" = mean for encoders, last for decoders
+
+
+@dataclass
+class PersonaliseConfig:
+    methods: list[str] = field(default_factory=lambda: ["none", "lora"])
+    budgets: list[int] = field(default_factory=lambda: [2])
+    pools: list[str] = field(default_factory=lambda: ["seen", "unseen"])
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-4
+    head_lr: float = 1e-4
+    weight_decay: float = 0.0
+    eval_batch_size: int = 64
+    none_trains_head: bool = True
+
+
+@dataclass
+class Config:
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    personalise: PersonaliseConfig = field(default_factory=PersonaliseConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (inner,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"config key {key}: expected a list, got {value!r}")
+        return [_check_type(f"{key}[{i}]", v, inner) for i, v in enumerate(value)]
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key}: expected a number, got {value!r}")
+        if value != value:
+            raise UserError(f"config key {key}: NaN is not allowed")
+        return float(value)
+    if tp is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise UserError(f"config key {key}: expected an integer, got {value!r}")
+    if tp is bool and not isinstance(value, bool):
+        raise UserError(f"config key {key}: expected true or false, got {value!r}")
+    if tp is str and not isinstance(value, str):
+        raise UserError(f"config key {key}: expected a string, got {value!r}")
+    return value
+
+
+def _section_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    cfg = Config()
+    sections = _section_types(Config)
+    for sname, values in raw.items():
+        if sname not in sections:
+            raise UserError(f"unknown config section [{sname}]; sections are {sorted(sections)}")
+        if not isinstance(values, dict):
+            raise UserError(f"config section [{sname}] must be a table")
+        section = getattr(cfg, sname)
+        types = _section_types(type(section))
+        for key, value in values.items():
+            if key not in types:
+                raise UserError(f"unknown config key {sname}.{key}; keys of [{sname}] are {sorted(types)}")
+            setattr(section, key, _check_type(f"{sname}.{key}", value, types[key]))
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise UserError(f"config key {key}: {msg}")
+
+
+def validate(cfg: Config) -> None:
+    from .data.partition import POOLS
+    from .methods.base import METHODS
+    from .models.classifier import POOLINGS
+
+    e, d, m, p = cfg.experiment, cfg.data, cfg.model, cfg.personalise
+    _require(len(e.seeds) > 0, "experiment.seeds", "needs at least one seed")
+    _require(len(set(e.seeds)) == len(e.seeds), "experiment.seeds", "seeds repeat")
+    _require(e.threads >= 0, "experiment.threads", "must be >= 0")
+    _require(d.clients_per_language >= 1, "data.clients_per_language", "must be >= 1")
+    _require(d.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be > 0")
+    for k in ("train_per_pool", "test_per_pool", "max_train_per_client", "max_test_per_client"):
+        _require(getattr(d, k) >= 0, f"data.{k}", "must be >= 0 (0 = no cap)")
+    _require(d.min_train_per_client >= 1, "data.min_train_per_client", "must be >= 1")
+    _require(d.max_length >= 8, "data.max_length", "must be >= 8")
+    _require(m.pooling in ("", *POOLINGS), "model.pooling", f"must be one of {['', *POOLINGS]}")
+    _require(bool(m.name), "model.name", "must not be empty")
+    for i, meth in enumerate(p.methods):
+        _require(meth in METHODS, f"personalise.methods[{i}]", f"unknown method {meth!r}; methods are {list(METHODS)}")
+    _require(len(p.methods) > 0, "personalise.methods", "needs at least one method")
+    for i, b in enumerate(p.budgets):
+        _require(b >= 1, f"personalise.budgets[{i}]", f"a rank budget must be >= 1, got {b}")
+    for i, pool in enumerate(p.pools):
+        _require(pool in POOLS, f"personalise.pools[{i}]", f"unknown pool {pool!r}; pools are {list(POOLS)}")
+    _require(len(p.pools) > 0, "personalise.pools", "needs at least one pool")
+    for k in ("epochs", "batch_size", "eval_batch_size"):
+        _require(getattr(p, k) >= 1, f"personalise.{k}", "must be >= 1")
+    for k in ("lr", "head_lr"):
+        _require(getattr(p, k) > 0, f"personalise.{k}", "must be > 0")
+    _require(p.weight_decay >= 0, "personalise.weight_decay", "must be >= 0")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected section.key=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    if len(parts) != 2 or not all(parts):
+        raise UserError(f"--set {item!r}: key must be section.key")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return parts, value
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"config file not found: {path}")
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: invalid TOML ({exc})") from None
+    for item in overrides or []:
+        (section, key), value = parse_override(item)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise UserError(f"--set {item!r}: [{section}] is not a table")
+        raw[section][key] = value
+    return from_dict(raw)

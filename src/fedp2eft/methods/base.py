@@ -1,0 +1,64 @@
+"""The interface every personalisation method implements.
+
+A method is a plain object with a ``name``, a flag saying whether it takes a rank budget,
+and ``personalise(base, task, budget, settings) -> predictions``: it receives the client's
+base model (never modified in place), the client's encoded train and test data, and returns
+its predictions on the test split. It knows nothing about federation or transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from torch import nn
+
+from ..errors import UserError
+from .batches import EncodedData
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local fine-tuning hyperparameters (paper defaults: AdamW 1e-4, 2 epochs, batch 32)."""
+
+    epochs: int = 2
+    batch_size: int = 32
+    lr: float = 1e-4
+    head_lr: float = 1e-4
+    weight_decay: float = 0.0
+    eval_batch_size: int = 64
+    seed: int = 0
+    none_trains_head: bool = True
+
+
+@dataclass
+class ClientTask:
+    client_id: str
+    language: str
+    train: EncodedData
+    test: EncodedData
+
+
+class Method(Protocol):
+    name: str
+    uses_budget: bool
+
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+        ...
+
+
+def _registry() -> dict[str, Method]:
+    from .lora import LoRAMethod
+    from .none import NoneMethod
+
+    return {m.name: m for m in (NoneMethod(), LoRAMethod())}
+
+
+METHODS = ("none", "lora")
+
+
+def get_method(name: str) -> Method:
+    reg = _registry()
+    if name not in reg:
+        raise UserError(f"unknown method {name!r}; methods are {sorted(reg)}")
+    return reg[name]

@@ -1,0 +1,58 @@
+"""Tokenised client data and padded mini-batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..data.records import Example
+
+
+@dataclass
+class EncodedData:
+    """Token id lists (unpadded) and labels of one split of one client."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+    pad_id: int
+    token_type_ids: list[list[int]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, index: list[int]) -> dict[str, torch.Tensor]:
+        width = max(len(self.input_ids[i]) for i in index)
+        ids = torch.full((len(index), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(index), width), dtype=torch.long)
+        for row, i in enumerate(index):
+            seq = self.input_ids[i]
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        out = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([self.labels[i] for i in index])}
+        if self.token_type_ids is not None:
+            tt = torch.zeros((len(index), width), dtype=torch.long)
+            for row, i in enumerate(index):
+                seq = self.token_type_ids[i]
+                tt[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            out["token_type_ids"] = tt
+        return out
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
+        order = torch.randperm(len(self), generator=generator).tolist() if shuffle else list(range(len(self)))
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])
+
+
+def encode(tokenizer, examples: list[Example], max_length: int) -> EncodedData:
+    """Tokenise texts (and text pairs) with truncation to ``max_length`` tokens."""
+    texts = [ex.text for ex in examples]
+    pairs = [ex.text_pair for ex in examples]
+    has_pair = any(p is not None for p in pairs)
+    if has_pair:
+        enc = tokenizer(texts, [p or "" for p in pairs], truncation=True, max_length=max_length)
+    else:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
+    tt = enc.get("token_type_ids") if has_pair else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return EncodedData(list(enc["input_ids"]), [ex.label for ex in examples], pad, tt)

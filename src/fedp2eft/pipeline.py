@@ -1,0 +1,167 @@
+"""``fedp2eft run``: build the federation, personalise every client of each pool with each method
+and budget, aggregate per language, and write ``results.json`` / ``results.md`` after every run.
+
+Runs are keyed by (method, budget, pool, seed); a run already present in ``DIR/results.json``
+(written by the same data/model/training settings) is skipped, so an interrupted job resumes
+and a later job with more methods or seeds merges into the same file.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .config import Config
+from .data import FederationSpec, build_federation, load_dataset_by_name
+from .data.partition import Client, Federation
+from .errors import UserError
+from .evaluation import LanguageTally, mean_over_languages
+from .methods import ClientTask, TrainSettings, get_method
+from .methods.batches import encode
+from .models import load_classifier
+from .report import environment, load_results, run_key, write_results
+
+# Config parts that do not change what a single run computes (so results may merge across them).
+_RUN_SELECTORS = {("experiment", "seeds"), ("experiment", "output_dir"), ("experiment", "name"),
+                  ("experiment", "threads"), ("personalise", "methods"), ("personalise", "budgets"),
+                  ("personalise", "pools"), ("personalise", "eval_batch_size")}
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    return {s: {k: v for k, v in sec.items() if (s, k) not in _RUN_SELECTORS} for s, sec in config.items()}
+
+
+def load_federation(cfg: Config) -> Federation:
+    d = cfg.data
+    dataset = load_dataset_by_name(d.dataset, d.path or None, d.languages or None)
+    spec = FederationSpec(
+        clients_per_language=d.clients_per_language,
+        alpha=d.dirichlet_alpha,
+        seed=d.partition_seed,
+        train_per_pool=d.train_per_pool or None,
+        test_per_pool=d.test_per_pool or None,
+        min_train_per_client=d.min_train_per_client,
+    )
+    fed = build_federation(dataset, spec)
+    for c in fed.clients:
+        if d.max_train_per_client:
+            c.train = c.train[: d.max_train_per_client]
+        if d.max_test_per_client:
+            c.test = c.test[: d.max_test_per_client]
+    return fed
+
+
+def train_settings(cfg: Config, seed: int) -> TrainSettings:
+    p = cfg.personalise
+    return TrainSettings(
+        epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, head_lr=p.head_lr, weight_decay=p.weight_decay,
+        eval_batch_size=p.eval_batch_size, seed=seed, none_trains_head=p.none_trains_head,
+    )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_base_model(cfg: Config, num_labels: int, seed: int):
+    torch.manual_seed(seed)  # the fresh head's initialisation
+    model, tok = load_classifier(cfg.model.name, num_labels, cfg.model.pooling or None)
+    return model.to(default_device()).eval(), tok
+
+
+def personalise_pool(
+    method_name: str,
+    base: torch.nn.Module,
+    tasks: list[ClientTask],
+    budget: int | None,
+    settings: TrainSettings,
+    advance: Callable[[], None] = lambda: None,
+) -> dict[str, dict]:
+    method = get_method(method_name)
+    tally = LanguageTally()
+    for i, task in enumerate(tasks):
+        client_settings = replace(settings, seed=settings.seed * 100_003 + i)
+        try:
+            preds = method.personalise(base, task, budget, client_settings)
+        except FloatingPointError as exc:
+            raise UserError(f"client {task.client_id}, method {method_name}: {exc}") from None
+        tally.add(task.language, preds, task.test.labels)
+        advance()
+    return tally.per_language()
+
+
+def client_tasks(clients: list[Client], tokenizer, max_length: int) -> list[ClientTask]:
+    return [
+        ClientTask(c.cid, c.language, encode(tokenizer, c.train, max_length), encode(tokenizer, c.test, max_length))
+        for c in clients
+    ]
+
+
+def open_results(cfg: Config, out_dir: Path, fresh: bool) -> dict[str, Any]:
+    existing = None if fresh else load_results(out_dir / "results.json")
+    config = cfg.to_dict()
+    if existing is not None:
+        if comparable(existing.get("config", {})) != comparable(config):
+            raise UserError(
+                f"{out_dir / 'results.json'} holds runs of different data/model/training settings; "
+                "use another --out or --fresh"
+            )
+        existing["config"] = config
+        existing["environment"] = environment()
+        return existing
+    return {"metric": "accuracy", "config": config, "environment": environment(), "runs": []}
+
+
+def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, console=None) -> dict[str, Any]:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    out_dir = Path(out_dir)
+    if cfg.experiment.threads:
+        torch.set_num_threads(cfg.experiment.threads)
+    results = open_results(cfg, out_dir, fresh)
+    done = {run_key(r) for r in results["runs"]}
+    fed = load_federation(cfg)
+    console.print(f"[bold]{fed.dataset}[/]: {len(fed.clients)} clients in {len(fed.languages)} languages")
+    p = cfg.personalise
+    plan = [
+        (seed, pool, m, b)
+        for seed in cfg.experiment.seeds
+        for pool in p.pools
+        for m in p.methods
+        for b in (p.budgets if get_method(m).uses_budget else [None])
+    ]
+    todo = [x for x in plan if (x[2], x[3], x[1], x[0]) not in done]
+    if len(todo) < len(plan):
+        console.print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out_dir / 'results.json'}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=False) as progress:
+        overall = progress.add_task("runs", total=len(todo))
+        for seed in cfg.experiment.seeds:
+            seed_todo = [x for x in todo if x[0] == seed]
+            if not seed_todo:
+                continue
+            base, tok = load_base_model(cfg, len(fed.label_names), seed)
+            tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in p.pools}
+            for _, pool, method, budget in seed_todo:
+                label = f"seed {seed} {pool} {method}" + (f" r={budget}" if budget else "")
+                bar = progress.add_task(label, total=len(tasks[pool]))
+                start = time.perf_counter()
+                per_language = personalise_pool(
+                    method, base, tasks[pool], budget, train_settings(cfg, seed), lambda: progress.advance(bar)
+                )
+                run = {
+                    "method": method, "budget": budget, "pool": pool, "seed": seed,
+                    "per_language": per_language, "mean": mean_over_languages(per_language),
+                    "clients": len(tasks[pool]), "seconds": round(time.perf_counter() - start, 2),
+                }
+                results["runs"] = [r for r in results["runs"] if run_key(r) != run_key(run)] + [run]
+                write_results(out_dir, results)
+                progress.advance(overall)
+            del base
+    return results

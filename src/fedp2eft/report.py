@@ -1,0 +1,99 @@
+"""``results.json`` and the paper-style ``results.md`` (rows languages, columns methods, mean ± SD)."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .atomic import write_json, write_text
+from .evaluation.aggregate import summarise
+
+
+def environment() -> dict[str, Any]:
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {"python": platform.python_version(), "fedp2eft": __version__}
+    for pkg in ("torch", "transformers", "peft", "flwr", "flwr-datasets", "datasets"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
+    return {"packages": versions, "device": device, "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+
+
+def load_results(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run_key(run: dict) -> tuple:
+    return (run["method"], run["budget"], run["pool"], run["seed"])
+
+
+def write_results(out_dir: Path, results: dict[str, Any]) -> None:
+    results["runs"] = sorted(results["runs"], key=lambda r: (r["pool"], str(r["budget"]), r["method"], r["seed"]))
+    write_json(out_dir / "results.json", results)
+    write_text(out_dir / "results.md", markdown_tables(results))
+
+
+def _fmt(cell: tuple[float, float, int] | None) -> str:
+    if cell is None:
+        return "–"
+    m, sd, _ = cell
+    return f"{100 * m:.1f} ± {100 * sd:.1f}"
+
+
+def markdown_tables(results: dict[str, Any]) -> str:
+    """One table per (pool, budget); the "none" column (no budget) is repeated in every table."""
+    summary = summarise(results["runs"])
+    metric = results.get("metric", "accuracy")
+    configured = results.get("config", {}).get("personalise", {}).get("methods", [])
+    methods = list(dict.fromkeys([*configured, *(r["method"] for r in results["runs"])]))
+    pools = list(dict.fromkeys(r["pool"] for r in results["runs"]))
+    budgets = sorted({r["budget"] for r in results["runs"] if r["budget"] is not None}) or [None]
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    lines = [f"# Results: {results.get('config', {}).get('experiment', {}).get('name', '')}", ""]
+    lines.append(f"{metric} (%), mean ± SD over seeds {seeds}; per-language values pool all clients of the language.")
+    for pool in pools:
+        for budget in budgets:
+            cols = []
+            for m in methods:
+                key = (pool, budget, m) if (pool, budget, m) in summary else (pool, None, m)
+                if key in summary:
+                    cols.append((m, summary[key]))
+            if not cols:
+                continue
+            langs = sorted({lang for _, row in cols for lang in row if lang != "mean"})
+            lines += ["", f"## {pool} clients, r = {budget}", ""]
+            lines.append("| lang | " + " | ".join(m for m, _ in cols) + " |")
+            lines.append("|---|" + "---:|" * len(cols))
+            for lang in [*langs, "mean"]:
+                label = "**mean**" if lang == "mean" else lang
+                lines.append(f"| {label} | " + " | ".join(_fmt(row.get(lang)) for _, row in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def console_table(results: dict[str, Any]):
+    """The same tables as rich Tables, for the terminal."""
+    from rich.table import Table
+
+    tables = []
+    md = markdown_tables(results).split("\n## ")[1:]
+    for block in md:
+        rows = [line for line in block.splitlines() if line.startswith("|")]
+        title = block.splitlines()[0]
+        header = [c.strip() for c in rows[0].strip("|").split("|")]
+        table = Table(title=title)
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for line in rows[2:]:
+            table.add_row(*[c.strip().replace("**", "") for c in line.strip("|").split("|")])
+        tables.append(table)
+    return tables
