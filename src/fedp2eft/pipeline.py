@@ -22,7 +22,7 @@ from .errors import UserError
 from .evaluation import LanguageTally, mean_over_languages
 from .methods import ClientTask, TrainSettings, get_method
 from .methods.batches import encode
-from .models import load_classifier
+from .models import load_classifier, resolve
 from .report import environment, load_results, run_key, write_results
 
 # Config parts that do not change what a single run computes (so results may merge across them).
@@ -124,6 +124,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     out_dir = Path(out_dir)
     if cfg.experiment.threads:
         torch.set_num_threads(cfg.experiment.threads)
+    resolve(cfg.model.name)  # fail on an unknown or unprepared model before any work
     results = open_results(cfg, out_dir, fresh)
     done = {run_key(r) for r in results["runs"]}
     fed = load_federation(cfg)
