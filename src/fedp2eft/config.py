@@ -61,11 +61,43 @@ class PersonaliseConfig:
 
 
 @dataclass
+class BaseModelConfig:
+    """How the base model that personalisation starts from is obtained."""
+
+    kind: str = "off-the-shelf"  # "off-the-shelf" | "standard-fl" | a folder written by a previous run
+    mode: str = "full"  # standard-fl: "full" (FedAvg of full fine-tuning) | "lora" (FedAvg of LoRA, merged)
+    rounds: int = 100
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 5e-5
+    freeze_embeddings: bool = False
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+
+
+@dataclass
+class FederationConfig:
+    engine: str = "inprocess"  # "inprocess" | "simulation" | "deployment"
+    fraction: float = 0.1  # of the seen pool sampled per round
+    min_clients: int = 2
+    client_timeout_s: float = 600.0
+    max_failure_fraction: float = 0.5
+    checkpoint_every: int = 10
+    eval_pool: str = ""  # "", "seen" or "unseen": federated evaluation of the global model
+    eval_every: int = 0
+    num_cpus: float = 1.0  # simulation: per-client resources
+    num_gpus: float = 0.0
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     personalise: PersonaliseConfig = field(default_factory=PersonaliseConfig)
+    base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,6 +182,21 @@ def validate(cfg: Config) -> None:
     for k in ("lr", "head_lr"):
         _require(getattr(p, k) > 0, f"personalise.{k}", "must be > 0")
     _require(p.weight_decay >= 0, "personalise.weight_decay", "must be >= 0")
+    b, f = cfg.base_model, cfg.federation
+    _require(b.mode in ("full", "lora"), "base_model.mode", "must be 'full' or 'lora'")
+    for k in ("rounds", "local_epochs", "batch_size", "lora_rank", "lora_alpha"):
+        _require(getattr(b, k) >= 1, f"base_model.{k}", "must be >= 1")
+    _require(b.lr > 0, "base_model.lr", "must be > 0")
+    _require(0 <= b.lora_dropout < 1, "base_model.lora_dropout", "must be in [0, 1)")
+    _require(f.engine in ("inprocess", "simulation", "deployment"), "federation.engine",
+             "must be 'inprocess', 'simulation' or 'deployment'")
+    _require(0 < f.fraction <= 1, "federation.fraction", "must be in (0, 1]")
+    _require(f.min_clients >= 1, "federation.min_clients", "must be >= 1")
+    _require(f.client_timeout_s > 0, "federation.client_timeout_s", "must be > 0")
+    _require(0 <= f.max_failure_fraction <= 1, "federation.max_failure_fraction", "must be in [0, 1]")
+    _require(f.checkpoint_every >= 1, "federation.checkpoint_every", "must be >= 1")
+    _require(f.eval_pool in ("", *POOLS), "federation.eval_pool", f"must be one of {['', *POOLS]}")
+    _require(f.eval_every >= 0, "federation.eval_every", "must be >= 0")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -26,7 +26,8 @@ from .models import load_classifier, resolve
 from .report import environment, load_results, run_key, write_results
 
 # Config parts that do not change what a single run computes (so results may merge across them).
-_RUN_SELECTORS = {("experiment", "seeds"), ("experiment", "output_dir"), ("experiment", "name"),
+_RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federation", "num_gpus"),
+                  ("federation", "client_timeout_s"), ("experiment", "seeds"), ("experiment", "output_dir"), ("experiment", "name"),
                   ("experiment", "threads"), ("personalise", "methods"), ("personalise", "budgets"),
                   ("personalise", "pools"), ("personalise", "eval_batch_size")}
 
@@ -67,10 +68,43 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base_model(cfg: Config, num_labels: int, seed: int):
-    torch.manual_seed(seed)  # the fresh head's initialisation
-    model, tok = load_classifier(cfg.model.name, num_labels, cfg.model.pooling or None)
+def base_model_dir(out_dir: Path) -> Path:
+    return Path(out_dir) / "base_model" / "model"
+
+
+def load_base_model(cfg: Config, num_labels: int, seed: int, out_dir: Path | None = None, base_override=None):
+    """The model personalisation starts from: off-the-shelf, Standard FL (trained once, in
+    ``<out>/base_model``, resumable) or a folder written by an earlier run."""
+    kind = base_override or cfg.base_model.kind
+    torch.manual_seed(seed)  # a fresh head's initialisation
+    if kind == "off-the-shelf":
+        model, tok = load_classifier(cfg.model.name, num_labels, cfg.model.pooling or None)
+    elif kind == "standard-fl":
+        if out_dir is None:
+            raise UserError("base_model.kind = 'standard-fl' needs an output folder")
+        folder = base_model_dir(out_dir)
+        if not (folder / "fedp2eft_classifier.json").is_file():
+            train_standard_fl_base(cfg, Path(out_dir))
+        model, tok = load_classifier(str(folder), num_labels, cfg.model.pooling or None)
+    else:
+        model, tok = load_classifier(kind, num_labels, cfg.model.pooling or None)
     return model.to(default_device()).eval(), tok
+
+
+def train_standard_fl_base(cfg: Config, out_dir: Path, console=None) -> Path:
+    from .fl.engines import run_standard_fl, save_base_model
+    from .models import load_tokenizer
+
+    work = out_dir / "base_model"
+    log = (console.print if console else print)
+    log(f"standard FL ({cfg.base_model.mode}) base model: {cfg.base_model.rounds} rounds on the "
+        f"{cfg.federation.engine} engine, checkpoints in {work / 'checkpoint'}")
+    model = run_standard_fl(cfg, work, resume=True,
+                            on_round=lambda r: log(f"  round {r['round']}: {len(r['sampled'])} clients, "
+                                                   f"loss {r.get('train_loss', float('nan')):.4f}, {r['seconds']} s"))
+    save_base_model(model, load_tokenizer(cfg.model.name), base_model_dir(out_dir),
+                    {"kind": "standard-fl", "mode": cfg.base_model.mode, "rounds": cfg.base_model.rounds})
+    return base_model_dir(out_dir)
 
 
 def personalise_pool(
@@ -147,7 +181,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
             seed_todo = [x for x in todo if x[0] == seed]
             if not seed_todo:
                 continue
-            base, tok = load_base_model(cfg, len(fed.label_names), seed)
+            base, tok = load_base_model(cfg, len(fed.label_names), seed, out_dir)
             tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in p.pools}
             for _, pool, method, budget in seed_todo:
                 label = f"seed {seed} {pool} {method}" + (f" r={budget}" if budget else "")

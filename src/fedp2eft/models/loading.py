@@ -95,6 +95,18 @@ def load_classifier(spec: str, num_labels: int, pooling: str | None = None):
     if num_labels < 2:
         raise UserError(f"a classifier needs at least 2 labels, got {num_labels}")
     backbone, tok = load_backbone(spec)
+    saved = Path(spec).expanduser() / "fedp2eft_classifier.json"
+    if saved.is_file():  # a base model written by fedp2eft (e.g. Standard FL): its trained head
+        import json
+
+        from safetensors.torch import load_file
+
+        meta = json.loads(saved.read_text())
+        if meta["num_labels"] != num_labels:
+            raise UserError(f"base model {spec} has {meta['num_labels']} labels, the dataset {num_labels}")
+        model = SequenceClassifier(backbone, num_labels, pooling=pooling or meta["pooling"])
+        model.head.load_state_dict(load_file(str(saved.parent / "head.safetensors")))
+        return model, tok
     if pooling is None:
         pooling = "last" if is_decoder(backbone.config) else "mean"
     return SequenceClassifier(backbone, num_labels, pooling=pooling), tok

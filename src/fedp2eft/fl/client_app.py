@@ -1,0 +1,52 @@
+"""The ClientApp. Handlers only translate messages into ``worker`` calls and back.
+
+A node serves one client: ``node_config["partition-id"]`` is its index in the federation's
+client list (all languages, both pools). ``query`` tells the server which client and pool the
+node holds; ``train`` runs one FedAvg local update; ``evaluate`` scores the global model on
+the client's test split.
+"""
+
+from __future__ import annotations
+
+
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from . import worker
+from .records import from_arrays, read_job, train_reply
+
+app = ClientApp()
+
+
+def node_client(job: dict, context: Context) -> tuple[str, str]:
+    clients = worker.client_ids(job["experiment"])
+    pid = int(context.node_config.get("partition-id", -1))
+    if not 0 <= pid < len(clients):
+        raise ValueError(f"node partition-id {pid} outside the federation's {len(clients)} clients")
+    return clients[pid]
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    cid, pool = node_client(read_job(msg.content), context)
+    return Message(RecordDict({"client": ConfigRecord({"client-id": cid, "pool": pool})}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    job = read_job(msg.content)
+    cid, _ = node_client(job, context)
+    state = from_arrays(msg.content.array_records["arrays"])
+    job = {**job, "hp": {**job["hp"], "seed": int(job["hp"]["seed"]) * 1_000_003 + int(job["round"])}}
+    new_state, n, metrics = worker.train(job, cid, state)
+    return Message(train_reply(new_state, n, metrics), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    job = read_job(msg.content)
+    cid, _ = node_client(job, context)
+    correct, n = worker.evaluate(job, cid, from_arrays(msg.content.array_records["arrays"]))
+    metrics = MetricRecord({"num-examples": n, "correct": correct, "accuracy": correct / max(n, 1)})
+    reply = RecordDict({"metrics": metrics, "client": ConfigRecord({"client-id": cid})})
+    return Message(reply, reply_to=msg)

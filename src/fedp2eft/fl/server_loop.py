@@ -1,0 +1,145 @@
+"""The server's round loop for FedAvg on records.
+
+Each round: sample ``max(min_clients, round(fraction * |seen|))`` seen clients with an RNG keyed
+by (seed, round) — so a resumed run samples exactly as an uninterrupted one — send them the
+global arrays, drop every client whose reply is an error or that missed the time limit (logged),
+stop with an error if the dropped fraction exceeds ``max_failure_fraction``, and aggregate the
+rest with Flower's ``FedAvg.aggregate_train`` (weighted by ``num-examples``). Checkpoints every
+``checkpoint_every`` rounds; per-round metrics as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from flwr.app import Message, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from ..errors import UserError
+from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from .records import from_arrays, job_config, to_arrays
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    rounds: int
+    fraction: float = 0.1
+    min_clients: int = 2
+    client_timeout_s: float = 600.0
+    max_failure_fraction: float = 0.5
+    checkpoint_every: int = 1
+    eval_pool: str = ""
+    eval_every: int = 0
+    seed: int = 0
+
+
+def discover(grid, job: dict) -> dict[int, tuple[str, str]]:
+    """Ask every node which client (and pool) it serves."""
+    nodes = sorted(grid.get_node_ids())
+    content = RecordDict({"config": job_config(job)})
+    replies = grid.send_and_receive(
+        [Message(content, dst_node_id=n, message_type="query", group_id="discover") for n in nodes], timeout=600
+    )
+    out = {}
+    for r in replies:
+        if r.has_error():
+            continue
+        rec = r.content.config_records["client"]
+        out[r.metadata.src_node_id] = (str(rec["client-id"]), str(rec["pool"]))
+    if not out:
+        raise UserError("no node answered the discovery query")
+    return out
+
+
+def sample(nodes: list[int], settings: LoopSettings, round_: int) -> list[int]:
+    k = min(len(nodes), max(settings.min_clients, int(round(settings.fraction * len(nodes)))))
+    rng = np.random.default_rng([settings.seed, round_])
+    return sorted(int(n) for n in rng.choice(nodes, size=k, replace=False))
+
+
+def run_rounds(
+    grid,
+    job: dict,
+    initial_state: dict[str, torch.Tensor],
+    settings: LoopSettings,
+    out_dir: Path,
+    resume: bool = False,
+    on_round: Callable[[dict], None] = lambda rec: None,
+) -> dict[str, torch.Tensor]:
+    ckpt_dir = out_dir / "checkpoint"
+    metrics_path = out_dir / "rounds.jsonl"
+    state, start = initial_state, 1
+    loaded = load_checkpoint(ckpt_dir) if resume else None
+    if loaded is not None:
+        done, state, meta = loaded
+        restore_rng(meta["rng"])
+        start = done + 1
+        if metrics_path.is_file():  # drop metric lines of rounds after the checkpoint
+            keep = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["round"] <= done]
+            metrics_path.write_text("".join(x + "\n" for x in keep))
+    elif metrics_path.exists():
+        metrics_path.unlink()
+    node_clients = discover(grid, job)
+    seen = sorted(n for n, (_, pool) in node_clients.items() if pool == "seen")
+    if not seen:
+        raise UserError("no seen-pool client among the nodes: nothing can train")
+    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0)
+    for round_ in range(start, settings.rounds + 1):
+        t0 = time.perf_counter()
+        chosen = sample(seen, settings, round_)
+        content = RecordDict({"arrays": to_arrays(state), "config": job_config({**job, "round": round_})})
+        msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(round_)) for n in chosen]
+        replies = list(grid.send_and_receive(msgs, timeout=settings.client_timeout_s))
+        ok = [r for r in replies if not r.has_error()]
+        ok_nodes = {r.metadata.src_node_id for r in ok}
+        failed = {node_clients[n][0]: _reason(replies, n) for n in chosen if n not in ok_nodes}
+        record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": failed}
+        if len(failed) > settings.max_failure_fraction * len(chosen) or not ok:
+            _append(metrics_path, {**record, "stopped": True})
+            raise UserError(
+                f"round {round_}: {len(failed)} of {len(chosen)} clients failed "
+                f"(max_failure_fraction {settings.max_failure_fraction}): {failed}"
+            )
+        arrays, metrics = strategy.aggregate_train(round_, ok)
+        state = from_arrays(arrays)
+        record.update({k: float(v) for k, v in (metrics or {}).items()})
+        if settings.eval_pool and settings.eval_every and round_ % settings.eval_every == 0:
+            record["eval"] = evaluate_pool(grid, job, state, node_clients, settings.eval_pool, round_)
+        record["seconds"] = round(time.perf_counter() - t0, 3)
+        _append(metrics_path, record)
+        on_round(record)
+        if round_ % settings.checkpoint_every == 0 or round_ == settings.rounds:
+            save_checkpoint(ckpt_dir, round_, state, {"job": job})
+    return state
+
+
+def evaluate_pool(grid, job, state, node_clients, pool: str, round_: int) -> dict:
+    nodes = sorted(n for n, (_, p) in node_clients.items() if p == pool)
+    content = RecordDict({"arrays": to_arrays(state), "config": job_config({**job, "round": round_})})
+    msgs = [Message(content, dst_node_id=n, message_type="evaluate", group_id=f"eval-{round_}") for n in nodes]
+    correct = total = 0
+    for r in grid.send_and_receive(msgs, timeout=None):
+        if not r.has_error():
+            m = r.content.metric_records["metrics"]
+            correct += int(m["correct"])
+            total += int(m["num-examples"])
+    return {"pool": pool, "accuracy": correct / total if total else float("nan"), "n": total}
+
+
+def _reason(replies, node: int) -> str:
+    for r in replies:
+        if r.metadata.src_node_id == node and r.has_error():
+            return (r.error.reason or f"error code {r.error.code}").strip().splitlines()[-1][:200]
+    return "no reply within the time limit"
+
+
+def _append(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
