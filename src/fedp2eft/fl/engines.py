@@ -36,9 +36,10 @@ def loop_settings(cfg: Config) -> LoopSettings:
 
 
 def make_job(cfg: Config) -> dict:
-    from .worker import experiment_json
+    from .worker import client_ids, experiment_json
 
-    return {"experiment": experiment_json(cfg), "hp": dataclasses.asdict(fedavg_hp(cfg))}
+    exp = experiment_json(cfg)
+    return {"experiment": exp, "hp": dataclasses.asdict(fedavg_hp(cfg)), "num_clients": len(client_ids(exp))}
 
 
 def pretrained_base(cfg: Config):

@@ -39,28 +39,46 @@ class LoopSettings:
     seed: int = 0
 
 
-def discover(grid, job: dict) -> dict[int, tuple[str, str]]:
+def wait_for_nodes(grid, expected: int, minimum: int, timeout_s: float = 300.0, settle_s: float = 10.0) -> list[int]:
+    """Nodes connect asynchronously (Simulation and Deployment Engines): wait for ``expected``
+    of them, or for at least ``minimum`` once the count has not changed for ``settle_s``."""
+    start = last_change = time.monotonic()
+    nodes: list[int] = []
+    while True:
+        now_nodes = sorted(grid.get_node_ids())
+        if len(now_nodes) != len(nodes):
+            nodes, last_change = now_nodes, time.monotonic()
+        if len(nodes) >= expected or (len(nodes) >= minimum and time.monotonic() - last_change > settle_s):
+            return nodes
+        if time.monotonic() - start > timeout_s:
+            raise UserError(f"only {len(nodes)} of {expected} nodes connected within {timeout_s:.0f} s")
+        time.sleep(0.2)
+
+
+def discover(grid, job: dict, expected: int = 1, minimum: int = 1) -> dict[int, tuple[str, str]]:
     """Ask every node which client (and pool) it serves."""
-    nodes = sorted(grid.get_node_ids())
+    nodes = wait_for_nodes(grid, expected, minimum)
     content = RecordDict({"config": job_config(job)})
     replies = grid.send_and_receive(
         [Message(content, dst_node_id=n, message_type="query", group_id="discover") for n in nodes], timeout=600
     )
-    out = {}
+    out, errors = {}, []
     for r in replies:
         if r.has_error():
+            errors.append((r.error.reason or str(r.error.code)).strip().splitlines()[-1][:300])
             continue
         rec = r.content.config_records["client"]
         out[r.metadata.src_node_id] = (str(rec["client-id"]), str(rec["pool"]))
     if not out:
-        raise UserError("no node answered the discovery query")
+        raise UserError(f"no node answered the discovery query ({len(nodes)} nodes; errors: {errors[:2]})")
     return out
 
 
 def sample(nodes: list[int], settings: LoopSettings, round_: int) -> list[int]:
     k = min(len(nodes), max(settings.min_clients, int(round(settings.fraction * len(nodes)))))
     rng = np.random.default_rng([settings.seed, round_])
-    return sorted(int(n) for n in rng.choice(nodes, size=k, replace=False))
+    picked = rng.choice(len(nodes), size=k, replace=False)  # indices: node ids may exceed int64
+    return sorted(nodes[int(i)] for i in picked)
 
 
 def run_rounds(
@@ -85,7 +103,7 @@ def run_rounds(
             metrics_path.write_text("".join(x + "\n" for x in keep))
     elif metrics_path.exists():
         metrics_path.unlink()
-    node_clients = discover(grid, job)
+    node_clients = discover(grid, job, expected=job.get("num_clients", 1), minimum=settings.min_clients)
     seen = sorted(n for n, (_, pool) in node_clients.items() if pool == "seen")
     if not seen:
         raise UserError("no seen-pool client among the nodes: nothing can train")

@@ -71,6 +71,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def client_update(base: nn.Module, global_state: dict[str, torch.Tensor], task: ClientTask, hp: FedAvgHP):
+    torch.manual_seed(hp.seed)  # dropout: the update depends only on (state, data, seed), not on history
     model = build_trainable(base, hp)
     load_state(model, global_state)
     params = [p for p in model.parameters() if p.requires_grad]
