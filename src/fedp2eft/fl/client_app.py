@@ -1,7 +1,8 @@
 """The ClientApp. Handlers only translate messages into ``worker`` calls and back.
 
-A node serves one client: ``node_config["partition-id"]`` is its index in the federation's
-client list (all languages, both pools). ``query`` tells the server which client and pool the
+A node serves one client: ``node_config["client-id"]`` names it (e.g. ``"hau-seen-00"``), or
+``node_config["partition-id"]`` is its index in the federation's client list (all languages,
+both pools; what the in-process and simulation engines set). ``query`` tells the server which client and pool the
 node holds; ``train`` runs one FedAvg local update; ``evaluate`` scores the global model on
 the client's test split.
 """
@@ -20,6 +21,12 @@ app = ClientApp()
 
 def node_client(job: dict, context: Context) -> tuple[str, str]:
     clients = worker.client_ids(job["experiment"])
+    if "client-id" in context.node_config:  # a SuperNode pinned to one client by name
+        cid = str(context.node_config["client-id"])
+        pools = dict(clients)
+        if cid not in pools:
+            raise ValueError(f"node client-id {cid!r} is not a client of this federation")
+        return cid, pools[cid]
     pid = int(context.node_config.get("partition-id", -1))
     if not 0 <= pid < len(clients):
         raise ValueError(f"node partition-id {pid} outside the federation's {len(clients)} clients")
