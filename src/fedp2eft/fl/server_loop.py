@@ -131,9 +131,9 @@ def run_rounds(
             record["eval"] = evaluate_pool(grid, job, state, node_clients, settings.eval_pool, round_)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         _append(metrics_path, record)
-        on_round(record)
         if round_ % settings.checkpoint_every == 0 or round_ == settings.rounds:
             save_checkpoint(ckpt_dir, round_, state, {"job": job})
+        on_round(record)
     return state
 
 
