@@ -1,0 +1,138 @@
+"""The same job on Flower's Simulation Engine (Ray) and Deployment Engine (SuperLink + SuperNodes),
+on loopback only."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fl_helpers import REPO, free_port, python_env, tiny_overrides
+
+NON_LOOPBACK = re.compile(r'sin_addr=inet_addr\("(?!127\.)(?!0\.0\.0\.0)([0-9.]+)"\)|'
+                          r'sin6_addr=inet_pton\(AF_INET6, "(?!::1")(?!::ffff:127\.)([^"]+)"\)')
+
+
+def ray_env(tmp_path) -> dict:
+    env = python_env(tmp_path)
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    (home / "ray_bootstrap_config.yaml").write_text("provider:\n  type: local\n")
+    env.update({"HOME": str(home), "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+                "FEDP2EFT_HOME": os.environ.get("FEDP2EFT_HOME", str(Path.home() / ".cache" / "fedp2eft"))})
+    return env
+
+
+@pytest.mark.integration
+def test_ray_simulation_smoke_touches_loopback_only(tmp_path, masakhanews_dir):
+    if shutil.which("strace") is None:
+        pytest.fail("strace is needed (bash scripts/setup.sh installs it)")
+    out = tmp_path / "sim"
+    sets = tiny_overrides(masakhanews_dir, languages=("hau",), clients=1, rounds=2,
+                          **{"federation.engine": '"simulation"', "federation.min_clients": 1})
+    # 2 clients (hau-seen-00, hau-unseen-00): one trains each round, both are Ray virtual nodes
+    cmd = [sys.executable, "-m", "fedp2eft", "run", "configs/quickstart.toml", "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    trace = tmp_path / "connect.trace"
+    proc = subprocess.run(["strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace), *cmd],
+                          capture_output=True, text=True, timeout=900, env=ray_env(tmp_path), cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rounds = [json.loads(x) for x in (out / "base_model" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2] and all(not r["failed"] for r in rounds)
+    assert (out / "base_model" / "model" / "fedp2eft_classifier.json").is_file()
+    text = trace.read_text()
+    assert "connect(" in text  # strace really saw the run's sockets
+    bad = sorted({m.group(0) for m in NON_LOOPBACK.finditer(text)})
+    assert not bad, f"non-loopback connections: {bad}"
+
+
+def _start(cmd, log: Path, env, cwd) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                            start_new_session=True)
+
+
+def _alive_in_group(pgid: int) -> list[int]:
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":  # fields: state, ppid, pgrp
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_alive_in_group(p.pid) for p in procs):
+        time.sleep(0.5)
+    for p in procs:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait(timeout=10)
+
+
+@pytest.mark.integration
+def test_deployment_engine_on_loopback(tmp_path, masakhanews_dir):
+    env = python_env(tmp_path)
+    env["FEDP2EFT_HOME"] = os.environ.get("FEDP2EFT_HOME", str(Path.home() / ".cache" / "fedp2eft"))
+    flwr_home = Path(env["FLWR_HOME"])
+    flwr_home.mkdir(parents=True)
+    link_port = free_port()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    config = tmp_path / "deploy.toml"
+    sets = tiny_overrides(masakhanews_dir, languages=("hau",), clients=2, rounds=2,
+                          **{"federation.engine": '"deployment"', "federation.fraction": 1.0})
+    config.write_text(_toml(sets))
+    out = tmp_path / "deploy-out"
+    bindir = Path(sys.executable).parent
+    procs = []
+    try:
+        procs.append(_start([str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
+                             str(link_port), "--database", str(tmp_path / "link.db")], tmp_path / "link.log", env, tmp_path))
+        time.sleep(3)
+        for i, cid in enumerate(["hau-seen-00", "hau-seen-01"]):
+            procs.append(_start([str(bindir / "flower-supernode"), "--insecure", "--superlink",
+                                 f"127.0.0.1:{link_port}", "--port", str(free_port()),
+                                 "--node-config", f'client-id="{cid}"'], tmp_path / f"node{i}.log", env, tmp_path))
+        time.sleep(3)
+        run = subprocess.run([str(bindir / "flwr"), "run", str(REPO), "loopback", "--stream", "--run-config",
+                              f'config="{config}" out="{out}"'], capture_output=True, text=True, timeout=600,
+                             env=env, cwd=REPO)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        rounds = [json.loads(x) for x in (out / "base_model" / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rounds] == [1, 2]
+        assert all(sorted(r["sampled"]) == ["hau-seen-00", "hau-seen-01"] and not r["failed"] for r in rounds)
+        assert (out / "base_model" / "model" / "fedp2eft_classifier.json").is_file()
+    finally:
+        _stop(procs)
+    assert not any(_alive_in_group(p.pid) for p in procs)
+
+
+def _toml(sets: list[str]) -> str:
+    sections: dict[str, list[str]] = {}
+    for item in sets:
+        key, value = item.split("=", 1)
+        section, name = key.split(".")
+        if not value.startswith(("[", '"')) and not re.fullmatch(r"[-+0-9.e]+|true|false", value):
+            value = json.dumps(value)
+        sections.setdefault(section, []).append(f"{name} = {value}")
+    return "\n".join(f"[{s}]\n" + "\n".join(lines) + "\n" for s, lines in sections.items())
