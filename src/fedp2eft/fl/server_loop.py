@@ -11,7 +11,9 @@ rest with Flower's ``FedAvg.aggregate_train`` (weighted by ``num-examples``). Ch
 from __future__ import annotations
 
 import json
+import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -124,7 +126,8 @@ def run_rounds(
                 f"round {round_}: {len(failed)} of {len(chosen)} clients failed "
                 f"(max_failure_fraction {settings.max_failure_fraction}): {failed}"
             )
-        arrays, metrics = strategy.aggregate_train(round_, ok)
+        with _quiet("flwr"):  # its per-round INFO lines would break the progress display
+            arrays, metrics = strategy.aggregate_train(round_, ok)
         state = from_arrays(arrays)
         record.update({k: float(v) for k, v in (metrics or {}).items()})
         if settings.eval_pool and settings.eval_every and round_ % settings.eval_every == 0:
@@ -155,6 +158,17 @@ def _reason(replies, node: int) -> str:
         if r.metadata.src_node_id == node and r.has_error():
             return (r.error.reason or f"error code {r.error.code}").strip().splitlines()[-1][:200]
     return "no reply within the time limit"
+
+
+@contextmanager
+def _quiet(name: str):
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _append(path: Path, record: dict) -> None:

@@ -1,0 +1,127 @@
+"""Overhead of the in-process Flower engine over a bare Python loop running the same client code.
+
+Both run the same N-round Standard-FL job (tiny-bert, real MasakhaNEWS clients): the bare loop
+calls ``fedp2eft.fl.worker.train`` and a hand-written weighted average directly; the engine goes
+through ``InProcessGrid`` -> ClientApp -> records -> ``FedAvg.aggregate_train``, with discovery,
+per-round JSON lines and a checkpoint at the end. Both sample the same clients with the same seeds
+and must end with the same weights. Prints the time ratio (target <= 1.10) and writes
+``benchmarks/results/engine_overhead.json``.
+
+    .venv/bin/python benchmarks/engine_overhead.py [--rounds 10] [--repeats 3] [--data ../shared/data/masakhanews]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fedp2eft.atomic import write_json
+from fedp2eft.config import load_config
+from fedp2eft.fl import worker
+from fedp2eft.fl.client_app import app as client_app
+from fedp2eft.fl.engines import fedavg_hp, loop_settings, make_job, pretrained_base
+from fedp2eft.fl.inprocess import InProcessGrid
+from fedp2eft.fl.server_loop import run_rounds, sample
+from fedp2eft.methods.standard_fl import initial_state
+from fedp2eft.report import environment
+
+HERE = Path(__file__).resolve().parent
+
+
+JOBS = {
+    # worst case for the engine: a tiny model whose 8M-parameter embedding table travels every
+    # message (32 MB) while a client computes for only ~0.3 s
+    "tiny-bert-full": {"model.name": "tiny-bert", "data.max_length": 32, "base_model.freeze_embeddings": "false"},
+    # the quickstart's Standard-FL job: e5-small, full fine-tuning with frozen embeddings (22M params travel)
+    "e5-small-quickstart": {"model.name": "e5-small", "data.max_length": 64, "base_model.freeze_embeddings": "true",
+                            "base_model.batch_size": 16},
+}
+
+
+def config(data: str, rounds: int, job: str):
+    sets = {
+        "data.path": json.dumps(data), "data.languages": '["hau","yor","swa","ibo"]',
+        "data.clients_per_language": 3, "data.max_train_per_client": 32,
+        "base_model.kind": '"standard-fl"', "base_model.rounds": rounds,
+        "base_model.local_epochs": 1, "base_model.batch_size": 8, "federation.fraction": 0.25,
+        "federation.min_clients": 2, "federation.checkpoint_every": rounds, **JOBS[job],
+    }
+    return load_config(None, [f"{k}={v}" for k, v in sets.items()])
+
+
+def bare_loop(cfg, job, init):
+    """The same rounds without Flower: sample, call the client code, weighted average."""
+    settings = loop_settings(cfg)
+    clients = worker.client_ids(job["experiment"])
+    seen = [i + 1 for i, (_, pool) in enumerate(clients) if pool == "seen"]  # node ids as in InProcessGrid
+    state = init
+    for round_ in range(1, settings.rounds + 1):
+        results = []
+        for node in sample(seen, settings, round_):
+            hp = {**job["hp"], "seed": int(job["hp"]["seed"]) * 1_000_003 + round_}
+            results.append(worker.train({**job, "hp": hp}, clients[node - 1][0], state)[:2])
+        total = sum(n for _, n in results)
+        state = {k: sum(s[k] * (n / total) for s, n in results) for k in state}
+    return state
+
+
+def engine(cfg, job, init, tmp: Path):
+    grid = InProcessGrid(client_app, job["num_clients"])
+    return run_rounds(grid, job, init, loop_settings(cfg), tmp)
+
+
+def measure(args, job_name: str) -> dict:
+    worker._federation.cache_clear()
+    worker._base.cache_clear()
+    cfg = config(args.data, args.rounds, job_name)
+    job = make_job(cfg)
+    base, _ = pretrained_base(cfg)
+    init = initial_state(base, fedavg_hp(cfg))
+    bare_loop(cfg, job, init)  # warm the caches (federation, base model, tokenizer)
+    times = {"bare": [], "engine": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            # alternate the order so neither side always runs second (allocator and cache state)
+            order = ("bare", "engine") if r % 2 == 0 else ("engine", "bare")
+            for side in order:
+                gc.collect()
+                t = time.perf_counter()
+                if side == "bare":
+                    a = bare_loop(cfg, job, init)
+                else:
+                    b = engine(cfg, job, init, Path(tmp) / f"e{r}")
+                times[side].append(time.perf_counter() - t)
+    max_diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    bare, eng = statistics.median(times["bare"]), statistics.median(times["engine"])
+    print(f"{job_name}: bare loop {bare:.2f} s, in-process engine {eng:.2f} s (median of {args.repeats}), "
+          f"ratio {eng / bare:.3f} (target <= 1.10); max |weight difference| {max_diff:.2e}")
+    return {
+        "rounds": args.rounds, "clients": job["num_clients"], "repeats": args.repeats,
+        "bare_loop_s": times["bare"], "inprocess_engine_s": times["engine"],
+        "median_bare_s": round(bare, 3), "median_engine_s": round(eng, 3), "ratio": round(eng / bare, 4),
+        "max_abs_weight_difference": max_diff,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, from {list(JOBS)}")
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "masakhanews"))
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    results = {name: measure(args, name) for name in args.jobs.split(",")}
+    write_json(HERE / "results" / "engine_overhead.json",
+               {"target": 1.10, "jobs": results, "environment": environment()})
+
+
+if __name__ == "__main__":
+    main()
