@@ -1,0 +1,12 @@
+"""Adapters (torch + peft only): the λ-scaled LoRA layer (BT-LoRA), its priors, budget pruning,
+and export to plain peft LoRA adapters."""
+
+from .bt_lora import BTLoraLinear, bt_lora_config, lambda_parameters, lambdas_by_module, set_lambdas
+from .export import export_plain_lora
+from .priors import bt_penalty, clamp_st
+from .pruning import prune_to_budget
+
+__all__ = [
+    "BTLoraLinear", "bt_lora_config", "lambda_parameters", "lambdas_by_module", "set_lambdas",
+    "export_plain_lora", "bt_penalty", "clamp_st", "prune_to_budget",
+]
