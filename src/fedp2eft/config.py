@@ -91,6 +91,24 @@ class FederationConfig:
 
 
 @dataclass
+class FedP2EFTConfig:
+    """PSG federated training (FedP²EFT Alg. 1) and BT-LoRA settings (authors' defaults)."""
+
+    rounds: int = 150
+    r_init: int = 32
+    lora_alpha: int = 64
+    alpha_s: float = 100.0
+    alpha_p: float = 0.01
+    lambda_lr: float = 0.01
+    lr: float = 1e-4  # A, B during stage 1
+    head_lr: float = 1e-4
+    local_epochs: int = 2
+    batch_size: int = 32
+    regress_steps: int = 10
+    regress_lr: float = 1e-4
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +116,7 @@ class Config:
     personalise: PersonaliseConfig = field(default_factory=PersonaliseConfig)
     base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    fedp2eft: FedP2EFTConfig = field(default_factory=FedP2EFTConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -197,6 +216,17 @@ def validate(cfg: Config) -> None:
     _require(f.checkpoint_every >= 1, "federation.checkpoint_every", "must be >= 1")
     _require(f.eval_pool in ("", *POOLS), "federation.eval_pool", f"must be one of {['', *POOLS]}")
     _require(f.eval_every >= 0, "federation.eval_every", "must be >= 0")
+    q = cfg.fedp2eft
+    for k in ("rounds", "r_init", "lora_alpha", "local_epochs", "batch_size", "regress_steps"):
+        _require(getattr(q, k) >= 1, f"fedp2eft.{k}", "must be >= 1")
+    for k in ("lambda_lr", "lr", "head_lr", "regress_lr"):
+        _require(getattr(q, k) > 0, f"fedp2eft.{k}", "must be > 0")
+    for k in ("alpha_s", "alpha_p"):
+        _require(getattr(q, k) >= 0, f"fedp2eft.{k}", "must be >= 0")
+    if "fedp2eft" in p.methods:
+        for i, b in enumerate(p.budgets):
+            _require(b <= q.r_init, f"personalise.budgets[{i}]",
+                     f"budget {b} exceeds fedp2eft.r_init = {q.r_init} (one PSG serves budgets <= r_init)")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

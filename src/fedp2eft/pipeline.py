@@ -107,6 +107,50 @@ def train_standard_fl_base(cfg: Config, out_dir: Path, console=None) -> Path:
     return base_model_dir(out_dir)
 
 
+def base_spec(cfg: Config, out_dir: Path) -> str:
+    """What the PSG's clients start from: the base-model folder, or ``off-the-shelf``."""
+    if cfg.base_model.kind == "standard-fl":
+        return str(base_model_dir(out_dir).resolve())
+    return cfg.base_model.kind
+
+
+def psg_dir(out_dir: Path, seed: int) -> Path:
+    return Path(out_dir) / "psg" / f"seed{seed}"
+
+
+def bt_settings(cfg: Config):
+    from .methods.bt_training import BTSettings
+
+    q = cfg.fedp2eft
+    return BTSettings(r_init=q.r_init, lora_alpha=q.lora_alpha, alpha_s=q.alpha_s, alpha_p=q.alpha_p,
+                      lambda_lr=q.lambda_lr)
+
+
+def load_or_train_psg(cfg: Config, out_dir: Path, seed: int, base: torch.nn.Module, console=None):
+    """Stage 2: the trained PSG of this seed (trained federatedly once, then read from disk)."""
+    from safetensors.torch import load_file
+
+    from .atomic import save_tensors
+    from .fl.engines import run_psg_training
+    from .methods.fedp2eft import new_psg
+
+    folder = psg_dir(out_dir, seed)
+    final = folder / "psg.safetensors"
+    psg = new_psg(base, cfg.fedp2eft.r_init, seed)
+    if final.is_file():
+        psg.load_state_dict(load_file(str(final)))
+        return psg
+    log = console.print if console else print
+    log(f"FedP²EFT PSG (seed {seed}): {cfg.fedp2eft.rounds} rounds on the {cfg.federation.engine} engine, "
+        f"checkpoints in {folder / 'checkpoint'}")
+    psg = run_psg_training(cfg, base_spec(cfg, out_dir), seed, folder, resume=True,
+                           on_round=lambda r: log(f"  round {r['round']}: {len(r['sampled'])} clients, "
+                                                  f"L1 {r.get('l1', float('nan')):.4g}, "
+                                                  f"mean λ {r.get('lambda_mean', float('nan')):.4g}, {r['seconds']} s"))
+    save_tensors(final, psg.state_dict(), metadata={"r_init": str(cfg.fedp2eft.r_init), "seed": str(seed)})
+    return psg
+
+
 def personalise_pool(
     method_name: str,
     base: torch.nn.Module,
@@ -114,8 +158,9 @@ def personalise_pool(
     budget: int | None,
     settings: TrainSettings,
     advance: Callable[[], None] = lambda: None,
+    resources: dict | None = None,
 ) -> dict[str, dict]:
-    method = get_method(method_name)
+    method = get_method(method_name, **(resources or {}))
     tally = LanguageTally()
     for i, task in enumerate(tasks):
         client_settings = replace(settings, seed=settings.seed * 100_003 + i)
@@ -183,12 +228,19 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 continue
             base, tok = load_base_model(cfg, len(fed.label_names), seed, out_dir)
             tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in p.pools}
+            resources = {"bt": bt_settings(cfg)}
+            if any(m == "fedp2eft" for _, _, m, _ in seed_todo):
+                resources["psg"] = load_or_train_psg(cfg, out_dir, seed, base, console)
+                from .lambda_report import write_lambda_report
+
+                write_lambda_report(base, resources["psg"], tasks, psg_dir(out_dir, seed))
             for _, pool, method, budget in seed_todo:
                 label = f"seed {seed} {pool} {method}" + (f" r={budget}" if budget else "")
                 bar = progress.add_task(label, total=len(tasks[pool]))
                 start = time.perf_counter()
                 per_language = personalise_pool(
-                    method, base, tasks[pool], budget, train_settings(cfg, seed), lambda: progress.advance(bar)
+                    method, base, tasks[pool], budget, train_settings(cfg, seed), lambda: progress.advance(bar),
+                    resources,
                 )
                 run = {
                     "method": method, "budget": budget, "pool": pool, "seed": seed,

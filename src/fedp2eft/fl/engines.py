@@ -36,45 +36,81 @@ def loop_settings(cfg: Config) -> LoopSettings:
 
 
 def make_job(cfg: Config) -> dict:
+    """The Standard-FL job: FedAvg from the off-the-shelf model."""
     from .worker import client_ids, experiment_json
 
     exp = experiment_json(cfg)
-    return {"experiment": exp, "hp": dataclasses.asdict(fedavg_hp(cfg)), "num_clients": len(client_ids(exp))}
+    return {"experiment": exp, "algorithm": "fedavg", "base": "off-the-shelf",
+            "hp": dataclasses.asdict(fedavg_hp(cfg)), "num_clients": len(client_ids(exp))}
 
 
-def pretrained_base(cfg: Config):
-    from .worker import _base, _federation
-
-    job = make_job(cfg)
-    _, fed, _ = _federation(job["experiment"])
-    base, _ = _base(job["experiment"], len(fed.label_names), cfg.experiment.seeds[0])
-    return base, len(fed.clients)
+def psg_hp(cfg: Config, seed: int) -> dict:
+    q = cfg.fedp2eft
+    return {"r_init": q.r_init, "lora_alpha": q.lora_alpha, "alpha_s": q.alpha_s, "alpha_p": q.alpha_p,
+            "lambda_lr": q.lambda_lr, "lr": q.lr, "head_lr": q.head_lr, "epochs": q.local_epochs,
+            "batch_size": q.batch_size, "seed": seed, "regress_steps": q.regress_steps, "regress_lr": q.regress_lr}
 
 
-def run_standard_fl(cfg: Config, out_dir: Path, resume: bool = True, client_app=None, on_round=None):
-    """Train the Standard-FL base model; returns the final (merged) classifier."""
+def make_psg_job(cfg: Config, base: str, seed: int) -> dict:
+    """FedP²EFT's job: federated PSG training on top of ``base`` (a folder or off-the-shelf)."""
+    from .worker import client_ids, experiment_json
+
+    exp = experiment_json(cfg)
+    return {"experiment": exp, "algorithm": "psg", "base": base, "hp": psg_hp(cfg, seed),
+            "num_clients": len(client_ids(exp))}
+
+
+def pretrained_base(cfg: Config, job: dict | None = None):
+    from .worker import base_model, client_ids
+
+    job = job or make_job(cfg)
+    base, _ = base_model(job)
+    return base, len(client_ids(job["experiment"]))
+
+
+def run_job(cfg: Config, job: dict, init: dict, settings: LoopSettings, out_dir: Path, resume: bool,
+            client_app=None, on_round=None) -> dict:
+    """Run any job's rounds on the configured engine; returns the final state."""
     from .client_app import app as default_client_app
 
     client_app = client_app or default_client_app
-    job = make_job(cfg)
-    base, num_clients = pretrained_base(cfg)
-    init = initial_state(base, fedavg_hp(cfg))
-    settings = loop_settings(cfg)
     engine = cfg.federation.engine
     kwargs = {"on_round": on_round} if on_round else {}
     if engine == "inprocess":
         from .inprocess import InProcessGrid
 
-        grid = InProcessGrid(client_app, num_clients, client_timeout_s=settings.client_timeout_s)
-        state = run_rounds(grid, job, init, settings, out_dir, resume=resume, **kwargs)
-    elif engine == "simulation":
-        state = _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_clients)
-    else:
-        raise UserError(
-            "federation.engine = 'deployment' runs through Flower's SuperLink: start it and the SuperNodes, "
-            "then: flwr run . <federation> --run-config 'config=\"CONFIG\" out=\"DIR\"' (see README)"
-        )
+        grid = InProcessGrid(client_app, job["num_clients"], client_timeout_s=settings.client_timeout_s)
+        return run_rounds(grid, job, init, settings, out_dir, resume=resume, **kwargs)
+    if engine == "simulation":
+        return _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, job["num_clients"])
+    raise UserError(
+        "federation.engine = 'deployment' runs through Flower's SuperLink: start it and the SuperNodes, "
+        "then: flwr run . <connection> --run-config 'config=\"CONFIG\" out=\"DIR\"' (see README)"
+    )
+
+
+def run_standard_fl(cfg: Config, out_dir: Path, resume: bool = True, client_app=None, on_round=None):
+    """Train the Standard-FL base model; returns the final (merged) classifier."""
+    job = make_job(cfg)
+    base, _ = pretrained_base(cfg, job)
+    state = run_job(cfg, job, initial_state(base, fedavg_hp(cfg)), loop_settings(cfg), out_dir, resume,
+                    client_app, on_round)
     return final_model(base, state, fedavg_hp(cfg))
+
+
+def run_psg_training(cfg: Config, base: str, seed: int, out_dir: Path, resume: bool = True, client_app=None,
+                     on_round=None):
+    """Federated PSG training (FedP²EFT Alg. 1); returns the trained PSG."""
+    from ..methods.fedp2eft import new_psg
+
+    job = make_psg_job(cfg, base, seed)
+    base_model, _ = pretrained_base(cfg, job)
+    psg = new_psg(base_model, cfg.fedp2eft.r_init, seed)
+    settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.fedp2eft.rounds, seed=seed, eval_pool="",
+                                   eval_every=0)
+    state = run_job(cfg, job, dict(psg.state_dict()), settings, out_dir, resume, client_app, on_round)
+    psg.load_state_dict(state)
+    return psg
 
 
 def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_clients):

@@ -1,8 +1,11 @@
 """What a node does for a message: load its client's data and the base model (cached per
 process, never per client), call ``fedp2eft.methods`` code, and return plain results.
 
-Per-client state (the trained copy of the model, the client's encoded data) exists only for
-the duration of one call, so memory does not grow with the number of clients.
+A job (sent in every message) names the experiment config (JSON), the algorithm (``fedavg`` for
+the Standard-FL base model, ``psg`` for FedP²EFT's generator), its hyperparameters, and the base
+model the clients start from (``off-the-shelf`` or a folder). Per-client state (the trained copy
+of the model, the client's encoded data) exists only for the duration of one call, so memory does
+not grow with the number of clients.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import torch
 from ..config import Config, from_dict
 from ..methods.base import ClientTask
 from ..methods.batches import encode
+from ..methods.bt_training import BTSettings
+from ..methods.fedp2eft import PSGSettings, psg_client_update
 from ..methods.standard_fl import FedAvgHP, client_update, evaluate_state
 
 
@@ -28,11 +33,11 @@ def _federation(config_json: str):
 
 
 @functools.lru_cache(maxsize=1)
-def _base(config_json: str, num_labels: int, seed: int):
+def _base(config_json: str, num_labels: int, seed: int, base: str = "off-the-shelf"):
     from ..pipeline import load_base_model
 
     cfg = from_dict(json.loads(config_json))
-    return load_base_model(cfg, num_labels, seed, base_override="off-the-shelf")
+    return load_base_model(cfg, num_labels, seed, base_override=base)
 
 
 def experiment_json(cfg: Config) -> str:
@@ -45,28 +50,39 @@ def client_ids(config_json: str) -> list[tuple[str, str]]:
     return [(c.cid, c.pool) for c in fed.clients]
 
 
-def client_task(config_json: str, cid: str) -> tuple[Config, ClientTask, int]:
-    cfg, fed, by_id = _federation(config_json)
+def base_model(job: dict):
+    cfg, fed, _ = _federation(job["experiment"])
+    return _base(job["experiment"], len(fed.label_names), cfg.experiment.seeds[0], job.get("base", "off-the-shelf"))
+
+
+def client_task(job: dict, cid: str) -> ClientTask:
+    cfg, fed, by_id = _federation(job["experiment"])
     client = by_id.get(cid)
     if client is None:
         raise KeyError(f"unknown client {cid!r}")
-    _, tok = _base(config_json, len(fed.label_names), cfg.experiment.seeds[0])
-    task = ClientTask(cid, client.language, encode(tok, client.train, cfg.data.max_length),
+    _, tok = base_model(job)
+    return ClientTask(cid, client.language, encode(tok, client.train, cfg.data.max_length),
                       encode(tok, client.test, cfg.data.max_length))
-    return cfg, task, len(fed.label_names)
 
 
-def hp_from(job: dict) -> FedAvgHP:
-    return FedAvgHP(**job["hp"])
+def psg_settings(hp: dict) -> PSGSettings:
+    hp = dict(hp)
+    steps, lr = hp.pop("regress_steps"), hp.pop("regress_lr")
+    return PSGSettings(bt=BTSettings(**hp), regress_steps=steps, regress_lr=lr)
 
 
 def train(job: dict, cid: str, state: dict[str, torch.Tensor]):
-    cfg, task, num_labels = client_task(job["experiment"], cid)
-    base, _ = _base(job["experiment"], num_labels, cfg.experiment.seeds[0])
-    return client_update(base, state, task, hp_from(job))
+    """One local update; returns ``(state, num_examples, metrics)``."""
+    task = client_task(job, cid)
+    base, _ = base_model(job)
+    if job.get("algorithm", "fedavg") == "psg":
+        return psg_client_update(base, state, task, psg_settings(job["hp"]))
+    return client_update(base, state, task, FedAvgHP(**job["hp"]))
 
 
 def evaluate(job: dict, cid: str, state: dict[str, torch.Tensor]) -> tuple[int, int]:
-    cfg, task, num_labels = client_task(job["experiment"], cid)
-    base, _ = _base(job["experiment"], num_labels, cfg.experiment.seeds[0])
-    return evaluate_state(base, state, task, hp_from(job))
+    if job.get("algorithm", "fedavg") != "fedavg":
+        raise ValueError("federated evaluation is defined for the Standard-FL model only")
+    task = client_task(job, cid)
+    base, _ = base_model(job)
+    return evaluate_state(base, state, task, FedAvgHP(**job["hp"]))

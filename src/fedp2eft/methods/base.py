@@ -47,18 +47,19 @@ class Method(Protocol):
         ...
 
 
-def _registry() -> dict[str, Method]:
+METHODS = ("none", "lora", "fedp2eft")
+
+
+def get_method(name: str, **resources) -> Method:
+    """A method object; ``resources`` carries what a method needs beyond the client (FedP²EFT: ``psg``)."""
+    from .fedp2eft import FedP2EFTMethod
     from .lora import LoRAMethod
     from .none import NoneMethod
 
-    return {m.name: m for m in (NoneMethod(), LoRAMethod())}
-
-
-METHODS = ("none", "lora")
-
-
-def get_method(name: str) -> Method:
-    reg = _registry()
-    if name not in reg:
-        raise UserError(f"unknown method {name!r}; methods are {sorted(reg)}")
-    return reg[name]
+    if name == "none":
+        return NoneMethod()
+    if name == "lora":
+        return LoRAMethod()
+    if name == "fedp2eft":
+        return FedP2EFTMethod(resources.get("psg"), resources.get("bt"))
+    raise UserError(f"unknown method {name!r}; methods are {list(METHODS)}")

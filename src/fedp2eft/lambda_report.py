@@ -1,0 +1,100 @@
+"""λ analysis of a trained PSG: every client's generated λ, the rank-structure plot per layer
+(the paper's appendix figures) and the cross-lingual λ distance heatmap (FedP²EFT §4.7):
+
+    block(j, k) = log( d(j, k) / sqrt(d(j, j) · d(k, k)) ),
+
+with d(j, k) the mean Euclidean distance between the λ of all pairs of clients holding
+languages j and k (pairs of distinct clients when j = k).
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path, save_tensors, write_json
+from .methods.base import ClientTask
+from .methods.fedp2eft import client_lambdas
+from .psg import feature_modules
+
+
+def language_distance(lambdas: dict[str, torch.Tensor], languages: dict[str, str]) -> tuple[list[str], np.ndarray]:
+    """``(languages, matrix)`` of log-normalised mean λ distances between languages."""
+    langs = sorted(set(languages.values()))
+    by_lang = {lang: [c for c in lambdas if languages[c] == lang] for lang in langs}
+    flat = {c: v.flatten().double() for c, v in lambdas.items()}
+
+    def mean_dist(a: list[str], b: list[str], same: bool) -> float:
+        pairs = itertools.combinations(a, 2) if same else itertools.product(a, b)
+        d = [float(torch.dist(flat[x], flat[y])) for x, y in pairs]
+        return float(np.mean(d)) if d else float("nan")
+
+    d = np.zeros((len(langs), len(langs)))
+    for i, j in itertools.product(range(len(langs)), repeat=2):
+        d[i, j] = mean_dist(by_lang[langs[i]], by_lang[langs[j]], i == j)
+    diag = np.sqrt(np.outer(np.diag(d), np.diag(d)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return langs, np.log(d / diag)
+
+
+def _save_png(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_rank_structure(lam: np.ndarray, names: list[str], title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(names))))
+    im = ax.imshow(np.log10(np.clip(lam, 1e-4, None)), aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels([n.replace("backbone.", "").replace("encoder.layer.", "L") for n in names], fontsize=6)
+    ax.set_xlabel("rank index")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, label="log10 λ")
+    _save_png(fig, path)
+    plt.close(fig)
+
+
+def plot_distance(langs: list[str], matrix: np.ndarray, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1 + 0.5 * len(langs), 0.8 + 0.45 * len(langs)))
+    im = ax.imshow(matrix, cmap="magma_r")
+    ax.set_xticks(range(len(langs)), langs, rotation=90)
+    ax.set_yticks(range(len(langs)), langs)
+    for i, j in itertools.product(range(len(langs)), repeat=2):
+        if np.isfinite(matrix[i, j]):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=6, color="white")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax)
+    _save_png(fig, path)
+    plt.close(fig)
+
+
+def write_lambda_report(base, psg, tasks: dict[str, list[ClientTask]], folder: Path) -> dict:
+    """Generate every client's λ, save them (safetensors) and the plots (PNG)."""
+    folder = Path(folder)
+    names = feature_modules(base)
+    summary = {}
+    for pool, pool_tasks in tasks.items():
+        lams = {t.client_id: torch.stack([v for v in client_lambdas(base, psg, t).values()]) for t in pool_tasks}
+        langs = {t.client_id: t.language for t in pool_tasks}
+        save_tensors(folder / f"lambdas_{pool}.safetensors", lams)
+        mean = torch.stack(list(lams.values())).mean(0).numpy()
+        plot_rank_structure(mean, names, f"PSG λ, mean over {pool} clients", folder / f"rank_structure_{pool}.png")
+        langs_sorted, matrix = language_distance(lams, langs)
+        plot_distance(langs_sorted, matrix, f"cross-lingual λ distance ({pool})", folder / f"lambda_distance_{pool}.png")
+        summary[pool] = {"languages": langs_sorted, "distance": np.where(np.isfinite(matrix), matrix, None).tolist(),
+                         "lambda_mean": float(mean.mean()), "lambda_max": float(mean.max())}
+    write_json(folder / "lambda_report.json", {"modules": names, "pools": summary})
+    return summary
