@@ -1,0 +1,104 @@
+"""FedP²EFT: meta-features, the PSG, a federated PSG run through the in-process engine, and the
+personalisation at a budget."""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedp2eft.config import load_config
+from fedp2eft.data.records import Example
+from fedp2eft.fl import client_app as real_client_app
+from fedp2eft.fl.engines import run_psg_training
+from fedp2eft.methods import ClientTask, TrainSettings, get_method
+from fedp2eft.methods.batches import encode
+from fedp2eft.methods.bt_training import BTSettings
+from fedp2eft.methods.fedp2eft import new_psg
+from fedp2eft.methods.training import linear_module_names
+from fedp2eft.models import load_classifier
+from fedp2eft.psg import PSG, feature_modules, meta_features
+from fl_helpers import tiny_overrides
+
+
+def toy_task(tok, n=12):
+    rows = [Example(f"word{i} " * (1 + i % 5), i % 3, "xx") for i in range(n)]
+    return ClientTask("xx-seen-00", "xx", encode(tok, rows, 16), encode(tok, rows, 16))
+
+
+def test_psg_first_output_is_about_1e_minus_4():
+    psg = PSG(num_features=20, num_modules=10, r_init=8)
+    out = psg(torch.randn(20) * 5)
+    assert out.shape == (10, 8)
+    torch.testing.assert_close(out, torch.full((10, 8), 1e-4), atol=1e-6, rtol=0)
+
+
+def test_hooked_features_equal_direct_computation():
+    torch.manual_seed(0)
+    model, tok = load_classifier("tiny-bert", 3)
+    model.eval()
+    task = toy_task(tok, n=10)
+    feats = meta_features(model, task.train, batch_size=3)  # several batches: streaming variance
+    names = feature_modules(model)
+    assert feats.shape == (2 * len(names),)
+    # direct: capture every input of each module over the whole set at once (no padding)
+    captured = {n: [] for n in names}
+    mods = dict(model.named_modules())
+    hooks = [mods[n].register_forward_hook(lambda m, i, o, n=n: captured[n].append(i[0])) for n in names]
+    with torch.no_grad():
+        for idx in range(len(task.train)):
+            b = task.train.batch([idx])
+            model(b["input_ids"], b["attention_mask"])
+    for h in hooks:
+        h.remove()
+    for k, n in enumerate(names):
+        x = torch.cat([t.reshape(-1) for t in captured[n]]).double()
+        assert abs(feats[2 * k].item() - x.mean().item()) < 1e-5
+        assert abs(feats[2 * k + 1].item() - (x.var(unbiased=False) + 1e-5).sqrt().item()) < 1e-4
+
+
+def recording_client_app(log: list) -> ClientApp:
+    app = ClientApp()
+    app.query()(real_client_app.query)
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        log.append(("in", list(msg.content.array_records["arrays"].keys())))
+        reply = real_client_app.train(msg, ctx)
+        log.append(("out", list(reply.content.array_records["arrays"].keys())))
+        return reply
+
+    return app
+
+
+def test_two_round_federated_psg_run_sends_only_psg_weights(tmp_path, masakhanews_dir):
+    cfg = load_config(None, tiny_overrides(masakhanews_dir, **{
+        "base_model.kind": '"off-the-shelf"', "fedp2eft.rounds": 2, "fedp2eft.r_init": 4,
+        "fedp2eft.lora_alpha": 8, "fedp2eft.local_epochs": 1, "fedp2eft.batch_size": 8}))
+    log: list = []
+    psg = run_psg_training(cfg, "off-the-shelf", seed=0, out_dir=tmp_path, resume=False,
+                           client_app=recording_client_app(log))
+    psg_keys = sorted(dict(psg.state_dict()))
+    assert len(log) == 2 * 2 * 2  # 2 rounds x 2 clients x (in, out)
+    for _, keys in log:
+        assert sorted(keys) == psg_keys  # only the PSG travels: no LoRA, no base weights
+        assert not any("lora" in k for k in keys)
+    rounds = (tmp_path / "rounds.jsonl").read_text().splitlines()
+    assert len(rounds) == 2 and '"l1"' in rounds[0]
+    fresh = new_psg(load_classifier("tiny-bert", 7)[0], 4, seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(psg.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_personalisation_at_every_budget_uses_the_psg():
+    torch.manual_seed(0)
+    base, tok = load_classifier("tiny-bert", 3)
+    task = toy_task(tok)
+    psg = new_psg(base, r_init=4)
+    with torch.no_grad():  # a PSG whose λ prefer the attention modules
+        psg.net[2].bias.copy_(torch.linspace(1.0, 0.01, psg.net[2].bias.numel()))
+    method = get_method("fedp2eft", psg=psg, bt=BTSettings(r_init=4, lora_alpha=8))
+    settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3)
+    for budget in (1, 2, 4):
+        preds = method.personalise(base, task, budget, settings)
+        assert len(preds) == len(task.test)
+    assert len(linear_module_names(base)) == 12
