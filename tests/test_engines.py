@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -60,6 +61,16 @@ def _start(cmd, log: Path, env, cwd) -> subprocess.Popen:
                             start_new_session=True)
 
 
+def _wait_port(port: int, timeout: float = 120.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
 def _alive_in_group(pgid: int) -> list[int]:
     alive = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -108,12 +119,14 @@ def test_deployment_engine_on_loopback(tmp_path, masakhanews_dir):
     try:
         procs.append(_start([str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
                              str(link_port), "--database", str(tmp_path / "link.db")], tmp_path / "link.log", env, tmp_path))
-        time.sleep(3)
+        _wait_port(link_port)
+        node_ports = [free_port(), free_port()]
         for i, cid in enumerate(["hau-seen-00", "hau-seen-01"]):
             procs.append(_start([str(bindir / "flower-supernode"), "--insecure", "--superlink",
-                                 f"127.0.0.1:{link_port}", "--port", str(free_port()),
+                                 f"127.0.0.1:{link_port}", "--port", str(node_ports[i]),
                                  "--node-config", f'client-id="{cid}"'], tmp_path / f"node{i}.log", env, tmp_path))
-        time.sleep(3)
+        for port in node_ports:
+            _wait_port(port)
         run = subprocess.run([str(bindir / "flwr"), "run", str(REPO), "loopback", "--stream", "--run-config",
                               f'config="{config}" out="{out}"'], capture_output=True, text=True, timeout=600,
                              env=env, cwd=REPO)
