@@ -39,7 +39,7 @@ def test_deterministic_by_seed(dataset):
     a = build_federation(dataset, FederationSpec(clients_per_language=5, seed=3))
     b = build_federation(dataset, FederationSpec(clients_per_language=5, seed=3))
     c = build_federation(dataset, FederationSpec(clients_per_language=5, seed=4))
-    sig = lambda f: [(x.cid, [e.text for e in x.train], [e.text for e in x.test]) for x in f.clients]  # noqa: E731
+    sig = lambda f: [(x.cid, [e.text for e in x.train], [e.text for e in x.test]) for x in f.clients]
     assert sig(a) == sig(b)
     assert sig(a) != sig(c)
 

@@ -9,9 +9,10 @@ and a later job with more methods or seeds merges into the same file.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -239,7 +240,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 bar = progress.add_task(label, total=len(tasks[pool]))
                 start = time.perf_counter()
                 per_language = personalise_pool(
-                    method, base, tasks[pool], budget, train_settings(cfg, seed), lambda: progress.advance(bar),
+                    method, base, tasks[pool], budget, train_settings(cfg, seed), lambda b=bar: progress.advance(b),
                     resources,
                 )
                 run = {

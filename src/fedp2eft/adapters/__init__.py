@@ -7,6 +7,13 @@ from .priors import bt_penalty, clamp_st
 from .pruning import prune_to_budget
 
 __all__ = [
-    "BTLoraLinear", "bt_lora_config", "lambda_parameters", "lambdas_by_module", "set_lambdas",
-    "export_plain_lora", "bt_penalty", "clamp_st", "prune_to_budget",
+    "BTLoraLinear",
+    "bt_lora_config",
+    "bt_penalty",
+    "clamp_st",
+    "export_plain_lora",
+    "lambda_parameters",
+    "lambdas_by_module",
+    "prune_to_budget",
+    "set_lambdas",
 ]

@@ -61,7 +61,7 @@ class BTLoraLinear(LoraLinear):
         result = self.base_layer(x, *args, **kwargs)
         dtype = result.dtype
         for name in self.active_adapters:
-            if name not in self.lora_A.keys():
+            if name not in self.lora_A:
                 continue
             a, b = self.lora_A[name], self.lora_B[name]
             h = a(self.lora_dropout[name](self._cast_input_dtype(x, a.weight.dtype)))

@@ -35,7 +35,7 @@ class DatasetInfo:
 KNOWN: dict[str, DatasetInfo] = {
     "masakhanews": DatasetInfo(
         repo="masakhane/masakhanews",
-        languages=tuple("amh eng fra hau ibo lin lug orm pcm run sna som swa tir xho yor".split()),
+        languages=tuple(["amh", "eng", "fra", "hau", "ibo", "lin", "lug", "orm", "pcm", "run", "sna", "som", "swa", "tir", "xho", "yor"]),
         label_names=("business", "entertainment", "health", "politics", "religion", "sports", "technology"),
         label_column="category",
         text_columns=("headline", "text"),
@@ -45,7 +45,7 @@ KNOWN: dict[str, DatasetInfo] = {
     ),
     "xnli": DatasetInfo(
         repo="facebook/xnli",
-        languages=tuple("ar bg de el en es fr hi ru sw th tr ur vi zh".split()),
+        languages=tuple(["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]),
         label_names=("entailment", "neutral", "contradiction"),
         label_column="label",
         text_columns=("premise",),

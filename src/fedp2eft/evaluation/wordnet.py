@@ -31,7 +31,7 @@ def nltk_data_dir() -> Path:
 def lexnames_lines(man_page: Path = LEXNAMES_MAN) -> list[str]:
     text = gzip.decompress(man_page.read_bytes()).decode("utf-8", "replace")
     lines = []
-    for m in re.finditer(r"^(\d\d)\t(\w+)\.(\w+)", text, flags=re.M):
+    for m in re.finditer(r"^(\d\d)\t(\w+)\.(\w+)", text, flags=re.MULTILINE):
         num, pos, name = m.groups()
         lines.append(f"{num}\t{pos}.{name}\t{_CATEGORY[pos]}")
     if len(lines) != 45:

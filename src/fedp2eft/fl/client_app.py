@@ -9,7 +9,6 @@ the client's test split.
 
 from __future__ import annotations
 
-
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 

