@@ -3,6 +3,7 @@ personalisation at a budget."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -139,3 +140,14 @@ def test_run_stages_then_export_a_client(tmp_path, masakhanews_dir, capsys):
     assert not any(type(m).__name__ == "BTLoraLinear" for m in plain.modules())
     assert main(["export", "configs/quickstart.toml", "--run", str(out), "--client", "zz-unseen-00",
                  "--out", str(tmp_path / "x"), *args]) == 2
+
+
+def test_mean_one_rescaling_keeps_selection():
+    from fedp2eft.adapters import prune_to_budget
+    from fedp2eft.methods.fedp2eft import rescale_to_mean_one
+
+    lam = {"a": torch.tensor([0.2, 0.1, 0.05]), "b": torch.tensor([0.3, 0.01, 0.02])}
+    out = rescale_to_mean_one(lam, budget=1)
+    kept = prune_to_budget(out, 1)
+    assert {k: v.numel() for k, v in kept.items()} == {k: v.numel() for k, v in prune_to_budget(lam, 1).items()}
+    assert torch.cat(list(kept.values())).mean().item() == pytest.approx(1.0)

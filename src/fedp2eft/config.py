@@ -223,7 +223,7 @@ def validate(cfg: Config) -> None:
         _require(getattr(q, k) > 0, f"fedp2eft.{k}", "must be > 0")
     for k in ("alpha_s", "alpha_p"):
         _require(getattr(q, k) >= 0, f"fedp2eft.{k}", "must be >= 0")
-    if "fedp2eft" in p.methods:
+    if any(m.startswith("fedp2eft") for m in p.methods):
         for i, b in enumerate(p.budgets):
             _require(b <= q.r_init, f"personalise.budgets[{i}]",
                      f"budget {b} exceeds fedp2eft.r_init = {q.r_init} (one PSG serves budgets <= r_init)")

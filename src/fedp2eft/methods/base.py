@@ -47,7 +47,7 @@ class Method(Protocol):
         ...
 
 
-METHODS = ("none", "lora", "fedp2eft")
+METHODS = ("none", "lora", "fedp2eft", "fedp2eft-mean1")
 
 
 def get_method(name: str, **resources) -> Method:
@@ -60,6 +60,6 @@ def get_method(name: str, **resources) -> Method:
         return NoneMethod()
     if name == "lora":
         return LoRAMethod()
-    if name == "fedp2eft":
-        return FedP2EFTMethod(resources.get("psg"), resources.get("bt"))
+    if name in ("fedp2eft", "fedp2eft-mean1"):
+        return FedP2EFTMethod(resources.get("psg"), resources.get("bt"), mean_one=name == "fedp2eft-mean1")
     raise UserError(f"unknown method {name!r}; methods are {list(METHODS)}")

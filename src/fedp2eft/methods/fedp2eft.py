@@ -61,20 +61,39 @@ def client_lambdas(base: nn.Module, psg: PSG, task: ClientTask) -> dict[str, tor
     return psg.lambdas(meta_features(base, task.train), feature_modules(base))
 
 
+def rescale_to_mean_one(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, torch.Tensor]:
+    """Divide every λ by the mean of the λ a budget keeps (their relative sizes and the selection stay)."""
+    from ..adapters import prune_to_budget
+
+    kept = torch.cat(list(prune_to_budget(lambdas, budget).values()))
+    scale = kept.mean().clamp_min(1e-12)
+    return {n: v / scale for n, v in lambdas.items()}
+
+
 class FedP2EFTMethod:
-    """Personalisation with a trained PSG (Alg. 2)."""
+    """Personalisation with a trained PSG (Alg. 2).
+
+    ``fedp2eft-mean1`` is a diagnostic variant, not the paper's method: the PSG's λ are rescaled
+    so the kept ones average 1, which keeps the learned rank selection and relative scales but
+    removes the global scale of λ (with frozen λ ≪ 1 the LoRA update is scaled down by λ).
+    """
 
     name = "fedp2eft"
     uses_budget = True
 
-    def __init__(self, psg: PSG | None = None, bt: BTSettings | None = None):
+    def __init__(self, psg: PSG | None = None, bt: BTSettings | None = None, mean_one: bool = False):
         self.psg = psg
         self.bt = bt or BTSettings()
+        self.mean_one = mean_one
+        if mean_one:
+            self.name = "fedp2eft-mean1"
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
         if self.psg is None:
             raise ValueError("fedp2eft needs a trained PSG")
         lambdas = client_lambdas(base, self.psg, task)
+        if self.mean_one:
+            lambdas = rescale_to_mean_one(lambdas, budget)
         s = replace(self.bt, lr=settings.lr, head_lr=settings.head_lr, epochs=settings.epochs,
                     batch_size=settings.batch_size, seed=settings.seed)
         return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size)
