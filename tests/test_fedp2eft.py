@@ -151,3 +151,16 @@ def test_mean_one_rescaling_keeps_selection():
     kept = prune_to_budget(out, 1)
     assert {k: v.numel() for k, v in kept.items()} == {k: v.numel() for k, v in prune_to_budget(lam, 1).items()}
     assert torch.cat(list(kept.values())).mean().item() == pytest.approx(1.0)
+
+
+def test_bt_lora_per_client_learns_lambda_once_for_every_budget():
+    torch.manual_seed(0)
+    base, tok = load_classifier("tiny-bert", 3)
+    task = toy_task(tok)
+    method = get_method("bt-lora", bt=BTSettings(r_init=4, lora_alpha=8, epochs=2, batch_size=4))
+    settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3)
+    for budget in (1, 2, 4):
+        assert len(method.personalise(base, task, budget, settings)) == len(task.test)
+    (key, lam), = method._lambdas.items()
+    assert key == ("xx-seen-00", 0)
+    assert all(not torch.allclose(v, torch.full_like(v, 1e-4)) for v in lam.values())  # λ moved from 1e-4

@@ -47,7 +47,7 @@ class Method(Protocol):
         ...
 
 
-METHODS = ("none", "lora", "fedp2eft", "fedp2eft-mean1")
+METHODS = ("none", "lora", "bt-lora", "fedp2eft", "fedp2eft-mean1")
 
 
 def get_method(name: str, **resources) -> Method:
@@ -60,6 +60,10 @@ def get_method(name: str, **resources) -> Method:
         return NoneMethod()
     if name == "lora":
         return LoRAMethod()
+    if name == "bt-lora":
+        from .bt_lora_client import BTLoRAClientMethod
+
+        return BTLoRAClientMethod(resources.get("bt"))
     if name in ("fedp2eft", "fedp2eft-mean1"):
         return FedP2EFTMethod(resources.get("psg"), resources.get("bt"), mean_one=name == "fedp2eft-mean1")
     raise UserError(f"unknown method {name!r}; methods are {list(METHODS)}")

@@ -1,0 +1,37 @@
+"""BT-LoRA per client (non-federated baseline, FedP²EFT §4.3): λ learned on the client alone from
+1e-4 with eq. (1), pruned to the budget, then LoRA fine-tuning with the kept λ frozen — the same
+layer and steps as FedP²EFT, without the PSG. λ is learned once per client and serves every budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .base import ClientTask, TrainSettings
+from .bt_training import BTSettings, finetune_pruned, train_lambdas
+
+
+class BTLoRAClientMethod:
+    name = "bt-lora"
+    uses_budget = True
+
+    def __init__(self, bt: BTSettings | None = None):
+        self.bt = bt or BTSettings()
+        self._lambdas: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+
+    def client_lambdas(self, base: nn.Module, task: ClientTask, seed: int) -> dict[str, torch.Tensor]:
+        key = (task.client_id, seed)
+        if key not in self._lambdas:
+            self._lambdas.clear()  # one client at a time: memory stays flat
+            s = replace(self.bt, seed=seed)
+            self._lambdas[key] = train_lambdas(base, task.train, 1e-4, s)[0]
+        return self._lambdas[key]
+
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+        lambdas = self.client_lambdas(base, task, settings.seed)
+        s = replace(self.bt, lr=settings.lr, head_lr=settings.head_lr, epochs=settings.epochs,
+                    batch_size=settings.batch_size, seed=settings.seed)
+        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size)
