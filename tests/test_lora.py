@@ -57,3 +57,19 @@ def test_merge_equals_unmerged_adapter():
         y0 = base(enc["input_ids"], enc["attention_mask"])
     torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(y0, y1)
+
+
+def test_adalora_allocates_and_predicts():
+    from fedp2eft.methods.adalora import adalora_schedule
+
+    assert adalora_schedule(100, 10, 2) == (20, 2, 6)
+    assert adalora_schedule(3, 32, 1) == (1, 0, 0)
+    torch.manual_seed(0)
+    base, tok = load_classifier("tiny-bert", 2)
+    before = copy.deepcopy(base.state_dict())
+    task = toy_task(tok, n=40)
+    settings = TrainSettings(epochs=10, batch_size=8, lr=5e-3, head_lr=5e-2)
+    preds = get_method("adalora").personalise(base, task, 2, settings)
+    acc = sum(int(p == y) for p, y in zip(preds, task.test.labels)) / len(preds)
+    assert acc >= 0.9
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())

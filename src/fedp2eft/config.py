@@ -58,6 +58,7 @@ class PersonaliseConfig:
     weight_decay: float = 0.0
     eval_batch_size: int = 64
     none_trains_head: bool = True
+    adalora_lr: float = 1e-3  # AdaLoRA's own rate (paper)
 
 
 @dataclass
@@ -198,7 +199,7 @@ def validate(cfg: Config) -> None:
     _require(len(p.pools) > 0, "personalise.pools", "needs at least one pool")
     for k in ("epochs", "batch_size", "eval_batch_size"):
         _require(getattr(p, k) >= 1, f"personalise.{k}", "must be >= 1")
-    for k in ("lr", "head_lr"):
+    for k in ("lr", "head_lr", "adalora_lr"):
         _require(getattr(p, k) > 0, f"personalise.{k}", "must be > 0")
     _require(p.weight_decay >= 0, "personalise.weight_decay", "must be >= 0")
     b, f = cfg.base_model, cfg.federation

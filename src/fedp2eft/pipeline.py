@@ -229,7 +229,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 continue
             base, tok = load_base_model(cfg, len(fed.label_names), seed, out_dir)
             tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in p.pools}
-            resources = {"bt": bt_settings(cfg)}
+            resources = {"bt": bt_settings(cfg), "adalora_lr": p.adalora_lr}
             if any(m.startswith("fedp2eft") for _, _, m, _ in seed_todo):
                 resources["psg"] = load_or_train_psg(cfg, out_dir, seed, base, console)
                 from .lambda_report import write_lambda_report

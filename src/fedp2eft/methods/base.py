@@ -47,7 +47,7 @@ class Method(Protocol):
         ...
 
 
-METHODS = ("none", "lora", "bt-lora", "fedp2eft", "fedp2eft-mean1")
+METHODS = ("none", "lora", "adalora", "bt-lora", "fedp2eft", "fedp2eft-mean1")
 
 
 def get_method(name: str, **resources) -> Method:
@@ -60,6 +60,10 @@ def get_method(name: str, **resources) -> Method:
         return NoneMethod()
     if name == "lora":
         return LoRAMethod()
+    if name == "adalora":
+        from .adalora import AdaLoRAMethod
+
+        return AdaLoRAMethod(lr=resources.get("adalora_lr", 1e-3))
     if name == "bt-lora":
         from .bt_lora_client import BTLoRAClientMethod
 

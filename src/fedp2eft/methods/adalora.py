@@ -1,0 +1,70 @@
+"""AdaLoRA personalisation (baseline, Zhang et al. 2023) through peft, with the paper's settings:
+init_r / target_r = 3r/2 / r (24/16, 12/8, 6/4, 3/2), tinit 10 % and tfinal 30 % of the total
+steps, deltaT 1, orthogonal regularisation 0.1, lr 1e-3 (``personalise.adalora_lr``), and
+``update_and_allocate(step)`` after every optimiser step. The classifier wrapper returns logits,
+not a loss, so the orthogonal regulariser that peft adds to ``outputs.loss`` is added here as an
+extra loss term with peft's formula. After training the adapter is merged and the test split
+predicted (merging uses the final, masked rank pattern).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from peft import AdaLoraConfig, get_peft_model
+from torch import nn
+
+from ..errors import UserError
+from .base import ClientTask, TrainSettings
+from .training import linear_module_names, predict, train_classifier
+
+
+def adalora_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[int, int, int]:
+    """``(total_step, tinit, tfinal)`` with a non-empty budgeting phase."""
+    total = max(1, epochs * math.ceil(num_examples / batch_size))
+    tinit, tfinal = int(0.1 * total), int(0.3 * total)
+    if tinit >= total - tfinal:
+        tinit, tfinal = 0, 0
+    return total, tinit, tfinal
+
+
+def orthogonal_regulariser(model: nn.Module) -> torch.Tensor:
+    """peft's AdaLoRA regulariser: mean over A and B matrices of ||P Pᵀ − I||_F (A) / ||PᵀP − I||_F (B)."""
+    total, count = 0.0, 0
+    for n, p in model.named_parameters():
+        if p.requires_grad and ("lora_A" in n or "lora_B" in n):
+            cov = p @ p.T if "lora_A" in n else p.T @ p
+            total = total + torch.norm(cov - torch.eye(*cov.shape, device=cov.device, dtype=cov.dtype), p="fro")
+            count += 1
+    return total / max(count, 1)
+
+
+class AdaLoRAMethod:
+    name = "adalora"
+    uses_budget = True
+
+    def __init__(self, lr: float = 1e-3, orth_reg_weight: float = 0.1):
+        self.lr, self.orth_reg_weight = lr, orth_reg_weight
+
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+        if budget is None or budget < 1:
+            raise UserError(f"adalora needs a rank budget >= 1, got {budget}")
+        total, tinit, tfinal = adalora_schedule(len(task.train), settings.batch_size, settings.epochs)
+        cfg = AdaLoraConfig(
+            init_r=max(budget + 1, 3 * budget // 2), target_r=budget, tinit=tinit, tfinal=tfinal, deltaT=1,
+            orth_reg_weight=self.orth_reg_weight, total_step=total, lora_alpha=2 * budget, lora_dropout=0.0,
+            target_modules=linear_module_names(base), modules_to_save=["head"],
+        )
+        torch.manual_seed(settings.seed)
+        model = get_peft_model(copy.deepcopy(base), cfg)
+        adapter = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+        head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+        train_classifier(
+            model, [{"params": adapter, "lr": self.lr}, {"params": head, "lr": settings.head_lr}], task.train,
+            settings.epochs, settings.batch_size, settings.seed, settings.weight_decay,
+            extra_loss=lambda m: self.orth_reg_weight * orthogonal_regulariser(m),
+            on_step=lambda step, _loss: model.base_model.update_and_allocate(step - 1),
+        )
+        return predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
