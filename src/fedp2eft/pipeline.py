@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .config import Config
+from .config import Config, from_dict
 from .data import FederationSpec, build_federation, load_dataset_by_name
 from .data.partition import Client, Federation
 from .errors import UserError
@@ -185,7 +185,11 @@ def open_results(cfg: Config, out_dir: Path, fresh: bool) -> dict[str, Any]:
     existing = None if fresh else load_results(out_dir / "results.json")
     config = cfg.to_dict()
     if existing is not None:
-        if comparable(existing.get("config", {})) != comparable(config):
+        try:  # fill keys added since the file was written with their defaults
+            previous = from_dict(existing.get("config", {})).to_dict()
+        except UserError:
+            previous = existing.get("config", {})
+        if comparable(previous) != comparable(config):
             raise UserError(
                 f"{out_dir / 'results.json'} holds runs of different data/model/training settings; "
                 "use another --out or --fresh"
