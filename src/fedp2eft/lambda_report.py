@@ -94,7 +94,12 @@ def write_lambda_report(base, psg, tasks: dict[str, list[ClientTask]], folder: P
         plot_rank_structure(mean, names, f"PSG λ, mean over {pool} clients", folder / f"rank_structure_{pool}.png")
         langs_sorted, matrix = language_distance(lams, langs)
         plot_distance(langs_sorted, matrix, f"cross-lingual λ distance ({pool})", folder / f"lambda_distance_{pool}.png")
+        stack = torch.stack(list(lams.values())).double()  # clients x modules x ranks
         summary[pool] = {"languages": langs_sorted, "distance": np.where(np.isfinite(matrix), matrix, None).tolist(),
-                         "lambda_mean": float(mean.mean()), "lambda_max": float(mean.max())}
+                         "lambda_mean": float(mean.mean()), "lambda_max": float(mean.max()),
+                         "lambda_min": float(mean.min()),
+                         # how much structure λ has: spread over ranks within a module, over modules, over clients
+                         "sd_over_ranks": float(stack.std(2).mean()), "sd_over_modules": float(stack.mean(2).std(1).mean()),
+                         "sd_over_clients": float(stack.std(0).mean()) if len(lams) > 1 else 0.0}
     write_json(folder / "lambda_report.json", {"modules": names, "pools": summary})
     return summary
