@@ -1,0 +1,49 @@
+"""PF2LoRA's two-level LoRA (seed 002): client k's weight is ``W0 + s1·B A + s2·D_k C_k``.
+
+Level 1 (A, B; rank r) is shared by all clients and averaged by the server; level 2 (C_k, D_k;
+rank r̃) stays on client k, so the client's effective update has rank in [r − r̃, r + r̃].
+``TwoLevelLinear`` wraps a frozen ``nn.Linear``; B and D start at zero (plain LoRA init), so the
+wrapped layer starts as the base layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class TwoLevelLinear(nn.Module):
+    def __init__(self, base: nn.Linear, r: int = 8, r_local: int = 2, alpha: float | None = None,
+                 alpha_local: float | None = None):
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        d_out, d_in = base.weight.shape
+        self.lora_A = nn.Parameter(torch.empty(r, d_in))
+        self.lora_B = nn.Parameter(torch.zeros(d_out, r))
+        self.local_C = nn.Parameter(torch.empty(r_local, d_in))
+        self.local_D = nn.Parameter(torch.zeros(d_out, r_local))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        nn.init.kaiming_uniform_(self.local_C, a=math.sqrt(5))
+        self.scaling = (alpha if alpha is not None else 2 * r) / r
+        self.scaling_local = (alpha_local if alpha_local is not None else 2 * r_local) / r_local
+
+    def shared_update(self) -> torch.Tensor:
+        return self.scaling * self.lora_B @ self.lora_A
+
+    def local_update(self) -> torch.Tensor:
+        return self.scaling_local * self.local_D @ self.local_C
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base(x)
+        out = out + self.scaling * (x @ self.lora_A.T) @ self.lora_B.T
+        return out + self.scaling_local * (x @ self.local_C.T) @ self.local_D.T
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [self.lora_A, self.lora_B]
+
+    def local_parameters(self) -> list[nn.Parameter]:
+        return [self.local_C, self.local_D]
