@@ -12,7 +12,7 @@ train/validation split would), and the server averages (A, B) every ``steps`` lo
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
