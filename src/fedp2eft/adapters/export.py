@@ -11,14 +11,13 @@ from __future__ import annotations
 import copy
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from ..atomic import atomic_folder
 from .bt_lora import bt_modules
 
 
@@ -57,14 +56,6 @@ def export_plain_lora(model: nn.Module, base: nn.Module, folder: str | os.PathLi
                 if ".modules_to_save." in k and k in src:
                     v.copy_(src[k])
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         plain.save_pretrained(tmp, safe_serialization=True)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder

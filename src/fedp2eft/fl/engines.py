@@ -135,23 +135,11 @@ def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_c
 
 def save_base_model(model, tokenizer, folder: Path, meta: dict) -> None:
     """Write a base-model folder that ``load_classifier`` reads (backbone, tokenizer, head), atomically."""
-    import os
-    import shutil
-    import tempfile
+    from ..atomic import atomic_folder, save_tensors
 
-    from ..atomic import save_tensors
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         model.backbone.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         save_tensors(tmp / "head.safetensors", model.head.state_dict())
         (tmp / "fedp2eft_classifier.json").write_text(json.dumps(
             {"num_labels": model.num_labels, "pooling": model.pooling, **meta}, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)

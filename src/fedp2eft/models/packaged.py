@@ -15,11 +15,11 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from ..atomic import atomic_folder
 from ..errors import UserError
 
 
@@ -143,16 +143,8 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) 
     if is_prepared(name) and not force:
         log(f"{name}: already prepared at {dest}")
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=dest.parent))
-    try:
-        log(f"{name}: building into {dest}")
+    log(f"{name}: building into {dest}")
+    with atomic_folder(dest) as tmp:
         BUILDERS[name](tmp)
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     log(f"{name}: ready")
     return dest
