@@ -46,6 +46,8 @@ def python_env(tmp_path) -> dict:
     env = dict(os.environ)
     env["FLWR_HOME"] = str(tmp_path / "flwr-home")
     env["PYTHONPATH"] = str(REPO / "tests")
+    # the SuperLink and SuperNodes start flower-superexec etc. by name: the venv's bin must be on PATH
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
 
 
