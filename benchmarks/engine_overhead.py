@@ -65,8 +65,7 @@ def bare_loop(cfg, job, init):
     for round_ in range(1, settings.rounds + 1):
         results = []
         for node in sample(seen, settings, round_):
-            hp = {**job["hp"], "seed": int(job["hp"]["seed"]) * 1_000_003 + round_}
-            results.append(worker.train({**job, "hp": hp}, clients[node - 1][0], state)[:2])
+            results.append(worker.train(worker.for_round(job, round_), clients[node - 1][0], state)[:2])
         total = sum(n for _, n in results)
         state = {k: sum(s[k] * (n / total) for s, n in results) for k in state}
     return state

@@ -43,8 +43,7 @@ def train(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)
     state = from_arrays(msg.content.array_records["arrays"])
-    job = {**job, "hp": {**job["hp"], "seed": int(job["hp"]["seed"]) * 1_000_003 + int(job["round"])}}
-    new_state, n, metrics = worker.train(job, cid, state)
+    new_state, n, metrics = worker.train(worker.for_round(job, job["round"]), cid, state)
     return Message(train_reply(new_state, n, metrics), reply_to=msg)
 
 

@@ -65,6 +65,11 @@ def client_task(job: dict, cid: str) -> ClientTask:
                       encode(tok, client.test, cfg.data.max_length))
 
 
+def for_round(job: dict, round_: int) -> dict:
+    """The job as a client runs it in ``round_``: its seed made unique per round."""
+    return {**job, "hp": {**job["hp"], "seed": int(job["hp"]["seed"]) * 1_000_003 + int(round_)}}
+
+
 def psg_settings(hp: dict) -> PSGSettings:
     hp = dict(hp)
     steps, lr = hp.pop("regress_steps"), hp.pop("regress_lr")
