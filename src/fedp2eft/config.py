@@ -110,6 +110,37 @@ class FedP2EFTConfig:
 
 
 @dataclass
+class FedL2PConfig:
+    """FedL2P's federated learning-rate generator (one training per budget; authors' meta settings).
+    Its inner fine-tuning uses ``personalise`` epochs, batch size and head lr: it learns the rates of
+    exactly the fine-tuning it is evaluated with."""
+
+    rounds: int = 150
+    base_lr: float = 0.0  # initial per-matrix base rate; 0 = personalise.lr
+    outer_steps: int = 3
+    batch_pairs: int = 16
+    neumann_terms: int = 3
+    neumann_lr: float = 0.1
+    net_lr: float = 1e-4
+    base_lr_lr: float = 1e-6
+    val_fraction: float = 0.2
+
+
+@dataclass
+class PF2LoRAConfig:
+    """PF2LoRA's federated bilevel training (one training per budget; level-1 rank = the budget)."""
+
+    rounds: int = 150
+    local_rank: int = 0  # level-2 rank r̃; 0 = ceil(budget / 4) (authors: r = 8, r̃ = 2)
+    lr: float = 1e-4  # level 1 (A, B), AdamW
+    head_lr: float = 1e-4
+    lower_lr: float = 1e-2  # level 2 (C_k, D_k), SGD
+    steps: int = 10  # upper steps per round
+    inner_steps: int = 1  # lower steps before each upper step
+    batch_size: int = 32
+
+
+@dataclass
 class Config:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -118,6 +149,8 @@ class Config:
     base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     fedp2eft: FedP2EFTConfig = field(default_factory=FedP2EFTConfig)
+    fedl2p: FedL2PConfig = field(default_factory=FedL2PConfig)
+    pf2lora: PF2LoRAConfig = field(default_factory=PF2LoRAConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,6 +257,18 @@ def validate(cfg: Config) -> None:
         _require(getattr(q, k) > 0, f"fedp2eft.{k}", "must be > 0")
     for k in ("alpha_s", "alpha_p"):
         _require(getattr(q, k) >= 0, f"fedp2eft.{k}", "must be >= 0")
+    fl, pf = cfg.fedl2p, cfg.pf2lora
+    for k in ("rounds", "outer_steps", "batch_pairs", "neumann_terms"):
+        _require(getattr(fl, k) >= 1, f"fedl2p.{k}", "must be >= 1")
+    for k in ("neumann_lr", "net_lr", "base_lr_lr"):
+        _require(getattr(fl, k) > 0, f"fedl2p.{k}", "must be > 0")
+    _require(fl.base_lr >= 0, "fedl2p.base_lr", "must be >= 0 (0 = personalise.lr)")
+    _require(0 < fl.val_fraction < 1, "fedl2p.val_fraction", "must be in (0, 1)")
+    for k in ("rounds", "steps", "inner_steps", "batch_size"):
+        _require(getattr(pf, k) >= 1, f"pf2lora.{k}", "must be >= 1")
+    _require(pf.local_rank >= 0, "pf2lora.local_rank", "must be >= 0 (0 = ceil(budget / 4))")
+    for k in ("lr", "head_lr", "lower_lr"):
+        _require(getattr(pf, k) > 0, f"pf2lora.{k}", "must be > 0")
     if any(m.startswith("fedp2eft") for m in p.methods):
         for i, b in enumerate(p.budgets):
             _require(b <= q.r_init, f"personalise.budgets[{i}]",

@@ -25,6 +25,7 @@ from .methods import ClientTask, TrainSettings, get_method
 from .methods.batches import encode
 from .models import load_classifier, resolve
 from .report import environment, load_results, run_key, write_results
+from .stages import base_model_dir, bt_settings, method_resources, psg_dir  # noqa: F401 (re-exported)
 
 # Config parts that do not change what a single run computes (so results may merge across them).
 _RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federation", "num_gpus"),
@@ -33,8 +34,19 @@ _RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federa
                   ("personalise", "pools"), ("personalise", "eval_batch_size")}
 
 
+# Sections that only shape one method's runs: recorded in each of its runs ("settings") instead, so
+# a results file can gain these methods later and a change re-runs only that method.
+METHOD_SECTIONS = {"fedl2p": "fedl2p", "pf2lora": "pf2lora"}
+
+
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {s: {k: v for k, v in sec.items() if (s, k) not in _RUN_SELECTORS} for s, sec in config.items()}
+    return {s: {k: v for k, v in sec.items() if (s, k) not in _RUN_SELECTORS} for s, sec in config.items()
+            if s not in METHOD_SECTIONS.values()}
+
+
+def run_settings(cfg: Config, method: str) -> dict[str, Any] | None:
+    section = METHOD_SECTIONS.get(method)
+    return cfg.to_dict()[section] if section else None
 
 
 def load_federation(cfg: Config) -> Federation:
@@ -67,10 +79,6 @@ def train_settings(cfg: Config, seed: int) -> TrainSettings:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def base_model_dir(out_dir: Path) -> Path:
-    return Path(out_dir) / "base_model" / "model"
 
 
 def load_base_model(cfg: Config, num_labels: int, seed: int, out_dir: Path | None = None, base_override=None):
@@ -106,50 +114,6 @@ def train_standard_fl_base(cfg: Config, out_dir: Path, console=None) -> Path:
     save_base_model(model, load_tokenizer(cfg.model.name), base_model_dir(out_dir),
                     {"kind": "standard-fl", "mode": cfg.base_model.mode, "rounds": cfg.base_model.rounds})
     return base_model_dir(out_dir)
-
-
-def base_spec(cfg: Config, out_dir: Path) -> str:
-    """What the PSG's clients start from: the base-model folder, or ``off-the-shelf``."""
-    if cfg.base_model.kind == "standard-fl":
-        return str(base_model_dir(out_dir).resolve())
-    return cfg.base_model.kind
-
-
-def psg_dir(out_dir: Path, seed: int) -> Path:
-    return Path(out_dir) / "psg" / f"seed{seed}"
-
-
-def bt_settings(cfg: Config):
-    from .methods.bt_training import BTSettings
-
-    q = cfg.fedp2eft
-    return BTSettings(r_init=q.r_init, lora_alpha=q.lora_alpha, alpha_s=q.alpha_s, alpha_p=q.alpha_p,
-                      lambda_lr=q.lambda_lr)
-
-
-def load_or_train_psg(cfg: Config, out_dir: Path, seed: int, base: torch.nn.Module, console=None):
-    """Stage 2: the trained PSG of this seed (trained federatedly once, then read from disk)."""
-    from safetensors.torch import load_file
-
-    from .atomic import save_tensors
-    from .fl.engines import run_psg_training
-    from .methods.fedp2eft import new_psg
-
-    folder = psg_dir(out_dir, seed)
-    final = folder / "psg.safetensors"
-    psg = new_psg(base, cfg.fedp2eft.r_init, seed)
-    if final.is_file():
-        psg.load_state_dict(load_file(str(final)))
-        return psg
-    log = console.print if console else print
-    log(f"FedP²EFT PSG (seed {seed}): {cfg.fedp2eft.rounds} rounds on the {cfg.federation.engine} engine, "
-        f"checkpoints in {folder / 'checkpoint'}")
-    psg = run_psg_training(cfg, base_spec(cfg, out_dir), seed, folder, resume=True,
-                           on_round=lambda r: log(f"  round {r['round']}: {len(r['sampled'])} clients, "
-                                                  f"L1 {r.get('l1', float('nan')):.4g}, "
-                                                  f"mean λ {r.get('lambda_mean', float('nan')):.4g}, {r['seconds']} s"))
-    save_tensors(final, psg.state_dict(), metadata={"r_init": str(cfg.fedp2eft.r_init), "seed": str(seed)})
-    return psg
 
 
 def personalise_pool(
@@ -210,7 +174,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
         torch.set_num_threads(cfg.experiment.threads)
     resolve(cfg.model.name)  # fail on an unknown or unprepared model before any work
     results = open_results(cfg, out_dir, fresh)
-    done = {run_key(r) for r in results["runs"]}
+    done = {run_key(r) for r in results["runs"] if r.get("settings") == run_settings(cfg, r["method"])}
     fed = load_federation(cfg)
     console.print(f"[bold]{fed.dataset}[/]: {len(fed.clients)} clients in {len(fed.languages)} languages")
     p = cfg.personalise
@@ -233,12 +197,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 continue
             base, tok = load_base_model(cfg, len(fed.label_names), seed, out_dir)
             tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in p.pools}
-            resources = {"bt": bt_settings(cfg), "adalora_lr": p.adalora_lr}
-            if any(m.startswith("fedp2eft") for _, _, m, _ in seed_todo):
-                resources["psg"] = load_or_train_psg(cfg, out_dir, seed, base, console)
-                from .lambda_report import write_lambda_report
-
-                write_lambda_report(base, resources["psg"], tasks, psg_dir(out_dir, seed))
+            resources = method_resources(cfg, out_dir, seed, base, tasks, [(m, b) for _, _, m, b in seed_todo], console)
             for _, pool, method, budget in seed_todo:
                 label = f"seed {seed} {pool} {method}" + (f" r={budget}" if budget else "")
                 bar = progress.add_task(label, total=len(tasks[pool]))
@@ -252,6 +211,8 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                     "per_language": per_language, "mean": mean_over_languages(per_language),
                     "clients": len(tasks[pool]), "seconds": round(time.perf_counter() - start, 2),
                 }
+                if run_settings(cfg, method) is not None:
+                    run["settings"] = run_settings(cfg, method)
                 results["runs"] = [r for r in results["runs"] if run_key(r) != run_key(run)] + [run]
                 write_results(out_dir, results)
                 progress.advance(overall)

@@ -47,3 +47,38 @@ class TwoLevelLinear(nn.Module):
 
     def local_parameters(self) -> list[nn.Parameter]:
         return [self.local_C, self.local_D]
+
+
+def attach_two_level(model: nn.Module, targets: list[str], r: int, r_local: int, alpha: float | None = None,
+                     alpha_local: float | None = None) -> dict[str, TwoLevelLinear]:
+    """Replace each named ``nn.Linear`` of ``model`` (in place) by a :class:`TwoLevelLinear`."""
+    wrapped = {}
+    for name in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        layer = TwoLevelLinear(getattr(parent, child), r, r_local, alpha, alpha_local)
+        setattr(parent, child, layer)
+        wrapped[name] = layer
+    return wrapped
+
+
+def level_state(layers: dict[str, TwoLevelLinear], level: str) -> dict[str, torch.Tensor]:
+    """``level`` = ``"shared"`` ((A, B), what travels) or ``"local"`` ((C_k, D_k), what stays)."""
+    keys = ("lora_A", "lora_B") if level == "shared" else ("local_C", "local_D")
+    return {f"{n}.{k}": getattr(layer, k).detach().clone() for n, layer in layers.items() for k in keys}
+
+
+def load_level_state(layers: dict[str, TwoLevelLinear], state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for key, value in state.items():
+            name, _, attr = key.rpartition(".")
+            getattr(layers[name], attr).copy_(value)
+
+
+def merge_two_level(layers: dict[str, TwoLevelLinear]) -> None:
+    """Fold both levels into the base weights (the wrapped layers then act as their merged base)."""
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.base.weight += layer.shared_update() + layer.local_update()
+            layer.lora_B.zero_()
+            layer.local_D.zero_()

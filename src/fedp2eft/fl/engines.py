@@ -113,6 +113,57 @@ def run_psg_training(cfg: Config, base: str, seed: int, out_dir: Path, resume: b
     return psg
 
 
+def fedl2p_hp(cfg: Config, budget: int, seed: int) -> dict:
+    q, p = cfg.fedl2p, cfg.personalise
+    return {"budget": budget, "base_lr": q.base_lr or p.lr, "head_lr": p.head_lr, "epochs": p.epochs,
+            "batch_size": p.batch_size, "outer_steps": q.outer_steps, "batch_pairs": q.batch_pairs,
+            "neumann_terms": q.neumann_terms, "neumann_lr": q.neumann_lr, "net_lr": q.net_lr,
+            "base_lr_lr": q.base_lr_lr, "val_fraction": q.val_fraction, "seed": seed}
+
+
+def pf2lora_hp(cfg: Config, budget: int, seed: int) -> dict:
+    q = cfg.pf2lora
+    return {"budget": budget, "local_rank": q.local_rank, "lr": q.lr, "head_lr": q.head_lr, "lower_lr": q.lower_lr,
+            "steps": q.steps, "inner_steps": q.inner_steps, "batch_size": q.batch_size, "seed": seed}
+
+
+def _generator_job(cfg: Config, algorithm: str, base: str, hp: dict, **extra) -> dict:
+    from .worker import client_ids, experiment_json
+
+    exp = experiment_json(cfg)
+    return {"experiment": exp, "algorithm": algorithm, "base": base, "hp": hp,
+            "num_clients": len(client_ids(exp)), **extra}
+
+
+def run_fedl2p_training(cfg: Config, base: str, budget: int, seed: int, out_dir: Path, resume: bool = True,
+                        client_app=None, on_round=None):
+    """FedL2P's federated meta-training of the learning-rate generator for one budget."""
+    from ..methods.fedl2p import new_lr_generator
+
+    hp = fedl2p_hp(cfg, budget, seed)
+    job = _generator_job(cfg, "fedl2p", base, hp)
+    base_model, _ = pretrained_base(cfg, job)
+    generator = new_lr_generator(base_model, hp["base_lr"], seed)
+    settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.fedl2p.rounds, seed=seed, eval_pool="", eval_every=0)
+    generator.load_state_dict(run_job(cfg, job, dict(generator.state_dict()), settings, out_dir, resume,
+                                      client_app, on_round))
+    return generator
+
+
+def run_pf2lora_training(cfg: Config, base: str, budget: int, seed: int, out_dir: Path, client_state_dir: Path,
+                         resume: bool = True, client_app=None, on_round=None) -> dict:
+    """PF2LoRA's federated bilevel training for one budget; returns the shared (A, B, head) state.
+    Each client keeps its level-2 adapter in ``client_state_dir`` (client-local storage)."""
+    from ..methods.pf2lora import PF2LoRASettings, initial_shared_state
+
+    hp = pf2lora_hp(cfg, budget, seed)
+    job = _generator_job(cfg, "pf2lora", base, hp, client_state_dir=str(client_state_dir))
+    base_model, _ = pretrained_base(cfg, job)
+    settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.pf2lora.rounds, seed=seed, eval_pool="", eval_every=0)
+    init = initial_shared_state(base_model, PF2LoRASettings(**hp))
+    return run_job(cfg, job, init, settings, out_dir, resume, client_app, on_round)
+
+
 def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_clients):
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation

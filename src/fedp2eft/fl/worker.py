@@ -2,8 +2,10 @@
 process, never per client), call ``fedp2eft.methods`` code, and return plain results.
 
 A job (sent in every message) names the experiment config (JSON), the algorithm (``fedavg`` for
-the Standard-FL base model, ``psg`` for FedP²EFT's generator), its hyperparameters, and the base
-model the clients start from (``off-the-shelf`` or a folder). Per-client state (the trained copy
+the Standard-FL base model, ``psg`` for FedP²EFT's generator, ``fedl2p`` for FedL2P's
+learning-rate generator, ``pf2lora`` for PF2LoRA's shared level), its hyperparameters, and the base
+model the clients start from (``off-the-shelf`` or a folder). PF2LoRA's jobs also name the
+client-local folder where each client keeps its level-2 adapter between rounds. Per-client state (the trained copy
 of the model, the client's encoded data) exists only for the duration of one call, so memory does
 not grow with the number of clients.
 """
@@ -19,7 +21,9 @@ from ..config import Config, from_dict
 from ..methods.base import ClientTask
 from ..methods.batches import encode
 from ..methods.bt_training import BTSettings
+from ..methods.fedl2p import FedL2PSettings, fedl2p_client_update
 from ..methods.fedp2eft import PSGSettings, psg_client_update
+from ..methods.pf2lora import PF2LoRASettings, pf2lora_client_update
 from ..methods.standard_fl import FedAvgHP, client_update, evaluate_state
 
 
@@ -80,8 +84,15 @@ def train(job: dict, cid: str, state: dict[str, torch.Tensor]):
     """One local update; returns ``(state, num_examples, metrics)``."""
     task = client_task(job, cid)
     base, _ = base_model(job)
-    if job.get("algorithm", "fedavg") == "psg":
+    algorithm = job.get("algorithm", "fedavg")
+    if algorithm == "psg":
         return psg_client_update(base, state, task, psg_settings(job["hp"]))
+    if algorithm == "fedl2p":
+        return fedl2p_client_update(base, state, task, FedL2PSettings(**job["hp"]))
+    if algorithm == "pf2lora":
+        return pf2lora_client_update(base, state, task, PF2LoRASettings(**job["hp"]), job["client_state_dir"])
+    if algorithm != "fedavg":
+        raise ValueError(f"unknown algorithm {algorithm!r}")
     return client_update(base, state, task, FedAvgHP(**job["hp"]))
 
 

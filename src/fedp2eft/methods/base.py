@@ -47,11 +47,12 @@ class Method(Protocol):
         ...
 
 
-METHODS = ("none", "lora", "adalora", "bt-lora", "fedp2eft", "fedp2eft-mean1")
+METHODS = ("none", "lora", "adalora", "bt-lora", "fedl2p", "pf2lora", "fedp2eft", "fedp2eft-mean1")
 
 
 def get_method(name: str, **resources) -> Method:
-    """A method object; ``resources`` carries what a method needs beyond the client (FedP²EFT: ``psg``)."""
+    """A method object; ``resources`` carries what a method needs beyond the client (FedP²EFT: ``psg``;
+    FedL2P: ``fedl2p`` = {budget: generator}; PF2LoRA: ``pf2lora`` = {budget: (shared state, client folder)})."""
     from .fedp2eft import FedP2EFTMethod
     from .lora import LoRAMethod
     from .none import NoneMethod
@@ -68,6 +69,14 @@ def get_method(name: str, **resources) -> Method:
         from .bt_lora_client import BTLoRAClientMethod
 
         return BTLoRAClientMethod(resources.get("bt"))
+    if name == "fedl2p":
+        from .fedl2p import FedL2PMethod
+
+        return FedL2PMethod(resources.get("fedl2p"))
+    if name == "pf2lora":
+        from .pf2lora import PF2LoRAMethod
+
+        return PF2LoRAMethod(resources.get("pf2lora"), resources.get("pf2lora_settings"))
     if name in ("fedp2eft", "fedp2eft-mean1"):
         return FedP2EFTMethod(resources.get("psg"), resources.get("bt"), mean_one=name == "fedp2eft-mean1")
     raise UserError(f"unknown method {name!r}; methods are {list(METHODS)}")

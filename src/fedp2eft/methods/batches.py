@@ -38,6 +38,16 @@ class EncodedData:
             out["token_type_ids"] = tt
         return out
 
+    def subset(self, index: list[int]) -> EncodedData:
+        tt = [self.token_type_ids[i] for i in index] if self.token_type_ids is not None else None
+        return EncodedData([self.input_ids[i] for i in index], [self.labels[i] for i in index], self.pad_id, tt)
+
+    def split(self, fraction: float, seed: int) -> tuple[EncodedData, EncodedData]:
+        """A seeded random split: ``(1 − fraction, fraction)`` of the rows; each part keeps at least one row."""
+        order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed)).tolist()
+        k = min(max(1, round(fraction * len(self))), len(self) - 1)
+        return self.subset(sorted(order[k:])), self.subset(sorted(order[:k]))
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = False):
         order = torch.randperm(len(self), generator=generator).tolist() if shuffle else list(range(len(self)))
         for start in range(0, len(order), batch_size):

@@ -1,0 +1,168 @@
+"""FedL2P (Lee et al. 2023) as a baseline: a federatedly meta-learned per-matrix learning rate.
+
+One client's federated round (``fedl2p_client_update``), for a fixed rank budget r:
+  1. features = meta_features(base, D_train)     (the PSG's features, FedP²EFT eq. 6)
+  2. 20 % of D_train is held out as validation (seeded split)
+  3. for each of ``outer_steps`` (authors 3) outer steps:
+       η = LRGenerator(features)                  (one rate per LoRA matrix × learnable base rate)
+       fine-tune a fresh rank-r LoRA on the rest of D_train with AdamW at the rates η
+       dL_V/dη by the implicit function theorem with a Neumann-series inverse
+         (``fedl2p_hypergrad.lr_hypergradient``: 3 terms), averaged over up to 16 train/val
+         batch pairs, then chained into the generator: Adam 1e-4 (MLP) and 1e-6 (base rates)
+  4. only the generator's weights are returned; the server averages them (FedAvg).
+
+Neumann step: the proximal reading of fine-tuning adds diag(1/η) to the Hessian, so the authors'
+step α = 0.1 would diverge for η ≪ 1; the step is scaled to α = neumann_lr · min η (the series
+then contracts by 1 − neumann_lr along the proximal term). Double backward needs the eager attention
+kernel (PyTorch's CPU flash attention has no second derivative): the hypergradient copy of the
+model switches to it.
+
+Personalisation (``FedL2PMethod``): η from the budget's trained generator, fine-tune rank-r LoRA
+with those rates (the head at ``head_lr``), merge, predict. One federated training per budget.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from peft import get_peft_model
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import UserError
+from ..psg import LRGenerator, feature_modules, meta_features
+from .base import ClientTask, TrainSettings
+from .batches import EncodedData
+from .fedl2p_hypergrad import lr_hypergradient
+from .lora import lora_config
+from .training import device_of, model_inputs, predict, to_device, train_classifier
+
+
+@dataclass(frozen=True)
+class FedL2PSettings:
+    budget: int = 2
+    base_lr: float = 1e-4
+    head_lr: float = 1e-4
+    epochs: int = 2
+    batch_size: int = 32
+    outer_steps: int = 3
+    batch_pairs: int = 16
+    neumann_terms: int = 3
+    neumann_lr: float = 0.1
+    net_lr: float = 1e-4
+    base_lr_lr: float = 1e-6
+    val_fraction: float = 0.2
+    seed: int = 0
+
+
+def new_lr_generator(base: nn.Module, base_lr: float, seed: int = 0) -> LRGenerator:
+    torch.manual_seed(seed)
+    n = len(feature_modules(base))
+    return LRGenerator(2 * n, 2 * n, base_lr=base_lr)
+
+
+def lora_matrices(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
+    """The LoRA matrices of a peft model in the generator's order ``[m0.A, m0.B, m1.A, …]``."""
+    out = []
+    for n in names:
+        layer = model.base_model.model.get_submodule(n)
+        out += [layer.lora_A["default"].weight, layer.lora_B["default"].weight]
+    return out
+
+
+def finetune_with_rates(base: nn.Module, data: EncodedData, rates: torch.Tensor, budget: int, head_lr: float,
+                        epochs: int, batch_size: int, seed: int) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
+    """A fresh rank-``budget`` LoRA trained with one AdamW rate per matrix; returns (model, matrices, init)."""
+    torch.manual_seed(seed)
+    model = get_peft_model(copy.deepcopy(base), lora_config(base, budget))
+    matrices = lora_matrices(model, feature_modules(base))
+    init = [p.detach().clone() for p in matrices]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    groups = [{"params": [p], "lr": float(r)} for p, r in zip(matrices, rates.detach().tolist(), strict=True)]
+    train_classifier(model, [*groups, {"params": head, "lr": head_lr}], data, epochs, batch_size, seed)
+    return model, matrices, init
+
+
+def _use_eager_attention(model: nn.Module) -> None:
+    backbone = model.base_model.model.backbone
+    if hasattr(backbone, "set_attn_implementation"):
+        backbone.set_attn_implementation("eager")
+
+
+def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: list[torch.Tensor], rates: torch.Tensor,
+                       train: EncodedData, val: EncodedData, s: FedL2PSettings, seed: int) -> tuple[torch.Tensor, float]:
+    """dL_V/dη averaged over up to ``batch_pairs`` (train batch, val batch) pairs; also the mean val loss."""
+    _use_eager_attention(model)
+    model.eval()
+    device = device_of(model)
+    gen = torch.Generator().manual_seed(seed)
+    train_batches = list(train.batches(s.batch_size, generator=gen, shuffle=True))
+    val_batches = list(val.batches(s.batch_size, generator=gen, shuffle=True))
+    pairs = min(s.batch_pairs, max(len(train_batches), len(val_batches)))
+
+    def loss_on(batch):
+        batch = to_device(batch, device)
+        return lambda _params: F.cross_entropy(model(**model_inputs(batch)), batch["labels"])
+
+    rates = rates.detach()
+    alpha = s.neumann_lr * float(rates.min().clamp_min(1e-12))
+    total, val_loss = torch.zeros_like(rates), 0.0
+    for i in range(pairs):
+        tb, vb = train_batches[i % len(train_batches)], val_batches[i % len(val_batches)]
+        total += lr_hypergradient(loss_on(tb), loss_on(vb), matrices, init, rates, alpha, s.neumann_terms)
+        with torch.no_grad():
+            val_loss += float(loss_on(vb)(None))
+    return total / pairs, val_loss / pairs
+
+
+def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: FedL2PSettings):
+    """One client's FedL2P round; returns ``(generator_state, num_examples, metrics)``."""
+    if len(task.train) < 2:
+        raise ValueError(f"client {task.client_id}: FedL2P needs at least 2 training rows (train/val split)")
+    feats = meta_features(base, task.train)
+    generator = new_lr_generator(base, s.base_lr)
+    generator.load_state_dict(state)
+    net_opt = torch.optim.Adam(generator.net.parameters(), lr=s.net_lr)
+    base_opt = torch.optim.Adam([generator.base_lr], lr=s.base_lr_lr)
+    train, val = task.train.split(s.val_fraction, s.seed)
+    val_losses = []
+    for step in range(s.outer_steps):
+        rates = generator(feats)
+        model, matrices, init = finetune_with_rates(base, train, rates, s.budget, s.head_lr, s.epochs, s.batch_size,
+                                                    s.seed + step)
+        hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, s.seed + step)
+        if not torch.isfinite(hyper).all():
+            raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
+        net_opt.zero_grad(set_to_none=True)
+        base_opt.zero_grad(set_to_none=True)
+        rates.backward(hyper)
+        net_opt.step()
+        base_opt.step()
+        val_losses.append(val_loss)
+        del model
+    with torch.no_grad():
+        rates = generator(feats)
+    metrics = {"val_loss": sum(val_losses) / len(val_losses), "lr_mean": float(rates.mean()),
+               "lr_min": float(rates.min()), "lr_max": float(rates.max())}
+    return {k: v.detach().clone() for k, v in generator.state_dict().items()}, len(task.train), metrics
+
+
+class FedL2PMethod:
+    """Personalisation with the generator trained for the budget (``generators[budget]``)."""
+
+    name = "fedl2p"
+    uses_budget = True
+
+    def __init__(self, generators: dict[int, LRGenerator] | None = None):
+        self.generators = generators or {}
+
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+        if budget not in self.generators:
+            raise UserError(f"fedl2p has no trained learning-rate generator for budget {budget}")
+        with torch.no_grad():
+            rates = self.generators[budget](meta_features(base, task.train))
+        model, _, _ = finetune_with_rates(base, task.train, rates, budget, settings.head_lr, settings.epochs,
+                                          settings.batch_size, settings.seed)
+        return predict(model.merge_and_unload(), task.test, settings.eval_batch_size)

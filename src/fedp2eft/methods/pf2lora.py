@@ -1,0 +1,153 @@
+"""PF2LoRA (seed 002) as a federated method: shared level-1 LoRA (A, B) plus a per-client level-2
+LoRA (C_k, D_k) on every linear layer of the backbone (``adapters.two_level``).
+
+Federated round on client k (``pf2lora_client_update``): load the server's (A, B, head) and the
+client's own (C_k, D_k) — kept in client-local storage between rounds, never sent — or a fresh
+level 2 seeded by the client id; run ``steps`` upper steps of the first-order bilevel scheme of
+``pf2lora_bilevel`` (lower level SGD on (C_k, D_k), upper level AdamW on (A, B) and the head);
+store (C_k, D_k) locally; return (A, B, head) for FedAvg.
+
+Rank budget r: level 1 has rank r; level 2 has rank ``local_rank`` (0 = ⌈r/4⌉, the authors'
+8 / 2 ratio), so a client's effective update has rank in [r − r̃, r + r̃].
+
+Personalisation (``PF2LoRAMethod``): the budget's trained level 1 (frozen); a client with stored
+level-2 state (a seen client that trained) starts from it, any other client (unseen, or never
+sampled) from a fresh one; level 2 and the head are fine-tuned with the same AdamW settings as every
+other method, both levels merged, test split predicted.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+
+from ..adapters.two_level import TwoLevelLinear, attach_two_level, level_state, load_level_state, merge_two_level
+from ..atomic import save_tensors
+from ..errors import UserError
+from .base import ClientTask, TrainSettings
+from .batches import EncodedData
+from .pf2lora_bilevel import bilevel_local_steps
+from .training import device_of, linear_module_names, model_inputs, predict, to_device, train_classifier
+
+
+@dataclass(frozen=True)
+class PF2LoRASettings:
+    budget: int = 8
+    local_rank: int = 0  # 0 = ceil(budget / 4)
+    lr: float = 1e-4  # upper level (A, B), AdamW
+    head_lr: float = 1e-4
+    lower_lr: float = 1e-2  # lower level (C_k, D_k), SGD
+    steps: int = 10  # upper steps per round (the authors communicate every 10 local steps)
+    inner_steps: int = 1
+    batch_size: int = 32
+    seed: int = 0
+
+    @property
+    def r_local(self) -> int:
+        return self.local_rank or max(1, math.ceil(self.budget / 4))
+
+
+def client_seed(cid: str, seed: int) -> int:
+    return (zlib.crc32(cid.encode()) + 7919 * seed) % 2**31
+
+
+def two_level_model(base: nn.Module, budget: int, r_local: int, seed: int) -> tuple[nn.Module, dict[str, TwoLevelLinear]]:
+    """A copy of ``base`` with both levels on every backbone linear layer (A, C random; B, D zero)."""
+    torch.manual_seed(seed)
+    model = copy.deepcopy(base)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+    layers = attach_two_level(model, linear_module_names(base), budget, r_local)
+    return model, layers
+
+
+def shared_state(model: nn.Module, layers: dict[str, TwoLevelLinear]) -> dict[str, torch.Tensor]:
+    return {**level_state(layers, "shared"), **{f"head.{k}": v.detach().clone() for k, v in model.head.state_dict().items()}}
+
+
+def load_shared_state(model: nn.Module, layers: dict[str, TwoLevelLinear], state: dict[str, torch.Tensor]) -> None:
+    load_level_state(layers, {k: v for k, v in state.items() if not k.startswith("head.")})
+    model.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+
+
+def initial_shared_state(base: nn.Module, s: PF2LoRASettings) -> dict[str, torch.Tensor]:
+    model, layers = two_level_model(base, s.budget, s.r_local, s.seed)
+    return shared_state(model, layers)
+
+
+def local_state_path(folder: str | Path, cid: str) -> Path:
+    return Path(folder) / f"{cid}.safetensors"
+
+
+def _cycle(data: EncodedData, batch_size: int, seed: int, device: torch.device):
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        for batch in data.batches(batch_size, generator=gen, shuffle=True):
+            yield to_device(batch, device)
+
+
+def pf2lora_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: PF2LoRASettings,
+                          local_dir: str | Path):
+    """One client's PF2LoRA round; returns ``(shared_state, num_examples, metrics)`` and stores level 2."""
+    if len(task.train) == 0:
+        raise ValueError(f"client {task.client_id} has no training data")
+    model, layers = two_level_model(base, s.budget, s.r_local, client_seed(task.client_id, s.seed))
+    load_shared_state(model, layers, state)
+    path = local_state_path(local_dir, task.client_id)
+    if path.is_file():
+        load_level_state(layers, load_file(str(path)))
+    shared = [p for layer in layers.values() for p in layer.shared_parameters()]
+    local = [p for layer in layers.values() for p in layer.local_parameters()]
+    head = list(model.head.parameters())
+    upper = torch.optim.AdamW([{"params": shared, "lr": s.lr}, {"params": head, "lr": s.head_lr}], weight_decay=0.0)
+
+    def loss_fn(batch):
+        return F.cross_entropy(model(**model_inputs(batch)), batch["labels"])
+
+    model.train()
+    losses = bilevel_local_steps(shared + head, local, loss_fn, _cycle(task.train, s.batch_size, s.seed, device_of(model)),
+                                 s.steps, s.inner_steps, upper, s.lower_lr)
+    if not all(math.isfinite(x) for x in losses):
+        raise FloatingPointError(f"client {task.client_id}: non-finite PF2LoRA loss")
+    save_tensors(path, level_state(layers, "local"))
+    return shared_state(model, layers), len(task.train), {"train_loss": sum(losses) / len(losses)}
+
+
+class PF2LoRAMethod:
+    """``trained[budget] = (shared_state, local_dir)`` from the budget's federated training."""
+
+    name = "pf2lora"
+    uses_budget = True
+
+    def __init__(self, trained: dict[int, tuple[dict[str, torch.Tensor], str | None]] | None = None,
+                 settings: PF2LoRASettings | None = None):
+        self.trained = trained or {}
+        self.settings = settings or PF2LoRASettings()
+
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+        if budget not in self.trained:
+            raise UserError(f"pf2lora has no trained shared adapter for budget {budget}")
+        state, local_dir = self.trained[budget]
+        s = PF2LoRASettings(budget=budget, local_rank=self.settings.local_rank, seed=self.settings.seed)
+        model, layers = two_level_model(base, budget, s.r_local, client_seed(task.client_id, settings.seed))
+        load_shared_state(model, layers, state)
+        if local_dir is not None and local_state_path(local_dir, task.client_id).is_file():
+            load_level_state(layers, load_file(str(local_state_path(local_dir, task.client_id))))
+        local = [p for layer in layers.values() for p in layer.local_parameters()]
+        for p in (p for layer in layers.values() for p in layer.shared_parameters()):
+            p.requires_grad_(False)
+        train_classifier(model, [{"params": local, "lr": settings.lr}, {"params": list(model.head.parameters()),
+                                                                         "lr": settings.head_lr}],
+                         task.train, settings.epochs, settings.batch_size, settings.seed, settings.weight_decay)
+        merge_two_level(layers)
+        return predict(model, task.test, settings.eval_batch_size)
