@@ -73,3 +73,45 @@ def test_adalora_allocates_and_predicts():
     acc = sum(int(p == y) for p, y in zip(preds, task.test.labels)) / len(preds)
     assert acc >= 0.9
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+
+
+def test_adalora_state_survives_rank_allocation_for_reload_and_averaging():
+    import warnings
+
+    from peft import AdaLoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+
+    from fedp2eft.adapters.adalora_state import full_rank_state, unallocated_config
+
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    base, _ = load_classifier("tiny-bert", 3)
+    x = torch.randint(5, 100, (4, 8))
+    inputs = {"input_ids": x, "attention_mask": torch.ones_like(x)}
+
+    def allocated_client(seed):
+        torch.manual_seed(seed)
+        cfg = AdaLoraConfig(init_r=3, target_r=1, tinit=0, tfinal=0, deltaT=1, total_step=4, lora_alpha=4,
+                            target_modules=linear_module_names(base), modules_to_save=["head"])
+        model = get_peft_model(copy.deepcopy(base), cfg)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+        for step in range(4):
+            model(**inputs).square().sum().backward()
+            opt.step()
+            model.base_model.update_and_allocate(step)
+            opt.zero_grad()
+        return model.eval()
+
+    a, b = allocated_client(1), allocated_client(2)
+    truncated = get_peft_model_state_dict(a)
+    assert any(k.endswith("lora_A") and v.shape[0] < 3 for k, v in truncated.items())  # peft truncates
+    fresh = get_peft_model(copy.deepcopy(base), unallocated_config(a.peft_config["default"])).eval()
+    assert not set_peft_model_state_dict(fresh, full_rank_state(a)).unexpected_keys
+    with torch.no_grad():
+        assert torch.allclose(fresh(**inputs), a(**inputs), atol=1e-6)
+    sa, sb = full_rank_state(a), full_rank_state(b)
+    assert sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+    mean = {k: (sa[k] + sb[k]) / 2 for k in sa}  # FedAvg of two clients with different rank patterns
+    set_peft_model_state_dict(fresh, mean)
+    e = "base_model.model.backbone.encoder.layer.0.attention.self.query.lora_E"
+    got = fresh.get_submodule(e).default if hasattr(fresh.get_submodule(e), "default") else None
+    assert got is not None and torch.allclose(got.detach(), mean[e])

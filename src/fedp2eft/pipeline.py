@@ -24,7 +24,7 @@ from .evaluation import LanguageTally, mean_over_languages
 from .methods import ClientTask, TrainSettings, get_method
 from .methods.batches import encode
 from .models import load_classifier, resolve
-from .report import environment, load_results, run_key, write_results
+from .report import add_run, environment, load_results, run_key
 from .stages import base_model_dir, bt_settings, method_resources, psg_dir  # noqa: F401 (re-exported)
 
 # Config parts that do not change what a single run computes (so results may merge across them).
@@ -213,8 +213,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 }
                 if run_settings(cfg, method) is not None:
                     run["settings"] = run_settings(cfg, method)
-                results["runs"] = [r for r in results["runs"] if run_key(r) != run_key(run)] + [run]
-                write_results(out_dir, results)
+                add_run(out_dir, results, run)
                 progress.advance(overall)
             del base
     return results

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,31 @@ def load_results(path: Path) -> dict[str, Any] | None:
 
 def run_key(run: dict) -> tuple:
     return (run["method"], run["budget"], run["pool"], run["seed"])
+
+
+@contextmanager
+def results_lock(out_dir: Path):
+    """An exclusive lock on ``<out>/results.lock`` (several ``fedp2eft run`` jobs may share a folder)."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "results.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def add_run(out_dir: Path, results: dict[str, Any], run: dict[str, Any]) -> None:
+    """Add (or replace) one run and write the files, merging runs other jobs wrote meanwhile."""
+    with results_lock(out_dir):
+        on_disk = load_results(out_dir / "results.json")
+        runs = {run_key(r): r for r in (on_disk or {}).get("runs", [])}
+        runs.update({run_key(r): r for r in results["runs"] if run_key(r) not in runs})
+        runs[run_key(run)] = run
+        results["runs"] = list(runs.values())
+        write_results(out_dir, results)
 
 
 def write_results(out_dir: Path, results: dict[str, Any]) -> None:
