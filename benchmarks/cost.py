@@ -6,10 +6,14 @@
 2. One training step of BT-LoRA vs one of peft LoRA at the same rank (median over steps; target
    ratio <= 1.10).
 3. The PSG payload (what a FedP²EFT client sends per round) as % of the base model's parameters.
+4. One federated round on the same client of FedL2P (features, 3 outer steps of LoRA fine-tuning at
+   the budget + IFT/Neumann hypergradient; paper Table 6: FedP²EFT 8.3x faster) and of PF2LoRA
+   (10 upper steps, each after one lower step, at the budget), with their payloads.
 
-    .venv/bin/python benchmarks/cost.py [--rank 16] [--rows 64] [--steps 20]
+    .venv/bin/python benchmarks/cost.py [--rank 16] [--budget 2] [--rows 64] [--steps 20] [--only fedl2p,pf2lora]
 
-Writes ``benchmarks/results/cost.json``. Later issues add FedL2P and PF2LoRA rows.
+Writes ``benchmarks/results/cost.json`` (``--only`` re-measures the named client rounds and keeps
+the rest of the file).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from fedp2eft.methods.bt_training import BTSettings
 from fedp2eft.methods.fedp2eft import PSGSettings, new_psg, psg_client_update
 from fedp2eft.methods.lora import LoRAMethod
 from fedp2eft.models import load_classifier
-what, rank, rows, data = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+what, rank, rows, data, budget = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 ds = load_dataset_by_name("masakhanews", data, ["hau"])
 client = build_federation(ds, FederationSpec(clients_per_language=1)).pool("seen")[0]
 base, tok = load_classifier("e5-small", ds.num_labels)
@@ -45,6 +49,15 @@ t = time.perf_counter()
 if what == "fedp2eft":
     psg = new_psg(base, rank)
     psg_client_update(base, dict(psg.state_dict()), task, PSGSettings(bt=BTSettings(r_init=rank, lora_alpha=2 * rank, batch_size=16)))
+elif what == "fedl2p":
+    from fedp2eft.methods.fedl2p import FedL2PSettings, fedl2p_client_update, new_lr_generator
+    s = FedL2PSettings(budget=budget, epochs=2, batch_size=16)
+    fedl2p_client_update(base, dict(new_lr_generator(base, s.base_lr).state_dict()), task, s)
+elif what == "pf2lora":
+    import tempfile
+    from fedp2eft.methods.pf2lora import PF2LoRASettings, initial_shared_state, pf2lora_client_update
+    s = PF2LoRASettings(budget=budget, batch_size=16, steps=10)
+    pf2lora_client_update(base, initial_shared_state(base, s), task, s, tempfile.mkdtemp())
 else:
     LoRAMethod().personalise(base, task, rank, TrainSettings(epochs=2, batch_size=16))
 secs = time.perf_counter() - t
@@ -53,8 +66,8 @@ print(json.dumps({"seconds": secs, "peak_rss_mib": resource.getrusage(resource.R
 """
 
 
-def client_round(what: str, rank: int, rows: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", ROUND_CODE, what, str(rank), str(rows), str(DATA)],
+def client_round(what: str, rank: int, rows: int, budget: int = 2) -> dict:
+    out = subprocess.run([sys.executable, "-c", ROUND_CODE, what, str(rank), str(rows), str(DATA), str(budget)],
                          capture_output=True, text=True, timeout=1800)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
@@ -113,6 +126,19 @@ def payload(rank: int) -> dict:
             "r_init": rank, "adapted_modules": psg.num_modules}
 
 
+def baseline_payloads(budget: int) -> dict:
+    from fedp2eft.methods.fedl2p import new_lr_generator
+    from fedp2eft.methods.pf2lora import PF2LoRASettings, initial_shared_state
+    from fedp2eft.models import load_classifier
+
+    base, _ = load_classifier("e5-small", 7)
+    n_base = sum(p.numel() for p in base.parameters())
+    n_gen = sum(p.numel() for p in new_lr_generator(base, 1e-4).parameters())
+    n_pf = sum(v.numel() for v in initial_shared_state(base, PF2LoRASettings(budget=budget)).values())
+    return {"fedl2p_parameters": n_gen, "fedl2p_percent": 100 * n_gen / n_base,
+            "pf2lora_parameters": n_pf, "pf2lora_percent": 100 * n_pf / n_base, "budget": budget}
+
+
 def main() -> None:
     from fedp2eft.atomic import write_json
     from fedp2eft.report import environment
@@ -121,20 +147,39 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16, help="r_init of FedP²EFT and the LoRA rank compared")
     ap.add_argument("--rows", type=int, default=64, help="train rows of the client")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--budget", type=int, default=2, help="rank budget FedL2P and PF2LoRA train at")
+    ap.add_argument("--only", default="", help="comma-separated client rounds to re-measure (lora,fedp2eft,fedl2p,pf2lora)")
     args = ap.parse_args()
-    rounds = {w: client_round(w, args.rank, args.rows) for w in ("lora", "fedp2eft")}
-    steps = step_times(args.rank, args.steps)
-    pay = payload(args.rank)
+    path = HERE / "results" / "cost.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    names = [w for w in args.only.split(",") if w] or ["lora", "fedp2eft", "fedl2p", "pf2lora"]
+    rounds = dict(previous.get("client_round", {}))
+    rounds.update({w: client_round(w, args.rank, args.rows, args.budget) for w in names})
+    steps = previous["step"] if args.only and "step" in previous else step_times(args.rank, args.steps)
+    pay = previous["payload"] if args.only and "payload" in previous else payload(args.rank)
+    ratio = lambda a, b: rounds[a]["seconds"] / rounds[b]["seconds"] if a in rounds and b in rounds else None  # noqa: E731
     result = {"client_round": rounds,
-              "round_ratio_fedp2eft_over_lora": rounds["fedp2eft"]["seconds"] / rounds["lora"]["seconds"],
-              "step": steps, "payload": pay, "environment": environment(), "args": vars(args)}
-    write_json(HERE / "results" / "cost.json", result)
+              "round_ratio_fedp2eft_over_lora": ratio("fedp2eft", "lora"),
+              "round_ratio_fedl2p_over_fedp2eft": ratio("fedl2p", "fedp2eft"),
+              "round_ratio_pf2lora_over_lora": ratio("pf2lora", "lora"),
+              "step": steps, "payload": pay, "baseline_payloads": baseline_payloads(args.budget),
+              "environment": environment(), "args": vars(args),
+              "measured_together": names}
+    write_json(path, result)
     print(f"client round ({args.rows} rows, 2 epochs): LoRA {rounds['lora']['seconds']:.1f} s / "
           f"{rounds['lora']['peak_rss_mib']:.0f} MiB, FedP²EFT {rounds['fedp2eft']['seconds']:.1f} s / "
           f"{rounds['fedp2eft']['peak_rss_mib']:.0f} MiB")
     print(f"training step at r={args.rank}: peft LoRA {steps['median_step_s']['lora'] * 1000:.0f} ms, "
           f"BT-LoRA {steps['median_step_s']['bt_lora'] * 1000:.0f} ms, ratio {steps['ratio_bt_over_lora']:.3f} "
           "(target <= 1.10)")
+    for w in ("fedl2p", "pf2lora"):
+        if w in rounds:
+            print(f"{w} client round (r={args.budget}): {rounds[w]['seconds']:.1f} s / {rounds[w]['peak_rss_mib']:.0f} MiB")
+    if result["round_ratio_fedl2p_over_fedp2eft"]:
+        print(f"FedL2P / FedP²EFT client-round time: {result['round_ratio_fedl2p_over_fedp2eft']:.2f} (paper: 8.3)")
+    bp = result["baseline_payloads"]
+    print(f"payloads: FedL2P generator {bp['fedl2p_parameters']:,} ({bp['fedl2p_percent']:.2f}%), "
+          f"PF2LoRA level 1 + head {bp['pf2lora_parameters']:,} ({bp['pf2lora_percent']:.2f}%)")
     print(f"PSG payload: {pay['psg_parameters']:,} parameters = {pay['percent']:.2f}% of the base model's "
           f"{pay['base_parameters']:,}")
 
