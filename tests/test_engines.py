@@ -111,7 +111,9 @@ def test_deployment_engine_on_loopback(tmp_path, masakhanews_dir):
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
     config = tmp_path / "deploy.toml"
     sets = tiny_overrides(masakhanews_dir, languages=("hau",), clients=2, rounds=2,
-                          **{"federation.engine": '"deployment"', "federation.fraction": 1.0})
+                          **{"federation.engine": '"deployment"', "federation.fraction": 1.0,
+                             "fedp2eft.rounds": 1, "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8,
+                             "fedp2eft.batch_size": 8})
     config.write_text(_toml(sets))
     out = tmp_path / "deploy-out"
     bindir = Path(sys.executable).parent
@@ -135,6 +137,14 @@ def test_deployment_engine_on_loopback(tmp_path, masakhanews_dir):
         assert [r["round"] for r in rounds] == [1, 2]
         assert all(sorted(r["sampled"]) == ["hau-seen-00", "hau-seen-01"] and not r["failed"] for r in rounds)
         assert (out / "base_model" / "model" / "fedp2eft_classifier.json").is_file()
+        # FedP²EFT's PSG on the same SuperLink and SuperNodes, starting from that base model
+        run = subprocess.run([str(bindir / "flwr"), "run", str(REPO), "loopback", "--stream", "--run-config",
+                              f'config="{config}" out="{out}" stage="psg"'], capture_output=True, text=True,
+                             timeout=600, env=env, cwd=REPO)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        rounds = [json.loads(x) for x in (out / "psg" / "seed0" / "rounds.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rounds] == [1] and all(r["l1"] >= 0 for r in rounds)
+        assert (out / "psg" / "seed0" / "psg.safetensors").is_file()
     finally:
         _stop(procs)
     assert not any(_alive_in_group(p.pid) for p in procs)

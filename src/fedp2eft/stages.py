@@ -53,7 +53,7 @@ def _round_line(r: dict, keys: tuple[str, ...]) -> str:
     return ", ".join(parts) + f", {r['seconds']} s"
 
 
-def load_or_train_psg(cfg: Config, out_dir: Path, seed: int, base: torch.nn.Module, console=None):
+def load_or_train_psg(cfg: Config, out_dir: Path, seed: int, base: torch.nn.Module, console=None, grid=None):
     """The trained PSG of this seed (FedP²EFT Alg. 1, trained federatedly once, then read from disk)."""
     from .fl.engines import run_psg_training
     from .methods.fedp2eft import new_psg
@@ -68,7 +68,7 @@ def load_or_train_psg(cfg: Config, out_dir: Path, seed: int, base: torch.nn.Modu
     log(f"FedP²EFT PSG (seed {seed}): {cfg.fedp2eft.rounds} rounds on the {cfg.federation.engine} engine, "
         f"checkpoints in {folder / 'checkpoint'}")
     psg = run_psg_training(cfg, base_spec(cfg, out_dir), seed, folder, resume=True,
-                           on_round=lambda r: log(_round_line(r, ("l1", "lambda_mean"))))
+                           on_round=lambda r: log(_round_line(r, ("l1", "lambda_mean"))), grid=grid)
     save_tensors(final, psg.state_dict(), metadata={"r_init": str(cfg.fedp2eft.r_init), "seed": str(seed)})
     return psg
 
@@ -93,7 +93,8 @@ def _check_stage_settings(folder: Path, settings: dict) -> None:
     write_json(path, settings)
 
 
-def load_or_train_fedl2p(cfg: Config, out_dir: Path, seed: int, budget: int, base: torch.nn.Module, console=None):
+def load_or_train_fedl2p(cfg: Config, out_dir: Path, seed: int, budget: int, base: torch.nn.Module, console=None,
+                         grid=None):
     """FedL2P's learning-rate generator for one budget (trained federatedly once, then read from disk)."""
     from .fl.engines import fedl2p_hp, run_fedl2p_training
     from .methods.fedl2p import new_lr_generator
@@ -109,12 +110,12 @@ def load_or_train_fedl2p(cfg: Config, out_dir: Path, seed: int, budget: int, bas
     log(f"FedL2P generator (seed {seed}, r={budget}): {cfg.fedl2p.rounds} rounds on the {cfg.federation.engine} "
         f"engine, checkpoints in {folder / 'checkpoint'}")
     generator = run_fedl2p_training(cfg, base_spec(cfg, out_dir), budget, seed, folder, resume=True,
-                                    on_round=lambda r: log(_round_line(r, ("val_loss", "lr_mean"))))
+                                    on_round=lambda r: log(_round_line(r, ("val_loss", "lr_mean"))), grid=grid)
     save_tensors(final, generator.state_dict(), metadata={"budget": str(budget), "seed": str(seed)})
     return generator
 
 
-def load_or_train_pf2lora(cfg: Config, out_dir: Path, seed: int, budget: int, console=None):
+def load_or_train_pf2lora(cfg: Config, out_dir: Path, seed: int, budget: int, console=None, grid=None):
     """PF2LoRA's shared state for one budget and the folder of its clients' level-2 adapters."""
     from .fl.engines import pf2lora_hp, run_pf2lora_training
 
@@ -126,7 +127,7 @@ def load_or_train_pf2lora(cfg: Config, out_dir: Path, seed: int, budget: int, co
         log(f"PF2LoRA (seed {seed}, r={budget}): {cfg.pf2lora.rounds} rounds on the {cfg.federation.engine} engine, "
             f"checkpoints in {folder / 'checkpoint'}")
         state = run_pf2lora_training(cfg, base_spec(cfg, out_dir), budget, seed, folder, clients, resume=True,
-                                     on_round=lambda r: log(_round_line(r, ("train_loss",))))
+                                     on_round=lambda r: log(_round_line(r, ("train_loss",))), grid=grid)
         save_tensors(final, state, metadata={"budget": str(budget), "seed": str(seed)})
     return load_file(str(final)), str(clients)
 

@@ -69,13 +69,16 @@ def pretrained_base(cfg: Config, job: dict | None = None):
 
 
 def run_job(cfg: Config, job: dict, init: dict, settings: LoopSettings, out_dir: Path, resume: bool,
-            client_app=None, on_round=None) -> dict:
-    """Run any job's rounds on the configured engine; returns the final state."""
+            client_app=None, on_round=None, grid=None) -> dict:
+    """Run any job's rounds on the configured engine (or on ``grid``: the Deployment Engine's,
+    handed in by the ServerApp); returns the final state."""
     from .client_app import app as default_client_app
 
     client_app = client_app or default_client_app
     engine = cfg.federation.engine
     kwargs = {"on_round": on_round} if on_round else {}
+    if grid is not None:
+        return run_rounds(grid, job, init, settings, out_dir, resume=resume, **kwargs)
     if engine == "inprocess":
         from .inprocess import InProcessGrid
 
@@ -99,7 +102,7 @@ def run_standard_fl(cfg: Config, out_dir: Path, resume: bool = True, client_app=
 
 
 def run_psg_training(cfg: Config, base: str, seed: int, out_dir: Path, resume: bool = True, client_app=None,
-                     on_round=None):
+                     on_round=None, grid=None):
     """Federated PSG training (FedP²EFT Alg. 1); returns the trained PSG."""
     from ..methods.fedp2eft import new_psg
 
@@ -108,7 +111,7 @@ def run_psg_training(cfg: Config, base: str, seed: int, out_dir: Path, resume: b
     psg = new_psg(base_model, cfg.fedp2eft.r_init, seed)
     settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.fedp2eft.rounds, seed=seed, eval_pool="",
                                    eval_every=0)
-    state = run_job(cfg, job, dict(psg.state_dict()), settings, out_dir, resume, client_app, on_round)
+    state = run_job(cfg, job, dict(psg.state_dict()), settings, out_dir, resume, client_app, on_round, grid)
     psg.load_state_dict(state)
     return psg
 
@@ -136,7 +139,7 @@ def _generator_job(cfg: Config, algorithm: str, base: str, hp: dict, **extra) ->
 
 
 def run_fedl2p_training(cfg: Config, base: str, budget: int, seed: int, out_dir: Path, resume: bool = True,
-                        client_app=None, on_round=None):
+                        client_app=None, on_round=None, grid=None):
     """FedL2P's federated meta-training of the learning-rate generator for one budget."""
     from ..methods.fedl2p import new_lr_generator
 
@@ -146,12 +149,12 @@ def run_fedl2p_training(cfg: Config, base: str, budget: int, seed: int, out_dir:
     generator = new_lr_generator(base_model, hp["base_lr"], seed)
     settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.fedl2p.rounds, seed=seed, eval_pool="", eval_every=0)
     generator.load_state_dict(run_job(cfg, job, dict(generator.state_dict()), settings, out_dir, resume,
-                                      client_app, on_round))
+                                      client_app, on_round, grid))
     return generator
 
 
 def run_pf2lora_training(cfg: Config, base: str, budget: int, seed: int, out_dir: Path, client_state_dir: Path,
-                         resume: bool = True, client_app=None, on_round=None) -> dict:
+                         resume: bool = True, client_app=None, on_round=None, grid=None) -> dict:
     """PF2LoRA's federated bilevel training for one budget; returns the shared (A, B, head) state.
     Each client keeps its level-2 adapter in ``client_state_dir`` (client-local storage)."""
     from ..methods.pf2lora import PF2LoRASettings, initial_shared_state
@@ -161,7 +164,7 @@ def run_pf2lora_training(cfg: Config, base: str, budget: int, seed: int, out_dir
     base_model, _ = pretrained_base(cfg, job)
     settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.pf2lora.rounds, seed=seed, eval_pool="", eval_every=0)
     init = initial_shared_state(base_model, PF2LoRASettings(**hp))
-    return run_job(cfg, job, init, settings, out_dir, resume, client_app, on_round)
+    return run_job(cfg, job, init, settings, out_dir, resume, client_app, on_round, grid)
 
 
 def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_clients):
