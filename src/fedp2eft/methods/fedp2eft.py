@@ -53,7 +53,8 @@ def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task:
         l1.backward()
         opt.step()
     metrics = {"train_loss": sum(losses) / max(len(losses), 1), "l1": float(l1.detach()),
-               "lambda_mean": float(target.mean()), "lambda_hat_mean": float(torch.stack(list(lam_hat.values())).mean())}
+               "lambda_mean": float(target.mean()), "lambda_hat_mean": float(torch.stack(list(lam_hat.values())).mean()),
+               "lambda_sd_over_ranks": float(target.std(-1).mean()) if target.shape[-1] > 1 else 0.0}
     return {k: v.detach().clone() for k, v in psg.state_dict().items()}, len(task.train), metrics
 
 
