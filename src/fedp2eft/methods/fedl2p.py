@@ -111,9 +111,16 @@ def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: lis
     total, val_loss = torch.zeros_like(rates), 0.0
     for i in range(pairs):
         tb, vb = train_batches[i % len(train_batches)], val_batches[i % len(val_batches)]
-        total += lr_hypergradient(loss_on(tb), loss_on(vb), matrices, init, rates, alpha, s.neumann_terms)
-        with torch.no_grad():
-            val_loss += float(loss_on(vb)(None))
+        seen: list[float] = []
+        val = loss_on(vb)
+
+        def val_recorded(params, val=val, seen=seen):
+            loss = val(params)
+            seen.append(float(loss.detach()))
+            return loss
+
+        total += lr_hypergradient(loss_on(tb), val_recorded, matrices, init, rates, alpha, s.neumann_terms)
+        val_loss += seen[0]
     return total / pairs, val_loss / pairs
 
 

@@ -32,11 +32,17 @@ def proximal_objective(train_loss: Callable[[Sequence[torch.Tensor]], torch.Tens
     return train_loss(params) + prox
 
 
-def hessian_vector_product(objective: Callable[[], torch.Tensor], params: Sequence[torch.Tensor],
-                           vec: Sequence[torch.Tensor]) -> Tensors:
+def hvp_operator(objective: Callable[[], torch.Tensor], params: Sequence[torch.Tensor]) -> Callable[[Tensors], Tensors]:
+    """v ↦ H v for the Hessian of ``objective`` at ``params``, building ∇objective (with its graph)
+    once and differentiating it again for every vector (one forward and first backward for all
+    Neumann terms instead of one per term)."""
     grads = torch.autograd.grad(objective(), params, create_graph=True)
-    dot = sum((g * v).sum() for g, v in zip(grads, vec, strict=True))
-    return list(torch.autograd.grad(dot, params))
+
+    def hvp(vec: Tensors) -> Tensors:
+        dot = sum((g * v).sum() for g, v in zip(grads, vec, strict=True))
+        return list(torch.autograd.grad(dot, params, retain_graph=True))
+
+    return hvp
 
 
 def neumann_inverse(vec: Sequence[torch.Tensor], hvp: Callable[[Tensors], Tensors], alpha: float, terms: int) -> Tensors:
@@ -62,11 +68,8 @@ def lr_hypergradient(
     """dL_V/dη for every parameter group, at fine-tuned ``params`` (requires_grad) from ``init``."""
     v = torch.autograd.grad(val_loss(params), params)
     lrs = lrs.detach()
-
-    def objective() -> torch.Tensor:
-        return proximal_objective(train_loss, params, init, lrs)
-
-    q = neumann_inverse(v, lambda vec: hessian_vector_product(objective, params, vec), alpha, terms)
+    hvp = hvp_operator(lambda: proximal_objective(train_loss, params, init, lrs), params)
+    q = neumann_inverse(v, hvp, alpha, terms)
     return torch.stack([(qi * (p.detach() - p0)).sum() / lr ** 2
                         for qi, p, p0, lr in zip(q, params, init, lrs, strict=True)])
 
