@@ -19,9 +19,10 @@ from safetensors.torch import load_file
 
 from fedp2eft.atomic import write_json
 from fedp2eft.config import load_config
-from fedp2eft.methods.fedp2eft import client_lambdas, new_psg
+from fedp2eft.methods.fedp2eft import new_psg
 from fedp2eft.models import load_classifier
 from fedp2eft.pipeline import client_tasks, load_federation
+from fedp2eft.psg import feature_modules, meta_features
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,11 +39,13 @@ def main() -> None:
     fed = load_federation(cfg)
     base, tok = load_classifier(args.base, len(fed.label_names))
     tasks = client_tasks(fed.pool("unseen"), tok, cfg.data.max_length)
+    names = feature_modules(base)
+    feats = [meta_features(base, t.train) for t in tasks]  # once per client: they do not depend on the PSG
     rows = []
     for path in sorted(args.states):
         psg = new_psg(base, cfg.fedp2eft.r_init)
         psg.load_state_dict(load_file(path))
-        lam = torch.stack([torch.stack(list(client_lambdas(base, psg, t).values())) for t in tasks]).double()
+        lam = torch.stack([torch.stack(list(psg.lambdas(f, names).values())) for f in feats]).double()
         m = re.search(r"(\d+)", Path(path).stem)
         row = {"state": Path(path).name, "round": int(m.group(1)) if m else None, "mean": float(lam.mean()),
                "sd_over_ranks": float(lam.std(-1).mean()), "sd_over_modules": float(lam.mean(-1).std(-1).mean()),

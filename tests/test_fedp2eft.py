@@ -164,3 +164,16 @@ def test_bt_lora_per_client_learns_lambda_once_for_every_budget():
     (key, lam), = method._lambdas.items()
     assert key == ("xx-seen-00", 0)
     assert all(not torch.allclose(v, torch.full_like(v, 1e-4)) for v in lam.values())  # λ moved from 1e-4
+
+
+def test_psg_training_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, masakhanews_dir):
+    sets = {"base_model.kind": '"off-the-shelf"', "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8,
+            "fedp2eft.local_epochs": 1, "fedp2eft.batch_size": 8, "federation.checkpoint_every": 2}
+    full = run_psg_training(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 4})),
+                            "off-the-shelf", seed=0, out_dir=tmp_path / "full", resume=False)
+    run_psg_training(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 2})),
+                     "off-the-shelf", seed=0, out_dir=tmp_path / "cut", resume=False)
+    resumed = run_psg_training(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 4})),
+                               "off-the-shelf", seed=0, out_dir=tmp_path / "cut", resume=True)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
