@@ -53,6 +53,27 @@ def masakhanews(folder: Path) -> str:
     return "\n".join(out)
 
 
+def psg_long(folder: Path, main: Path) -> str:
+    """The 60-round PSG experiment (seed 0) against the 12-round PSG, LoRA and fedp2eft-mean1 of the main run."""
+    long_runs = json.loads((folder / "results.json").read_text())["runs"]
+    main_runs = [r for r in json.loads((main / "results.json").read_text())["runs"] if r["seed"] == 0]
+    cell = {(r["method"], r["budget"], r["pool"]): r["mean"] for r in main_runs}
+    out = ["| pool | r | FedP²EFT, PSG 12 rounds | FedP²EFT, PSG 60 rounds | LoRA | fedp2eft-mean1 (12 rounds) |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for r in sorted(long_runs, key=lambda r: (r["pool"], r["budget"])):
+        k = (r["budget"], r["pool"])
+        vals = [cell.get(("fedp2eft", *k)), r["mean"], cell.get(("lora", *k)), cell.get(("fedp2eft-mean1", *k))]
+        out.append(f"| {r['pool']} | {r['budget']} | " + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in vals) + " |")
+    traj = folder / "lambda_trajectory.json"
+    if traj.is_file():
+        out += ["", "| PSG after round | mean λ | SD over ranks | CV over ranks | SD over modules | SD over clients |",
+                "|---:|---:|---:|---:|---:|---:|"]
+        for t in json.loads(traj.read_text())["states"]:
+            out.append(f"| {t['round']} | {t['mean']:.3f} | {t['sd_over_ranks']:.2g} | {t['cv_over_ranks']:.2g} "
+                       f"| {t['sd_over_modules']:.2g} | {t['sd_over_clients']:.2g} |")
+    return "\n".join(out)
+
+
 def cost() -> str:
     f = HERE / "cost.json"
     if not f.is_file():
@@ -91,5 +112,7 @@ def baseline_cost(c: dict) -> list[str]:
 if __name__ == "__main__":
     print("## MasakhaNEWS (small)\n")
     print(masakhanews(HERE / "masakhanews_small"))
+    print("\n## Longer PSG training (seed 0)\n")
+    print(psg_long(HERE / "psg_long", HERE / "masakhanews_small"))
     print("\n## Cost\n")
     print(cost())
