@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from fedp2eft.atomic import write_json
 from fedp2eft.config import load_config
 from fedp2eft.evaluation import LanguageTally, mean_over_languages
-from fedp2eft.methods.pf2lora import load_shared_state, two_level_model
+from fedp2eft.methods.pf2lora import PF2LoRASettings, load_shared_state, two_level_model
 from fedp2eft.methods.training import predict
 from fedp2eft.models import load_classifier
 from fedp2eft.pipeline import client_tasks, load_federation
@@ -37,7 +37,7 @@ def main() -> None:
     fed = load_federation(cfg)
     base, tok = load_classifier(str(RUN / "base_model" / "model"), len(fed.label_names))
     shared = load_file(str(RUN / "pf2lora" / f"seed{args.seed}" / f"r{args.budget}" / "shared.safetensors"))
-    model, layers = two_level_model(base, args.budget, max(1, -(-args.budget // 4)), 0)
+    model, layers = two_level_model(base, args.budget, PF2LoRASettings(budget=args.budget).r_local, 0)
     load_shared_state(model, layers, shared)  # level 2 keeps D = 0: it adds nothing
     result = {"seed": args.seed, "budget": args.budget}
     for pool in ("seen", "unseen"):

@@ -36,17 +36,17 @@ _RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federa
 
 # Sections that only shape one method's runs: recorded in each of its runs ("settings") instead, so
 # a results file can gain these methods later and a change re-runs only that method.
-METHOD_SECTIONS = {"fedl2p": "fedl2p", "pf2lora": "pf2lora"}
+# (Each such method's config section has the method's name.)
+METHOD_SECTIONS = ("fedl2p", "pf2lora")
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {s: {k: v for k, v in sec.items() if (s, k) not in _RUN_SELECTORS} for s, sec in config.items()
-            if s not in METHOD_SECTIONS.values()}
+            if s not in METHOD_SECTIONS}
 
 
 def run_settings(cfg: Config, method: str) -> dict[str, Any] | None:
-    section = METHOD_SECTIONS.get(method)
-    return cfg.to_dict()[section] if section else None
+    return cfg.to_dict()[method] if method in METHOD_SECTIONS else None
 
 
 def load_federation(cfg: Config) -> Federation:

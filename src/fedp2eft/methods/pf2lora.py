@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -138,11 +138,12 @@ class PF2LoRAMethod:
         if budget not in self.trained:
             raise UserError(f"pf2lora has no trained shared adapter for budget {budget}")
         state, local_dir = self.trained[budget]
-        s = PF2LoRASettings(budget=budget, local_rank=self.settings.local_rank, seed=self.settings.seed)
-        model, layers = two_level_model(base, budget, s.r_local, client_seed(task.client_id, settings.seed))
+        r_local = replace(self.settings, budget=budget).r_local
+        model, layers = two_level_model(base, budget, r_local, client_seed(task.client_id, settings.seed))
         load_shared_state(model, layers, state)
-        if local_dir is not None and local_state_path(local_dir, task.client_id).is_file():
-            load_level_state(layers, load_file(str(local_state_path(local_dir, task.client_id))))
+        own = local_state_path(local_dir, task.client_id) if local_dir is not None else None
+        if own is not None and own.is_file():
+            load_level_state(layers, load_file(str(own)))
         local = [p for layer in layers.values() for p in layer.local_parameters()]
         for p in (p for layer in layers.values() for p in layer.shared_parameters()):
             p.requires_grad_(False)
