@@ -100,10 +100,11 @@ def load_or_train_fedl2p(cfg: Config, out_dir: Path, seed: int, budget: int, bas
     from .methods.fedl2p import new_lr_generator
 
     folder = stage_dir(out_dir, "fedl2p", seed, budget)
-    _check_stage_settings(folder, fedl2p_hp(cfg, budget, seed) | {"rounds": cfg.fedl2p.rounds})
+    hp = fedl2p_hp(cfg, budget, seed)
+    _check_stage_settings(folder, hp | {"rounds": cfg.fedl2p.rounds})
     final = folder / "generator.safetensors"
     if final.is_file():
-        generator = new_lr_generator(base, fedl2p_hp(cfg, budget, seed)["base_lr"], seed)
+        generator = new_lr_generator(base, hp["base_lr"], seed)
         generator.load_state_dict(load_file(str(final)))
         return generator
     log = _logger(console)

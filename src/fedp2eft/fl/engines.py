@@ -116,18 +116,21 @@ def run_psg_training(cfg: Config, base: str, seed: int, out_dir: Path, resume: b
     return psg
 
 
+def _section_hp(section) -> dict:
+    """A method's config section as its client settings: every field but the server's ``rounds``."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if k != "rounds"}
+
+
 def fedl2p_hp(cfg: Config, budget: int, seed: int) -> dict:
+    """FedL2PSettings fields: the [fedl2p] section, with the inner fine-tuning taken from [personalise]."""
     q, p = cfg.fedl2p, cfg.personalise
-    return {"budget": budget, "base_lr": q.base_lr or p.lr, "head_lr": p.head_lr, "epochs": p.epochs,
-            "batch_size": p.batch_size, "outer_steps": q.outer_steps, "batch_pairs": q.batch_pairs,
-            "neumann_terms": q.neumann_terms, "neumann_lr": q.neumann_lr, "net_lr": q.net_lr,
-            "base_lr_lr": q.base_lr_lr, "val_fraction": q.val_fraction, "seed": seed}
+    return _section_hp(q) | {"budget": budget, "base_lr": q.base_lr or p.lr, "head_lr": p.head_lr,
+                             "epochs": p.epochs, "batch_size": p.batch_size, "seed": seed}
 
 
 def pf2lora_hp(cfg: Config, budget: int, seed: int) -> dict:
-    q = cfg.pf2lora
-    return {"budget": budget, "local_rank": q.local_rank, "lr": q.lr, "head_lr": q.head_lr, "lower_lr": q.lower_lr,
-            "steps": q.steps, "inner_steps": q.inner_steps, "batch_size": q.batch_size, "seed": seed}
+    """PF2LoRASettings fields: the [pf2lora] section for one budget and seed."""
+    return _section_hp(cfg.pf2lora) | {"budget": budget, "seed": seed}
 
 
 def _generator_job(cfg: Config, algorithm: str, base: str, hp: dict, **extra) -> dict:
