@@ -59,6 +59,13 @@ class PersonaliseConfig:
     eval_batch_size: int = 64
     none_trains_head: bool = True
     adalora_lr: float = 1e-3  # AdaLoRA's own rate (paper)
+    adalora_alpha: int = 0  # 0 = 2 · budget, as LoRA; the authors' AdaLoRA leaves peft's default 8
+    # The authors' recipe (paper protocol: head = "adapter", max_grad_norm = 1.0, lora_a_seed = 42):
+    head: str = "train"  # "train": head trained at head_lr; "adapter": LoRA on the head too, head weights frozen
+    max_grad_norm: float = 0.0  # > 0 clips the gradient norm when fine-tuning (HF Trainer default 1.0)
+    lora_a_seed: int = -1  # >= 0: one fixed LoRA A per module for every round, client and personalisation
+    tune_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # lora-tuned's candidates
+    tune_fraction: float = 0.2  # lora-tuned: share of each client's train split held out for validation
 
 
 @dataclass
@@ -75,6 +82,7 @@ class BaseModelConfig:
     lora_rank: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    seed: int = 0  # the base model is one artefact shared by every experiment seed
 
 
 @dataclass
@@ -107,6 +115,9 @@ class FedP2EFTConfig:
     batch_size: int = 32
     regress_steps: int = 10
     regress_lr: float = 1e-4
+    regress_loss: str = "sum"  # stage-2 L1 over the PSG outputs: "sum" (authors) or "mean"
+    psg_init: float = 1e-4  # the untrained PSG's λ̂ (authors: 1e-4, BT-LoRA's initial λ)
+    snapshot_every: int = 0  # > 0: keep the PSG of every k-th round in psg/seed<S>/snapshots/
 
 
 @dataclass
@@ -149,6 +160,8 @@ class Config:
     base_model: BaseModelConfig = field(default_factory=BaseModelConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     fedp2eft: FedP2EFTConfig = field(default_factory=FedP2EFTConfig)
+    # method "fedp2eft-paper": a second PSG, trained with these settings (defaults: the authors')
+    fedp2eft_paper: FedP2EFTConfig = field(default_factory=FedP2EFTConfig)
     fedl2p: FedL2PConfig = field(default_factory=FedL2PConfig)
     pf2lora: PF2LoRAConfig = field(default_factory=PF2LoRAConfig)
 
@@ -208,6 +221,7 @@ def _require(ok: bool, key: str, msg: str) -> None:
 def validate(cfg: Config) -> None:
     from .data.partition import POOLS
     from .methods.base import METHODS
+    from .methods.training import HEAD_MODES
     from .models.classifier import POOLINGS
 
     e, d, m, p = cfg.experiment, cfg.data, cfg.model, cfg.personalise
@@ -235,6 +249,13 @@ def validate(cfg: Config) -> None:
     for k in ("lr", "head_lr", "adalora_lr"):
         _require(getattr(p, k) > 0, f"personalise.{k}", "must be > 0")
     _require(p.weight_decay >= 0, "personalise.weight_decay", "must be >= 0")
+    _require(p.adalora_alpha >= 0, "personalise.adalora_alpha", "must be >= 0 (0 = 2 · budget)")
+    _require(p.head in HEAD_MODES, "personalise.head", f"must be one of {list(HEAD_MODES)}")
+    _require(p.max_grad_norm >= 0, "personalise.max_grad_norm", "must be >= 0 (0 = no clipping)")
+    _require(p.lora_a_seed >= -1, "personalise.lora_a_seed", "must be >= 0, or -1 for a fresh random A")
+    _require(len(p.tune_lrs) > 0 and all(x > 0 for x in p.tune_lrs), "personalise.tune_lrs",
+             "needs at least one rate, all > 0")
+    _require(0 < p.tune_fraction < 1, "personalise.tune_fraction", "must be in (0, 1)")
     b, f = cfg.base_model, cfg.federation
     _require(b.mode in ("full", "lora"), "base_model.mode", "must be 'full' or 'lora'")
     for k in ("rounds", "local_epochs", "batch_size", "lora_rank", "lora_alpha"):
@@ -250,13 +271,17 @@ def validate(cfg: Config) -> None:
     _require(f.checkpoint_every >= 1, "federation.checkpoint_every", "must be >= 1")
     _require(f.eval_pool in ("", *POOLS), "federation.eval_pool", f"must be one of {['', *POOLS]}")
     _require(f.eval_every >= 0, "federation.eval_every", "must be >= 0")
-    q = cfg.fedp2eft
-    for k in ("rounds", "r_init", "lora_alpha", "local_epochs", "batch_size", "regress_steps"):
-        _require(getattr(q, k) >= 1, f"fedp2eft.{k}", "must be >= 1")
-    for k in ("lambda_lr", "lr", "head_lr", "regress_lr"):
-        _require(getattr(q, k) > 0, f"fedp2eft.{k}", "must be > 0")
-    for k in ("alpha_s", "alpha_p"):
-        _require(getattr(q, k) >= 0, f"fedp2eft.{k}", "must be >= 0")
+    for sec in ("fedp2eft", "fedp2eft_paper"):
+        q = getattr(cfg, sec)
+        for k in ("rounds", "r_init", "lora_alpha", "local_epochs", "batch_size", "regress_steps"):
+            _require(getattr(q, k) >= 1, f"{sec}.{k}", "must be >= 1")
+        for k in ("lambda_lr", "lr", "head_lr", "regress_lr"):
+            _require(getattr(q, k) > 0, f"{sec}.{k}", "must be > 0")
+        for k in ("alpha_s", "alpha_p"):
+            _require(getattr(q, k) >= 0, f"{sec}.{k}", "must be >= 0")
+        _require(q.regress_loss in ("sum", "mean"), f"{sec}.regress_loss", "must be 'sum' or 'mean'")
+        _require(1e-4 <= q.psg_init <= 1000, f"{sec}.psg_init", "must be in [1e-4, 1000] (λ's range)")
+        _require(q.snapshot_every >= 0, f"{sec}.snapshot_every", "must be >= 0 (0 = none)")
     fl, pf = cfg.fedl2p, cfg.pf2lora
     for k in ("rounds", "outer_steps", "batch_pairs", "neumann_terms"):
         _require(getattr(fl, k) >= 1, f"fedl2p.{k}", "must be >= 1")
@@ -269,10 +294,12 @@ def validate(cfg: Config) -> None:
     _require(pf.local_rank >= 0, "pf2lora.local_rank", "must be >= 0 (0 = ceil(budget / 4))")
     for k in ("lr", "head_lr", "lower_lr"):
         _require(getattr(pf, k) > 0, f"pf2lora.{k}", "must be > 0")
-    if any(m.startswith("fedp2eft") for m in p.methods):
-        for i, b in enumerate(p.budgets):
-            _require(b <= q.r_init, f"personalise.budgets[{i}]",
-                     f"budget {b} exceeds fedp2eft.r_init = {q.r_init} (one PSG serves budgets <= r_init)")
+    for method, sec in (("fedp2eft", "fedp2eft"), ("fedp2eft-mean1", "fedp2eft"), ("fedp2eft-paper", "fedp2eft_paper")):
+        if method in p.methods:
+            r_init = getattr(cfg, sec).r_init
+            for i, b in enumerate(p.budgets):
+                _require(b <= r_init, f"personalise.budgets[{i}]",
+                         f"budget {b} exceeds {sec}.r_init = {r_init} (one PSG serves budgets <= r_init)")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -4,7 +4,6 @@ write the result as a plain peft LoRA adapter (λ folded into B), loadable witho
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 from safetensors.torch import load_file
@@ -14,8 +13,8 @@ from .config import Config
 from .errors import UserError
 from .methods.batches import encode
 from .methods.fedp2eft import client_lambdas, new_psg
-from .methods.training import predict
-from .pipeline import bt_settings, load_base_model, load_federation, psg_dir
+from .methods.training import predict, saved_modules
+from .pipeline import bt_settings, load_base_model, load_federation, psg_dir, train_settings
 
 
 def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int, out: Path) -> tuple[float, Path]:
@@ -31,18 +30,18 @@ def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int
     if cfg.base_model.kind == "standard-fl" and not (run / "base_model" / "model").is_dir():
         raise UserError(f"no base model in {run / 'base_model' / 'model'}; run fedp2eft run first")
     base, tok = load_base_model(cfg, len(fed.label_names), seed, run)
-    psg = new_psg(base, cfg.fedp2eft.r_init, seed)
+    p = cfg.personalise
+    psg = new_psg(base, cfg.fedp2eft.r_init, seed, p.head, cfg.fedp2eft.psg_init)
     psg.load_state_dict(load_file(str(psg_file)))
     train = encode(tok, client.train, cfg.data.max_length)
     test = encode(tok, client.test, cfg.data.max_length)
     from .methods.base import ClientTask
-    from .methods.bt_training import finetune_pruned_model
+    from .methods.bt_training import finetune_pruned_model, personalisation_settings
 
     task = ClientTask(client.cid, client.language, train, test)
-    p = cfg.personalise
-    s = replace(bt_settings(cfg), lr=p.lr, head_lr=p.head_lr, epochs=p.epochs, batch_size=p.batch_size, seed=seed)
-    model = finetune_pruned_model(base, train, client_lambdas(base, psg, task), budget, s)
-    folder = export_plain_lora(model, base, out, modules_to_save=["head"])
+    s = personalisation_settings(bt_settings(cfg), train_settings(cfg, seed))
+    model = finetune_pruned_model(base, train, client_lambdas(base, psg, task, p.head), budget, s)
+    folder = export_plain_lora(model, base, out, modules_to_save=saved_modules(p.head))
     preds = predict(model, test, p.eval_batch_size)
     acc = sum(int(a == b) for a, b in zip(preds, test.labels)) / max(len(preds), 1)
     (folder / "fedp2eft_export.json").write_text(json.dumps(

@@ -5,6 +5,9 @@
 
 with d(j, k) the mean Euclidean distance between the λ of all pairs of clients holding
 languages j and k (pairs of distinct clients when j = k).
+
+``write_lambda_trajectory`` draws λ over the PSG's training rounds from its ``rounds.jsonl``: the
+mean per module type and the spread over ranks, modules and clients (``lambda_trajectory.png``).
 """
 
 from __future__ import annotations
@@ -46,20 +49,85 @@ def _save_png(fig, path: Path) -> None:
 
 
 def plot_rank_structure(lam: np.ndarray, names: list[str], title: str, path: Path) -> None:
+    """λ per module and rank as its deviation from the mean λ in %, on a symmetric colour scale set
+    by the largest deviation (at least ±1 %), so a 1 % difference between ranks is visible."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    mean = float(lam.mean()) if lam.size else 1.0
+    rel = 100.0 * (lam / mean - 1.0) if mean > 0 else np.zeros_like(lam)
+    lim = max(1.0, float(np.percentile(np.abs(rel), 99))) if rel.size else 1.0
     fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(names))))
-    im = ax.imshow(np.log10(np.clip(lam, 1e-4, None)), aspect="auto", cmap="viridis", interpolation="nearest")
+    im = ax.imshow(rel, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
     ax.set_yticks(range(len(names)))
     ax.set_yticklabels([n.replace("backbone.", "").replace("encoder.layer.", "L") for n in names], fontsize=6)
     ax.set_xlabel("rank index")
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="log10 λ")
+    ax.set_title(f"{title}\n(mean λ = {mean:.4g})")
+    fig.colorbar(im, ax=ax, label="λ vs mean λ (%)")
     _save_png(fig, path)
     plt.close(fig)
+
+
+def lambda_trajectory(rounds: list[dict]) -> dict:
+    """Per round: λ's mean per module type, its SD over ranks and modules (averaged over clients)
+    and over clients (SD of the clients' mean λ), from the per-client metrics of ``rounds.jsonl``."""
+    out: dict = {"round": [], "types": {}, "sd_over_ranks": [], "sd_over_modules": [], "sd_over_clients": [],
+                 "lambda_mean": []}
+    for rec in rounds:
+        clients = [c for c in (rec.get("clients") or {}).values() if "lambda_mean" in c]
+        if not clients:
+            continue
+        out["round"].append(rec["round"])
+        avg = lambda key, cs=clients: float(np.mean([c[key] for c in cs if key in c]))  # noqa: E731
+        out["lambda_mean"].append(avg("lambda_mean"))
+        out["sd_over_ranks"].append(avg("lambda_sd_over_ranks"))
+        out["sd_over_modules"].append(avg("lambda_sd_over_modules"))
+        out["sd_over_clients"].append(float(np.std([c["lambda_mean"] for c in clients], ddof=1))
+                                      if len(clients) > 1 else 0.0)
+        for key in sorted({k for c in clients for k in c if k.startswith("lambda_mean_")}):
+            out["types"].setdefault(key[len("lambda_mean_"):], {})[rec["round"]] = avg(key)
+    return out
+
+
+def write_lambda_trajectory(folder: Path) -> dict | None:
+    """``lambda_trajectory.png`` and ``lambda_trajectory.json`` from ``folder/rounds.jsonl``."""
+    import json
+
+    path = Path(folder) / "rounds.jsonl"
+    if not path.is_file():
+        return None
+    traj = lambda_trajectory([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+    if not traj["round"]:
+        return None
+    write_json(Path(folder) / "lambda_trajectory.json", traj)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+    for kind, series in traj["types"].items():
+        xs = sorted(series)
+        ax1.plot(xs, [series[x] for x in xs], label=kind)
+    ax1.set_xlabel("PSG round")
+    ax1.set_ylabel("mean trained λ (sampled clients)")
+    ax1.set_yscale("log")
+    ax1.legend(fontsize=7)
+    ax1.set_title("λ per module type")
+    rel = lambda key: [s / m if m else 0.0 for s, m in zip(traj[key], traj["lambda_mean"])]  # noqa: E731
+    for key in ("sd_over_ranks", "sd_over_modules", "sd_over_clients"):
+        ax2.plot(traj["round"], rel(key), label=key.replace("_", " "))
+    ax2.set_xlabel("PSG round")
+    ax2.set_ylabel("SD / mean λ")
+    if any(v > 0 for key in ("sd_over_ranks", "sd_over_modules", "sd_over_clients") for v in rel(key)):
+        ax2.set_yscale("log")
+    ax2.legend(fontsize=7)
+    ax2.set_title("spread of λ (relative)")
+    _save_png(fig, Path(folder) / "lambda_trajectory.png")
+    plt.close(fig)
+    return traj
 
 
 def plot_distance(langs: list[str], matrix: np.ndarray, title: str, path: Path) -> None:
@@ -81,13 +149,13 @@ def plot_distance(langs: list[str], matrix: np.ndarray, title: str, path: Path) 
     plt.close(fig)
 
 
-def write_lambda_report(base, psg, tasks: dict[str, list[ClientTask]], folder: Path) -> dict:
+def write_lambda_report(base, psg, tasks: dict[str, list[ClientTask]], folder: Path, head: str = "train") -> dict:
     """Generate every client's λ, save them (safetensors) and the plots (PNG)."""
     folder = Path(folder)
-    names = feature_modules(base)
+    names = feature_modules(base, head)
     summary = {}
     for pool, pool_tasks in tasks.items():
-        lams = {t.client_id: torch.stack([v for v in client_lambdas(base, psg, t).values()]) for t in pool_tasks}
+        lams = {t.client_id: torch.stack([v for v in client_lambdas(base, psg, t, head).values()]) for t in pool_tasks}
         langs = {t.client_id: t.language for t in pool_tasks}
         save_tensors(folder / f"lambdas_{pool}.safetensors", lams)
         mean = torch.stack(list(lams.values())).mean(0).numpy()
@@ -102,4 +170,5 @@ def write_lambda_report(base, psg, tasks: dict[str, list[ClientTask]], folder: P
                          "sd_over_ranks": float(stack.std(2).mean()), "sd_over_modules": float(stack.mean(2).std(1).mean()),
                          "sd_over_clients": float(stack.std(0).mean()) if len(lams) > 1 else 0.0}
     write_json(folder / "lambda_report.json", {"modules": names, "pools": summary})
+    write_lambda_trajectory(folder)
     return summary

@@ -24,8 +24,15 @@ from .evaluation import LanguageTally, mean_over_languages
 from .methods import ClientTask, TrainSettings, get_method
 from .methods.batches import encode
 from .models import load_classifier, resolve
-from .report import add_run, environment, load_results, run_key
-from .stages import base_model_dir, bt_settings, method_resources, psg_dir  # noqa: F401 (re-exported)
+from .report import add_run, environment, load_results, results_lock, run_key, write_results
+from .stages import (  # noqa: F401 (re-exported)
+    base_model_dir,
+    base_settings,
+    bt_settings,
+    claim_stage,
+    method_resources,
+    psg_dir,
+)
 
 # Config parts that do not change what a single run computes (so results may merge across them).
 _RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federation", "num_gpus"),
@@ -34,19 +41,18 @@ _RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federa
                   ("personalise", "pools"), ("personalise", "eval_batch_size")}
 
 
-# Sections that only shape one method's runs: recorded in each of its runs ("settings") instead, so
-# a results file can gain these methods later and a change re-runs only that method.
-# (Each such method's config section has the method's name.)
-METHOD_SECTIONS = ("fedl2p", "pf2lora")
+# Sections that only shape one method's runs (method -> its section): recorded in each of its runs
+# ("settings") instead, so a results file can gain these methods later and a change re-runs only that method.
+METHOD_SECTIONS = {"fedl2p": "fedl2p", "pf2lora": "pf2lora", "fedp2eft-paper": "fedp2eft_paper"}
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {s: {k: v for k, v in sec.items() if (s, k) not in _RUN_SELECTORS} for s, sec in config.items()
-            if s not in METHOD_SECTIONS}
+            if s not in METHOD_SECTIONS.values()}
 
 
 def run_settings(cfg: Config, method: str) -> dict[str, Any] | None:
-    return cfg.to_dict()[method] if method in METHOD_SECTIONS else None
+    return cfg.to_dict()[METHOD_SECTIONS[method]] if method in METHOD_SECTIONS else None
 
 
 def load_federation(cfg: Config) -> Federation:
@@ -73,7 +79,8 @@ def train_settings(cfg: Config, seed: int) -> TrainSettings:
     p = cfg.personalise
     return TrainSettings(
         epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, head_lr=p.head_lr, weight_decay=p.weight_decay,
-        eval_batch_size=p.eval_batch_size, seed=seed, none_trains_head=p.none_trains_head,
+        eval_batch_size=p.eval_batch_size, seed=seed, none_trains_head=p.none_trains_head, head=p.head,
+        max_grad_norm=p.max_grad_norm, lora_a_seed=p.lora_a_seed,
     )
 
 
@@ -81,9 +88,11 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base_model(cfg: Config, num_labels: int, seed: int, out_dir: Path | None = None, base_override=None):
+def load_base_model(cfg: Config, num_labels: int, seed: int, out_dir: Path | None = None, base_override=None,
+                    fresh: bool = False, console=None):
     """The model personalisation starts from: off-the-shelf, Standard FL (trained once, in
-    ``<out>/base_model``, resumable) or a folder written by an earlier run."""
+    ``<out>/base_model``, resumable; refused or, with ``fresh``, retrained if its recorded settings
+    differ) or a folder written by an earlier run."""
     kind = base_override or cfg.base_model.kind
     torch.manual_seed(seed)  # a fresh head's initialisation
     if kind == "off-the-shelf":
@@ -92,8 +101,9 @@ def load_base_model(cfg: Config, num_labels: int, seed: int, out_dir: Path | Non
         if out_dir is None:
             raise UserError("base_model.kind = 'standard-fl' needs an output folder")
         folder = base_model_dir(out_dir)
+        claim_stage(Path(out_dir) / "base_model", base_settings(cfg), fresh)
         if not (folder / "fedp2eft_classifier.json").is_file():
-            train_standard_fl_base(cfg, Path(out_dir))
+            train_standard_fl_base(cfg, Path(out_dir), console)
         model, tok = load_classifier(str(folder), num_labels, cfg.model.pooling or None)
     else:
         model, tok = load_classifier(kind, num_labels, cfg.model.pooling or None)
@@ -124,13 +134,18 @@ def personalise_pool(
     settings: TrainSettings,
     advance: Callable[[], None] = lambda: None,
     resources: dict | None = None,
+    selection: dict | None = None,
 ) -> dict[str, dict]:
+    """Personalise every client of a pool; per-language accuracy. A method with a ``prepare`` step
+    (``lora-tuned``) first makes its choice for the pool and reports it into ``selection``."""
     method = get_method(method_name, **(resources or {}))
     tally = LanguageTally()
+    client_settings = lambda i: replace(settings, seed=settings.seed * 100_003 + i)  # noqa: E731
+    if selection is not None and hasattr(method, "prepare"):  # a choice made on the pool's validation data
+        selection.update(method.prepare(base, tasks, budget, settings, client_settings))
     for i, task in enumerate(tasks):
-        client_settings = replace(settings, seed=settings.seed * 100_003 + i)
         try:
-            preds = method.personalise(base, task, budget, client_settings)
+            preds = method.personalise(base, task, budget, client_settings(i))
         except FloatingPointError as exc:
             raise UserError(f"client {task.client_id}, method {method_name}: {exc}") from None
         tally.add(task.language, preds, task.test.labels)
@@ -146,8 +161,13 @@ def client_tasks(clients: list[Client], tokenizer, max_length: int) -> list[Clie
 
 
 def open_results(cfg: Config, out_dir: Path, fresh: bool) -> dict[str, Any]:
-    existing = None if fresh else load_results(out_dir / "results.json")
     config = cfg.to_dict()
+    if fresh:  # drop every run now: later writes merge with the file on disk, which must not bring them back
+        results = {"metric": "accuracy", "config": config, "environment": environment(), "runs": []}
+        with results_lock(out_dir):
+            write_results(out_dir, results)
+        return results
+    existing = load_results(out_dir / "results.json")
     if existing is not None:
         try:  # fill keys added since the file was written with their defaults
             previous = from_dict(existing.get("config", {})).to_dict()
@@ -195,16 +215,18 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
             seed_todo = [x for x in todo if x[0] == seed]
             if not seed_todo:
                 continue
-            base, tok = load_base_model(cfg, len(fed.label_names), seed, out_dir)
+            base, tok = load_base_model(cfg, len(fed.label_names), seed, out_dir, fresh=fresh, console=console)
             tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in p.pools}
-            resources = method_resources(cfg, out_dir, seed, base, tasks, [(m, b) for _, _, m, b in seed_todo], console)
+            resources = method_resources(cfg, out_dir, seed, base, tasks, [(m, b) for _, _, m, b in seed_todo], console,
+                                         fresh=fresh)
             for _, pool, method, budget in seed_todo:
                 label = f"seed {seed} {pool} {method}" + (f" r={budget}" if budget else "")
                 bar = progress.add_task(label, total=len(tasks[pool]))
                 start = time.perf_counter()
+                selection: dict = {}
                 per_language = personalise_pool(
                     method, base, tasks[pool], budget, train_settings(cfg, seed), lambda b=bar: progress.advance(b),
-                    resources,
+                    resources, selection,
                 )
                 run = {
                     "method": method, "budget": budget, "pool": pool, "seed": seed,
@@ -213,6 +235,8 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 }
                 if run_settings(cfg, method) is not None:
                     run["settings"] = run_settings(cfg, method)
+                if selection:
+                    run["selection"] = selection
                 add_run(out_dir, results, run)
                 progress.advance(overall)
             del base

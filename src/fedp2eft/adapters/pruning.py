@@ -9,11 +9,11 @@ import torch
 from ..errors import UserError
 
 
-def prune_to_budget(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, torch.Tensor]:
-    """Return ``{module: kept λ values}`` (only modules that keep >= 1 rank), largest first per module.
+def select_ranks(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, torch.Tensor]:
+    """Return ``{module: kept rank ids}`` (only modules that keep >= 1 rank), largest λ first.
 
-    ``lambdas`` maps every adapted module to its λ (one value per initial rank).
-    """
+    ``lambdas`` maps every adapted module to its λ (one value per initial rank); the global
+    top-(budget · L) λ are kept, ties broken by position (deterministic)."""
     if budget < 1:
         raise UserError(f"rank budget must be >= 1, got {budget}")
     names = list(lambdas)
@@ -25,16 +25,20 @@ def prune_to_budget(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, 
     flat = torch.cat([lambdas[n].detach().float().flatten() for n in names])
     if not torch.isfinite(flat).all():
         raise UserError("λ contains NaN or infinite values; cannot prune")
-    # ties broken by position, deterministic
     order = torch.argsort(flat, descending=True, stable=True)[:total]
     keep = torch.zeros_like(flat, dtype=torch.bool)
     keep[order] = True
     out: dict[str, torch.Tensor] = {}
     start = 0
     for name, size in zip(names, sizes):
-        mask = keep[start:start + size]
-        vals = lambdas[name].detach().flatten()[mask]
-        if vals.numel():
-            out[name] = torch.sort(vals, descending=True).values
+        ids = torch.nonzero(keep[start:start + size]).flatten()
+        if ids.numel():
+            vals = lambdas[name].detach().flatten()[ids].float()
+            out[name] = ids[torch.argsort(vals, descending=True, stable=True)]
         start += size
     return out
+
+
+def prune_to_budget(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, torch.Tensor]:
+    """Return ``{module: kept λ values}`` (only modules that keep >= 1 rank), largest first per module."""
+    return {n: lambdas[n].detach().flatten()[ids] for n, ids in select_ranks(lambdas, budget).items()}

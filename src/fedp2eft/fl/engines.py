@@ -24,7 +24,7 @@ def fedavg_hp(cfg: Config) -> FedAvgHP:
     b = cfg.base_model
     return FedAvgHP(mode=b.mode, epochs=b.local_epochs, batch_size=b.batch_size, lr=b.lr,
                     freeze_embeddings=b.freeze_embeddings, lora_rank=b.lora_rank, lora_alpha=b.lora_alpha,
-                    lora_dropout=b.lora_dropout, seed=cfg.experiment.seeds[0])
+                    lora_dropout=b.lora_dropout, seed=b.seed)
 
 
 def loop_settings(cfg: Config) -> LoopSettings:
@@ -32,7 +32,7 @@ def loop_settings(cfg: Config) -> LoopSettings:
     return LoopSettings(rounds=cfg.base_model.rounds, fraction=f.fraction, min_clients=f.min_clients,
                         client_timeout_s=f.client_timeout_s, max_failure_fraction=f.max_failure_fraction,
                         checkpoint_every=f.checkpoint_every, eval_pool=f.eval_pool, eval_every=f.eval_every,
-                        seed=cfg.experiment.seeds[0])
+                        seed=cfg.base_model.seed)
 
 
 def make_job(cfg: Config) -> dict:
@@ -40,23 +40,27 @@ def make_job(cfg: Config) -> dict:
     from .worker import client_ids, experiment_json
 
     exp = experiment_json(cfg)
-    return {"experiment": exp, "algorithm": "fedavg", "base": "off-the-shelf",
+    return {"experiment": exp, "algorithm": "fedavg", "base": "off-the-shelf", "seed": cfg.base_model.seed,
             "hp": dataclasses.asdict(fedavg_hp(cfg)), "num_clients": len(client_ids(exp))}
 
 
-def psg_hp(cfg: Config, seed: int) -> dict:
-    q = cfg.fedp2eft
+def psg_hp(cfg: Config, seed: int, section: str = "fedp2eft") -> dict:
+    """PSGSettings as a flat dict: the PSG section (``fedp2eft`` or ``fedp2eft_paper``) plus the adapter
+    recipe it shares with personalisation (head mode, fixed A), which fixes the PSG's outputs."""
+    q, p = getattr(cfg, section), cfg.personalise
     return {"r_init": q.r_init, "lora_alpha": q.lora_alpha, "alpha_s": q.alpha_s, "alpha_p": q.alpha_p,
             "lambda_lr": q.lambda_lr, "lr": q.lr, "head_lr": q.head_lr, "epochs": q.local_epochs,
-            "batch_size": q.batch_size, "seed": seed, "regress_steps": q.regress_steps, "regress_lr": q.regress_lr}
+            "batch_size": q.batch_size, "seed": seed, "head": p.head, "lora_a_seed": p.lora_a_seed,
+            "regress_steps": q.regress_steps, "regress_lr": q.regress_lr, "regress_loss": q.regress_loss,
+            "psg_init": q.psg_init}
 
 
-def make_psg_job(cfg: Config, base: str, seed: int) -> dict:
+def make_psg_job(cfg: Config, base: str, seed: int, section: str = "fedp2eft") -> dict:
     """FedP²EFT's job: federated PSG training on top of ``base`` (a folder or off-the-shelf)."""
     from .worker import client_ids, experiment_json
 
     exp = experiment_json(cfg)
-    return {"experiment": exp, "algorithm": "psg", "base": base, "hp": psg_hp(cfg, seed),
+    return {"experiment": exp, "algorithm": "psg", "base": base, "seed": seed, "hp": psg_hp(cfg, seed, section),
             "num_clients": len(client_ids(exp))}
 
 
@@ -102,15 +106,16 @@ def run_standard_fl(cfg: Config, out_dir: Path, resume: bool = True, client_app=
 
 
 def run_psg_training(cfg: Config, base: str, seed: int, out_dir: Path, resume: bool = True, client_app=None,
-                     on_round=None, grid=None):
-    """Federated PSG training (FedP²EFT Alg. 1); returns the trained PSG."""
+                     on_round=None, grid=None, section: str = "fedp2eft"):
+    """Federated PSG training (FedP²EFT Alg. 1) with the ``section`` settings; returns the trained PSG."""
     from ..methods.fedp2eft import new_psg
 
-    job = make_psg_job(cfg, base, seed)
+    job = make_psg_job(cfg, base, seed, section)
     base_model, _ = pretrained_base(cfg, job)
-    psg = new_psg(base_model, cfg.fedp2eft.r_init, seed)
-    settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.fedp2eft.rounds, seed=seed, eval_pool="",
-                                   eval_every=0)
+    q = getattr(cfg, section)
+    psg = new_psg(base_model, q.r_init, seed, cfg.personalise.head, q.psg_init)
+    settings = dataclasses.replace(loop_settings(cfg), rounds=q.rounds, seed=seed, eval_pool="",
+                                   eval_every=0, snapshot_every=q.snapshot_every)
     state = run_job(cfg, job, dict(psg.state_dict()), settings, out_dir, resume, client_app, on_round, grid)
     psg.load_state_dict(state)
     return psg
@@ -125,19 +130,21 @@ def fedl2p_hp(cfg: Config, budget: int, seed: int) -> dict:
     """FedL2PSettings fields: the [fedl2p] section, with the inner fine-tuning taken from [personalise]."""
     q, p = cfg.fedl2p, cfg.personalise
     return _section_hp(q) | {"budget": budget, "base_lr": q.base_lr or p.lr, "head_lr": p.head_lr,
-                             "epochs": p.epochs, "batch_size": p.batch_size, "seed": seed}
+                             "epochs": p.epochs, "batch_size": p.batch_size, "seed": seed, "head": p.head,
+                             "weight_decay": p.weight_decay, "max_grad_norm": p.max_grad_norm,
+                             "lora_a_seed": p.lora_a_seed}
 
 
 def pf2lora_hp(cfg: Config, budget: int, seed: int) -> dict:
-    """PF2LoRASettings fields: the [pf2lora] section for one budget and seed."""
-    return _section_hp(cfg.pf2lora) | {"budget": budget, "seed": seed}
+    """PF2LoRASettings fields: the [pf2lora] section for one budget and seed (and the head mode)."""
+    return _section_hp(cfg.pf2lora) | {"budget": budget, "seed": seed, "head": cfg.personalise.head}
 
 
 def _generator_job(cfg: Config, algorithm: str, base: str, hp: dict, **extra) -> dict:
     from .worker import client_ids, experiment_json
 
     exp = experiment_json(cfg)
-    return {"experiment": exp, "algorithm": algorithm, "base": base, "hp": hp,
+    return {"experiment": exp, "algorithm": algorithm, "base": base, "seed": hp["seed"], "hp": hp,
             "num_clients": len(client_ids(exp)), **extra}
 
 
@@ -149,7 +156,7 @@ def run_fedl2p_training(cfg: Config, base: str, budget: int, seed: int, out_dir:
     hp = fedl2p_hp(cfg, budget, seed)
     job = _generator_job(cfg, "fedl2p", base, hp)
     base_model, _ = pretrained_base(cfg, job)
-    generator = new_lr_generator(base_model, hp["base_lr"], seed)
+    generator = new_lr_generator(base_model, hp["base_lr"], seed, hp["head"])
     settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.fedl2p.rounds, seed=seed, eval_pool="", eval_every=0)
     generator.load_state_dict(run_job(cfg, job, dict(generator.state_dict()), settings, out_dir, resume,
                                       client_app, on_round, grid))

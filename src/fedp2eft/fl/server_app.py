@@ -7,7 +7,8 @@ by ``;``; ``resume`` — continue from ``out``'s checkpoint; ``stage`` — which
 run (default ``base``):
 
 - ``base``: the Standard-FL base model → ``<out>/base_model/model``;
-- ``psg``: FedP²EFT's PSG → ``<out>/psg/seed<S>/psg.safetensors``;
+- ``psg``: FedP²EFT's PSG → ``<out>/psg/seed<S>/psg.safetensors``; ``psg-paper``: the PSG of
+  method ``fedp2eft-paper`` (``[fedp2eft_paper]`` settings) → ``<out>/psg-paper/seed<S>/``;
 - ``fedl2p`` / ``pf2lora``: FedL2P's generator / PF2LoRA's level 1 for ``budget`` →
   ``<out>/<stage>/seed<S>/r<B>/`` (PF2LoRA's clients keep their level 2 under that path on their
   own machines).
@@ -27,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 
 app = ServerApp()
 
-STAGES = ("base", "psg", "fedl2p", "pf2lora")
+STAGES = ("base", "psg", "psg-paper", "fedl2p", "pf2lora")
 
 
 @app.main()
@@ -52,10 +53,11 @@ def main(grid: Grid, context: Context) -> None:
 def train_base(cfg, out: Path, grid, resume: bool) -> None:
     from ..methods.standard_fl import final_model, initial_state
     from ..models import load_tokenizer
-    from ..stages import base_model_dir
+    from ..stages import base_model_dir, base_settings, claim_stage
     from .engines import fedavg_hp, loop_settings, make_job, pretrained_base, save_base_model
     from .server_loop import run_rounds
 
+    claim_stage(out / "base_model", base_settings(cfg))
     job = make_job(cfg)
     base, _ = pretrained_base(cfg)
     state = run_rounds(grid, job, initial_state(base, fedavg_hp(cfg)), loop_settings(cfg), out / "base_model",
@@ -73,12 +75,12 @@ def train_stage(cfg, out: Path, grid, stage: str, seed: int, budget: int) -> Non
 
     if cfg.base_model.kind == "standard-fl" and not (base_model_dir(out) / "fedp2eft_classifier.json").is_file():
         raise UserError(f"{base_model_dir(out)} missing: run stage = 'base' first")
-    if stage != "psg" and budget < 1:
+    if stage not in ("psg", "psg-paper") and budget < 1:
         raise UserError(f"stage = {stage!r} needs a rank budget >= 1 (run config budget)")
     spec = base_spec(cfg, out)
     base, _ = load_classifier(spec if spec != "off-the-shelf" else cfg.model.name, len(load_federation(cfg).label_names))
-    if stage == "psg":
-        load_or_train_psg(cfg, out, seed, base, grid=grid)
+    if stage in ("psg", "psg-paper"):
+        load_or_train_psg(cfg, out, seed, base, grid=grid, section="fedp2eft" if stage == "psg" else "fedp2eft_paper")
     elif stage == "fedl2p":
         load_or_train_fedl2p(cfg, out, seed, budget, base, grid=grid)
     else:

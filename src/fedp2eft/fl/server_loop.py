@@ -23,6 +23,7 @@ import torch
 from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
+from ..atomic import save_tensors
 from ..errors import UserError
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .records import from_arrays, job_config, to_arrays
@@ -39,6 +40,7 @@ class LoopSettings:
     eval_pool: str = ""
     eval_every: int = 0
     seed: int = 0
+    snapshot_every: int = 0  # > 0: keep the global state of every k-th round in <out>/snapshots/
 
 
 def wait_for_nodes(grid, expected: int, minimum: int, timeout_s: float = 300.0, settle_s: float = 10.0) -> list[int]:
@@ -130,14 +132,26 @@ def run_rounds(
             arrays, metrics = strategy.aggregate_train(round_, ok)
         state = from_arrays(arrays)
         record.update({k: float(v) for k, v in (metrics or {}).items()})
+        record["clients"] = {node_clients[r.metadata.src_node_id][0]: _client_metrics(r) for r in ok}
         if settings.eval_pool and settings.eval_every and round_ % settings.eval_every == 0:
             record["eval"] = evaluate_pool(grid, job, state, node_clients, settings.eval_pool, round_)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         _append(metrics_path, record)
+        if settings.snapshot_every and round_ % settings.snapshot_every == 0:
+            save_tensors(out_dir / "snapshots" / f"round{round_:04d}.safetensors", state,
+                         metadata={"round": str(round_)})
         if round_ % settings.checkpoint_every == 0 or round_ == settings.rounds:
             save_checkpoint(ckpt_dir, round_, state, {"job": job})
         on_round(record)
     return state
+
+
+def _client_metrics(reply) -> dict[str, float]:
+    """One client's own metrics (every scalar of its reply's metric records but the weight)."""
+    out = {}
+    for record in reply.content.metric_records.values():
+        out.update({k: float(v) for k, v in record.items() if k != "num-examples" and isinstance(v, int | float)})
+    return out
 
 
 def evaluate_pool(grid, job, state, node_clients, pool: str, round_: int) -> dict:

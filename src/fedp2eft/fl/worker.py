@@ -55,8 +55,10 @@ def client_ids(config_json: str) -> list[tuple[str, str]]:
 
 
 def base_model(job: dict):
+    """The base model the job's clients start from; ``job["seed"]`` seeds an off-the-shelf head."""
     cfg, fed, _ = _federation(job["experiment"])
-    return _base(job["experiment"], len(fed.label_names), cfg.experiment.seeds[0], job.get("base", "off-the-shelf"))
+    seed = int(job.get("seed", cfg.experiment.seeds[0]))
+    return _base(job["experiment"], len(fed.label_names), seed, job.get("base", "off-the-shelf"))
 
 
 def client_task(job: dict, cid: str) -> ClientTask:
@@ -76,8 +78,8 @@ def for_round(job: dict, round_: int) -> dict:
 
 def psg_settings(hp: dict) -> PSGSettings:
     hp = dict(hp)
-    steps, lr = hp.pop("regress_steps"), hp.pop("regress_lr")
-    return PSGSettings(bt=BTSettings(**hp), regress_steps=steps, regress_lr=lr)
+    own = {k: hp.pop(k) for k in ("regress_steps", "regress_lr", "regress_loss", "psg_init") if k in hp}
+    return PSGSettings(bt=BTSettings(**hp), **own)
 
 
 def train(job: dict, cid: str, state: dict[str, torch.Tensor]):

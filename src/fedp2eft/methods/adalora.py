@@ -18,7 +18,8 @@ from torch import nn
 
 from ..errors import UserError
 from .base import ClientTask, TrainSettings
-from .training import linear_module_names, predict, train_classifier
+from .lora import split_trainable
+from .training import adapted_modules, predict, saved_modules, train_classifier
 
 
 def adalora_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[int, int, int]:
@@ -45,8 +46,9 @@ class AdaLoRAMethod:
     name = "adalora"
     uses_budget = True
 
-    def __init__(self, lr: float = 1e-3, orth_reg_weight: float = 0.1):
+    def __init__(self, lr: float = 1e-3, orth_reg_weight: float = 0.1, alpha: int = 0):
         self.lr, self.orth_reg_weight = lr, orth_reg_weight
+        self.alpha = alpha  # 0 = 2 · budget (as LoRA); the authors' AdaLoRA leaves peft's default 8
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
         if budget is None or budget < 1:
@@ -54,17 +56,17 @@ class AdaLoRAMethod:
         total, tinit, tfinal = adalora_schedule(len(task.train), settings.batch_size, settings.epochs)
         cfg = AdaLoraConfig(
             init_r=max(budget + 1, 3 * budget // 2), target_r=budget, tinit=tinit, tfinal=tfinal, deltaT=1,
-            orth_reg_weight=self.orth_reg_weight, total_step=total, lora_alpha=2 * budget, lora_dropout=0.0,
-            target_modules=linear_module_names(base), modules_to_save=["head"],
+            orth_reg_weight=self.orth_reg_weight, total_step=total, lora_alpha=self.alpha or 2 * budget,
+            lora_dropout=0.0, target_modules=adapted_modules(base, settings.head), modules_to_save=saved_modules(settings.head),
         )
         torch.manual_seed(settings.seed)
         model = get_peft_model(copy.deepcopy(base), cfg)
-        adapter = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-        head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+        adapter, head = split_trainable(model)
         train_classifier(
-            model, [{"params": adapter, "lr": self.lr}, {"params": head, "lr": settings.head_lr}], task.train,
+            model, settings.param_groups(adapter, head, adapter_lr=self.lr), task.train,
             settings.epochs, settings.batch_size, settings.seed, settings.weight_decay,
             extra_loss=lambda m: self.orth_reg_weight * orthogonal_regulariser(m),
             on_step=lambda step, _loss: model.base_model.update_and_allocate(step - 1),
+            max_grad_norm=settings.max_grad_norm,
         )
         return predict(model.merge_and_unload(), task.test, settings.eval_batch_size)

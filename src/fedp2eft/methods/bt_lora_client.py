@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .base import ClientTask, TrainSettings
-from .bt_training import BTSettings, finetune_pruned, train_lambdas
+from .bt_training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
 
 
 class BTLoRAClientMethod:
@@ -26,12 +26,11 @@ class BTLoRAClientMethod:
         key = (task.client_id, seed)
         if key not in self._lambdas:
             self._lambdas.clear()  # one client at a time: memory stays flat
-            s = replace(self.bt, seed=seed)
+            s = replace(self.bt, seed=seed)  # stage 1 with the [fedp2eft] settings (epochs, batch, rates)
             self._lambdas[key] = train_lambdas(base, task.train, 1e-4, s)[0]
         return self._lambdas[key]
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
         lambdas = self.client_lambdas(base, task, settings.seed)
-        s = replace(self.bt, lr=settings.lr, head_lr=settings.head_lr, epochs=settings.epochs,
-                    batch_size=settings.batch_size, seed=settings.seed)
+        s = personalisation_settings(self.bt, settings)
         return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size)

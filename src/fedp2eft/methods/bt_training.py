@@ -1,12 +1,15 @@
 """BT-LoRA training steps shared by FedP²EFT and the per-client BT-LoRA baseline.
 
-- ``train_lambdas``: stage 1, eq. (1): BT-LoRA with r_init ranks on all linear layers, λ
+- ``train_lambdas``: stage 1, eq. (1): BT-LoRA with r_init ranks on every adapted module, λ
   initialised from a given value (1e-4, or the PSG's λ̂), trained with cross-entropy plus the
-  priors of eq. (4)-(5) (AdamW, lr_λ 0.01, lr_AB 1e-4, 2 epochs); returns the trained λ.
+  priors of eq. (4)-(5) (AdamW, lr_λ 0.01, lr_AB 1e-4, 2 epochs); returns the trained λ, clamped
+  to [1e-4, 1000] (the range the priors and the PSG use; the authors meant to clamp here too, but
+  their clamp writes into a copy and does nothing).
 - ``finetune_pruned``: inference (Alg. 2): keep the global top-(r·L) λ, build BT-LoRA only where
-  a module keeps ranks (per-module rank via ``rank_pattern``), fresh A (random) and B (= 0), the
-  kept λ frozen; fine-tune on cross-entropy only; merge. Each module's scaling is 2 (alpha = 2·r_l,
-  as the LoRA baseline's alpha 2r), so λ alone carries the learned per-rank scale.
+  a module keeps ranks (per-module rank via ``rank_pattern``), A fresh (or, with ``lora_a_seed``,
+  the kept rows of the fixed A that λ was learned on) and B = 0, the kept λ frozen; fine-tune on
+  cross-entropy only; merge. Each module's scaling is ``lora_alpha / r_init`` (the authors keep
+  64 / 32 = 2 for every pruned module), so λ alone carries the learned per-rank scale.
 """
 
 from __future__ import annotations
@@ -19,14 +22,19 @@ import torch
 from peft import get_peft_model
 from torch import nn
 
-from ..adapters import bt_penalty, prune_to_budget
+from ..adapters import apply_fixed_a, bt_penalty, select_ranks
 from ..adapters.bt_lora import bt_lora_config, lambdas_by_module, set_lambdas
+from ..adapters.priors import LAMBDA_MAX, LAMBDA_MIN
 from .batches import EncodedData
-from .training import linear_module_names, predict, train_classifier
+from .training import adapted_modules, predict, saved_modules, train_classifier
 
 
 @dataclass(frozen=True)
 class BTSettings:
+    """Stage 1 (eq. 1) and the pruned fine-tuning. ``lr``/``head_lr``/``epochs``/``batch_size``/
+    ``weight_decay``/``max_grad_norm`` are stage 1's in the PSG's and the per-client baseline's λ
+    training, and the personalisation's in ``finetune_pruned`` (callers replace them)."""
+
     r_init: int = 32
     lora_alpha: int = 64
     alpha_s: float = 100.0
@@ -37,6 +45,10 @@ class BTSettings:
     epochs: int = 2
     batch_size: int = 32
     seed: int = 0
+    head: str = "train"
+    lora_a_seed: int = -1
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0
 
 
 def _split_params(model: nn.Module) -> tuple[list, list, list]:
@@ -50,13 +62,15 @@ def _split_params(model: nn.Module) -> tuple[list, list, list]:
 
 def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tensor] | float,
                   s: BTSettings) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Stage 1: learn λ (and A, B, head) on one client; returns (λ by module, step losses)."""
+    """Stage 1: learn λ (and A, B, a trained head) on one client; returns (λ by module, step losses)."""
     torch.manual_seed(s.seed)
-    targets = linear_module_names(base)
+    targets = adapted_modules(base, s.head)
     init_value = init if isinstance(init, float) else 1e-4
     cfg = bt_lora_config(targets, r=s.r_init, lora_alpha=s.lora_alpha, init_lambda=init_value,
-                         modules_to_save=["head"])
+                         modules_to_save=saved_modules(s.head))
     model = get_peft_model(copy.deepcopy(base), cfg)
+    if s.lora_a_seed >= 0:
+        apply_fixed_a(model, s.lora_a_seed)
     if isinstance(init, dict):
         set_lambdas(model, init)
     lam, ab, head = _split_params(model)
@@ -64,23 +78,29 @@ def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tens
     losses = train_classifier(
         model,
         [{"params": lam, "lr": s.lambda_lr}, {"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
-        data, s.epochs, s.batch_size, s.seed,
-        extra_loss=lambda m: bt_penalty(m, n, s.alpha_s, s.alpha_p),
+        data, s.epochs, s.batch_size, s.seed, s.weight_decay,
+        extra_loss=lambda m: bt_penalty(m, n, s.alpha_s, s.alpha_p), max_grad_norm=s.max_grad_norm,
     )
-    return lambdas_by_module(model), losses
+    return {k: v.clamp(LAMBDA_MIN, LAMBDA_MAX) for k, v in lambdas_by_module(model).items()}, losses
 
 
-def pruned_model(base: nn.Module, kept: dict[str, torch.Tensor]) -> nn.Module:
-    """BT-LoRA with the kept λ frozen, fresh A/B, only on modules that keep ranks."""
+def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int, s: BTSettings) -> nn.Module:
+    """BT-LoRA at the budget: the kept λ frozen, B = 0, A fresh or the kept rows of the fixed A,
+    only on modules that keep ranks; scaling lora_alpha / r_init everywhere."""
+    index = select_ranks(lambdas, budget)
+    kept = {n: lambdas[n].detach().flatten()[ids] for n, ids in index.items()}
     ranks = {n: int(v.numel()) for n, v in kept.items()}
+    scaling = s.lora_alpha / s.r_init
     r_max = max(ranks.values())
     cfg = bt_lora_config(
-        list(kept), r=r_max, lora_alpha=2 * r_max,
+        list(kept), r=r_max, lora_alpha=scaling * r_max,
         rank_pattern={re.escape(n): r for n, r in ranks.items()},
-        alpha_pattern={re.escape(n): 2 * r for n, r in ranks.items()},
-        modules_to_save=["head"],
+        alpha_pattern={re.escape(n): scaling * r for n, r in ranks.items()},
+        modules_to_save=saved_modules(s.head),
     )
     model = get_peft_model(copy.deepcopy(base), cfg)
+    if s.lora_a_seed >= 0:
+        apply_fixed_a(model, s.lora_a_seed, index)
     set_lambdas(model, kept, requires_grad=False)
     return model
 
@@ -89,10 +109,10 @@ def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str
                           s: BTSettings) -> nn.Module:
     """Alg. 2 steps 2-3: prune λ to the budget and fine-tune the resulting LoRA (unmerged peft model)."""
     torch.manual_seed(s.seed)
-    model = pruned_model(base, prune_to_budget(lambdas, budget))
+    model = pruned_model(base, lambdas, budget, s)
     _, ab, head = _split_params(model)
     train_classifier(model, [{"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
-                     train, s.epochs, s.batch_size, s.seed)
+                     train, s.epochs, s.batch_size, s.seed, s.weight_decay, max_grad_norm=s.max_grad_norm)
     return model
 
 
@@ -101,3 +121,12 @@ def finetune_pruned(base: nn.Module, train: EncodedData, test: EncodedData, lamb
     """Fine-tune at the budget, merge, and predict the test split."""
     model = finetune_pruned_model(base, train, lambdas, budget, s)
     return predict(model.merge_and_unload(), test, eval_batch_size)
+
+
+def personalisation_settings(bt: BTSettings, ts) -> BTSettings:
+    """``bt`` with the personalisation's fine-tuning settings (a ``TrainSettings``)."""
+    from dataclasses import replace
+
+    return replace(bt, lr=ts.lr, head_lr=ts.head_lr, epochs=ts.epochs, batch_size=ts.batch_size, seed=ts.seed,
+                   weight_decay=ts.weight_decay, max_grad_norm=ts.max_grad_norm, head=ts.head,
+                   lora_a_seed=ts.lora_a_seed)

@@ -23,11 +23,9 @@ with those rates (the head at ``head_lr``), merge, predict. One federated traini
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
-from peft import get_peft_model
 from torch import nn
 from torch.nn import functional as F
 
@@ -36,7 +34,7 @@ from ..psg import LRGenerator, feature_modules, meta_features
 from .base import ClientTask, TrainSettings
 from .batches import EncodedData
 from .fedl2p_hypergrad import lr_hypergradient
-from .lora import lora_config
+from .lora import lora_model, split_trainable
 from .training import device_of, model_inputs, predict, to_device, train_classifier
 
 
@@ -55,11 +53,21 @@ class FedL2PSettings:
     base_lr_lr: float = 1e-6
     val_fraction: float = 0.2
     seed: int = 0
+    head: str = "train"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0
+    lora_a_seed: int = -1
+
+    def inner(self, seed: int) -> TrainSettings:
+        """The inner fine-tuning's settings (the rates come from the generator)."""
+        return TrainSettings(epochs=self.epochs, batch_size=self.batch_size, head_lr=self.head_lr,
+                             weight_decay=self.weight_decay, seed=seed, head=self.head,
+                             max_grad_norm=self.max_grad_norm, lora_a_seed=self.lora_a_seed)
 
 
-def new_lr_generator(base: nn.Module, base_lr: float, seed: int = 0) -> LRGenerator:
+def new_lr_generator(base: nn.Module, base_lr: float, seed: int = 0, head: str = "train") -> LRGenerator:
     torch.manual_seed(seed)
-    n = len(feature_modules(base))
+    n = len(feature_modules(base, head))
     return LRGenerator(2 * n, 2 * n, base_lr=base_lr)
 
 
@@ -72,16 +80,17 @@ def lora_matrices(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
     return out
 
 
-def finetune_with_rates(base: nn.Module, data: EncodedData, rates: torch.Tensor, budget: int, head_lr: float,
-                        epochs: int, batch_size: int, seed: int) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
+def finetune_with_rates(base: nn.Module, data: EncodedData, rates: torch.Tensor, budget: int,
+                        ts: TrainSettings) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
     """A fresh rank-``budget`` LoRA trained with one AdamW rate per matrix; returns (model, matrices, init)."""
-    torch.manual_seed(seed)
-    model = get_peft_model(copy.deepcopy(base), lora_config(base, budget))
-    matrices = lora_matrices(model, feature_modules(base))
+    torch.manual_seed(ts.seed)
+    model = lora_model(base, budget, ts)
+    matrices = lora_matrices(model, feature_modules(base, ts.head))
     init = [p.detach().clone() for p in matrices]
-    head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    _, head = split_trainable(model)
     groups = [{"params": [p], "lr": float(r)} for p, r in zip(matrices, rates.detach().tolist(), strict=True)]
-    train_classifier(model, [*groups, {"params": head, "lr": head_lr}], data, epochs, batch_size, seed)
+    train_classifier(model, [*groups, {"params": head, "lr": ts.head_lr}], data, ts.epochs, ts.batch_size, ts.seed,
+                     ts.weight_decay, max_grad_norm=ts.max_grad_norm)
     return model, matrices, init
 
 
@@ -128,8 +137,8 @@ def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
     """One client's FedL2P round; returns ``(generator_state, num_examples, metrics)``."""
     if len(task.train) < 2:
         raise ValueError(f"client {task.client_id}: FedL2P needs at least 2 training rows (train/val split)")
-    feats = meta_features(base, task.train)
-    generator = new_lr_generator(base, s.base_lr)
+    feats = meta_features(base, task.train, head=s.head)
+    generator = new_lr_generator(base, s.base_lr, head=s.head)
     generator.load_state_dict(state)
     net_opt = torch.optim.Adam(generator.net.parameters(), lr=s.net_lr)
     base_opt = torch.optim.Adam([generator.base_lr], lr=s.base_lr_lr)
@@ -137,8 +146,7 @@ def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
     val_losses = []
     for step in range(s.outer_steps):
         rates = generator(feats)
-        model, matrices, init = finetune_with_rates(base, train, rates, s.budget, s.head_lr, s.epochs, s.batch_size,
-                                                    s.seed + step)
+        model, matrices, init = finetune_with_rates(base, train, rates, s.budget, s.inner(s.seed + step))
         hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, s.seed + step)
         if not torch.isfinite(hyper).all():
             raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
@@ -169,7 +177,6 @@ class FedL2PMethod:
         if budget not in self.generators:
             raise UserError(f"fedl2p has no trained learning-rate generator for budget {budget}")
         with torch.no_grad():
-            rates = self.generators[budget](meta_features(base, task.train))
-        model, _, _ = finetune_with_rates(base, task.train, rates, budget, settings.head_lr, settings.epochs,
-                                          settings.batch_size, settings.seed)
+            rates = self.generators[budget](meta_features(base, task.train, head=settings.head))
+        model, _, _ = finetune_with_rates(base, task.train, rates, budget, settings)
         return predict(model.merge_and_unload(), task.test, settings.eval_batch_size)

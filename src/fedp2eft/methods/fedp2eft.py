@@ -4,7 +4,8 @@ Federated training of the PSG (Alg. 1), one client's round:
   1. features = meta_features(base, D_train)                    (eq. 6)
   2. λ̂ = PSG(φ; features)
   3. BT-LoRA from λ̂ trained with eq. (1) for the local epochs   (stage 1) → trained λ
-  4. PSG regressed onto the trained λ with an L1 loss            (stage 2; 10 Adam steps, lr 1e-4)
+  4. PSG regressed onto the trained λ with an L1 loss            (stage 2; 10 Adam steps, lr 1e-4,
+                                                                 summed over outputs as the authors do)
   5. only φ (the PSG weights) is returned; the server averages φ weighted by |D_train|.
 
 Personalisation of any client, seen or unseen (Alg. 2): features → PSG → λ; keep the global
@@ -14,14 +15,17 @@ One trained PSG serves every budget r with r·L ≤ L·r_init.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..psg import PSG, feature_modules, meta_features
+from ..psg.module_types import lambda_statistics
 from .base import ClientTask, TrainSettings
-from .bt_training import BTSettings, finetune_pruned, train_lambdas
+from .bt_training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
+
+REGRESS_LOSSES = ("sum", "mean")
 
 
 @dataclass(frozen=True)
@@ -29,37 +33,41 @@ class PSGSettings:
     bt: BTSettings = field(default_factory=BTSettings)
     regress_steps: int = 10
     regress_lr: float = 1e-4
+    regress_loss: str = "sum"  # authors: sum(|λ̂ − λ|) over every output
+    psg_init: float = 1e-4  # the PSG's first λ̂ (the authors': BT-LoRA's initial 1e-4)
 
 
-def new_psg(base: nn.Module, r_init: int, seed: int = 0) -> PSG:
+def new_psg(base: nn.Module, r_init: int, seed: int = 0, head: str = "train", psg_init: float = 1e-4) -> PSG:
     torch.manual_seed(seed)
-    n = len(feature_modules(base))
-    return PSG(2 * n, n, r_init)
+    n = len(feature_modules(base, head))
+    return PSG(2 * n, n, r_init, init_bias=psg_init)
 
 
 def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task: ClientTask, s: PSGSettings):
     """One client's FedP²EFT round; returns ``(psg_state, num_examples, metrics)``."""
-    names = feature_modules(base)
-    feats = meta_features(base, task.train)
-    psg = new_psg(base, s.bt.r_init)
+    head = s.bt.head
+    names = feature_modules(base, head)
+    feats = meta_features(base, task.train, head=head)
+    psg = new_psg(base, s.bt.r_init, head=head, psg_init=s.psg_init)
     psg.load_state_dict(psg_state)
     lam_hat = psg.lambdas(feats, names)
     trained, losses = train_lambdas(base, task.train, lam_hat, s.bt)
     target = torch.stack([trained[n] for n in names]).float()
     opt = torch.optim.Adam(psg.parameters(), lr=s.regress_lr)
     for _ in range(s.regress_steps):
-        l1 = (psg(feats) - target).abs().mean()
+        diff = (psg(feats) - target).abs()
+        l1 = diff.sum() if s.regress_loss == "sum" else diff.mean()
         opt.zero_grad(set_to_none=True)
         l1.backward()
         opt.step()
-    metrics = {"train_loss": sum(losses) / max(len(losses), 1), "l1": float(l1.detach()),
-               "lambda_mean": float(target.mean()), "lambda_hat_mean": float(torch.stack(list(lam_hat.values())).mean()),
-               "lambda_sd_over_ranks": float(target.std(-1).mean()) if target.shape[-1] > 1 else 0.0}
+    metrics = {"train_loss": sum(losses) / max(len(losses), 1), "l1": float(diff.detach().mean()),
+               "lambda_hat_mean": float(torch.stack(list(lam_hat.values())).mean()),
+               **lambda_statistics(names, target)}
     return {k: v.detach().clone() for k, v in psg.state_dict().items()}, len(task.train), metrics
 
 
-def client_lambdas(base: nn.Module, psg: PSG, task: ClientTask) -> dict[str, torch.Tensor]:
-    return psg.lambdas(meta_features(base, task.train), feature_modules(base))
+def client_lambdas(base: nn.Module, psg: PSG, task: ClientTask, head: str = "train") -> dict[str, torch.Tensor]:
+    return psg.lambdas(meta_features(base, task.train, head=head), feature_modules(base, head))
 
 
 def rescale_to_mean_one(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, torch.Tensor]:
@@ -92,9 +100,8 @@ class FedP2EFTMethod:
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
         if self.psg is None:
             raise ValueError("fedp2eft needs a trained PSG")
-        lambdas = client_lambdas(base, self.psg, task)
+        lambdas = client_lambdas(base, self.psg, task, settings.head)
         if self.mean_one:
             lambdas = rescale_to_mean_one(lambdas, budget)
-        s = replace(self.bt, lr=settings.lr, head_lr=settings.head_lr, epochs=settings.epochs,
-                    batch_size=settings.batch_size, seed=settings.seed)
+        s = personalisation_settings(self.bt, settings)
         return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size)

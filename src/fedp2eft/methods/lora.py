@@ -1,7 +1,10 @@
 """LoRA personalisation (baseline): rank r on all linear layers, alpha 2r, dropout 0.
 
-The classifier head is trained too (peft ``modules_to_save``) at ``head_lr``; after local
-fine-tuning the adapter is merged into the weights and the client's test split predicted.
+With ``head = "train"`` the classifier head is trained too (peft ``modules_to_save``) at
+``head_lr``; with ``head = "adapter"`` (the authors') it is one more LoRA-adapted linear layer with
+frozen weights. With ``lora_a_seed >= 0`` every module's A is the fixed A of that seed
+(``adapters.fixed_a``). After local fine-tuning the adapter is merged into the weights and the
+client's test split predicted.
 """
 
 from __future__ import annotations
@@ -11,20 +14,45 @@ import copy
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from ..adapters import apply_fixed_a
 from ..errors import UserError
 from .base import ClientTask, TrainSettings
-from .training import linear_module_names, predict, train_classifier
+from .training import adapted_modules, predict, saved_modules, train_classifier
 
 
-def lora_config(model: nn.Module, rank: int, dropout: float = 0.0) -> LoraConfig:
+def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "train") -> LoraConfig:
     return LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
         lora_dropout=dropout,
-        target_modules=linear_module_names(model),
-        modules_to_save=["head"],
+        target_modules=adapted_modules(model, head),
+        modules_to_save=saved_modules(head),
         bias="none",
     )
+
+
+def lora_model(base: nn.Module, rank: int, settings: TrainSettings) -> nn.Module:
+    """A fresh copy of ``base`` with LoRA of ``rank`` (fixed A when ``settings.lora_a_seed >= 0``)."""
+    model = get_peft_model(copy.deepcopy(base), lora_config(base, rank, head=settings.head))
+    if settings.lora_a_seed >= 0:
+        apply_fixed_a(model, settings.lora_a_seed)
+    return model
+
+
+def split_trainable(model: nn.Module) -> tuple[list, list]:
+    """(adapter parameters, other trainable parameters — the head copy when it is trained)."""
+    adapter = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    return adapter, head
+
+
+def finetune_lora(base: nn.Module, task: ClientTask, rank: int, settings: TrainSettings) -> nn.Module:
+    """LoRA fine-tuning of one client; returns the merged model."""
+    model = lora_model(base, rank, settings)
+    adapter, head = split_trainable(model)
+    train_classifier(model, settings.param_groups(adapter, head), task.train, settings.epochs, settings.batch_size,
+                     settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm)
+    return model.merge_and_unload()
 
 
 class LoRAMethod:
@@ -34,17 +62,4 @@ class LoRAMethod:
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
         if budget is None or budget < 1:
             raise UserError(f"lora needs a rank budget >= 1, got {budget}")
-        model = get_peft_model(copy.deepcopy(base), lora_config(base, budget))
-        adapter = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
-        head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-        train_classifier(
-            model,
-            [{"params": adapter, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}],
-            task.train,
-            settings.epochs,
-            settings.batch_size,
-            settings.seed,
-            settings.weight_decay,
-        )
-        merged = model.merge_and_unload()
-        return predict(merged, task.test, settings.eval_batch_size)
+        return predict(finetune_lora(base, task, budget, settings), task.test, settings.eval_batch_size)

@@ -35,7 +35,7 @@ from ..errors import UserError
 from .base import ClientTask, TrainSettings
 from .batches import EncodedData
 from .pf2lora_bilevel import bilevel_local_steps
-from .training import device_of, linear_module_names, model_inputs, predict, to_device, train_classifier
+from .training import adapted_modules, device_of, model_inputs, predict, to_device, train_classifier
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class PF2LoRASettings:
     inner_steps: int = 1
     batch_size: int = 32
     seed: int = 0
+    head: str = "train"  # "adapter": the head gets a two-level adapter too and its weights stay frozen
 
     @property
     def r_local(self) -> int:
@@ -59,29 +60,43 @@ def client_seed(cid: str, seed: int) -> int:
     return (zlib.crc32(cid.encode()) + 7919 * seed) % 2**31
 
 
-def two_level_model(base: nn.Module, budget: int, r_local: int, seed: int) -> tuple[nn.Module, dict[str, TwoLevelLinear]]:
-    """A copy of ``base`` with both levels on every backbone linear layer (A, C random; B, D zero)."""
+def two_level_model(base: nn.Module, budget: int, r_local: int, seed: int,
+                    head: str = "train") -> tuple[nn.Module, dict[str, TwoLevelLinear]]:
+    """A copy of ``base`` with both levels on every adapted linear layer (A, C random; B, D zero);
+    the head's weights train only in ``head = "train"`` mode."""
     torch.manual_seed(seed)
     model = copy.deepcopy(base)
     for p in model.parameters():
         p.requires_grad_(False)
-    for p in model.head.parameters():
-        p.requires_grad_(True)
-    layers = attach_two_level(model, linear_module_names(base), budget, r_local)
+    layers = attach_two_level(model, adapted_modules(base, head), budget, r_local)
+    if head == "train":
+        for p in model.head.parameters():
+            p.requires_grad_(True)
     return model, layers
 
 
+def head_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The head's trainable weights (none when the head carries an adapter instead)."""
+    return [] if isinstance(model.head, TwoLevelLinear) else [p for p in model.head.parameters() if p.requires_grad]
+
+
 def shared_state(model: nn.Module, layers: dict[str, TwoLevelLinear]) -> dict[str, torch.Tensor]:
-    return {**level_state(layers, "shared"), **{f"head.{k}": v.detach().clone() for k, v in model.head.state_dict().items()}}
+    """Level 1 of every layer, plus the head's weights when the head itself is trained."""
+    head = {} if isinstance(model.head, TwoLevelLinear) else {f"head.{k}": v.detach().clone()
+                                                                for k, v in model.head.state_dict().items()}
+    return {**level_state(layers, "shared"), **head}
 
 
 def load_shared_state(model: nn.Module, layers: dict[str, TwoLevelLinear], state: dict[str, torch.Tensor]) -> None:
-    load_level_state(layers, {k: v for k, v in state.items() if not k.startswith("head.")})
-    model.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
+    level = {k: v for k, v in state.items() if k.rpartition(".")[0] in layers}
+    load_level_state(layers, level)
+    head = {k[len("head."):]: v for k, v in state.items() if k not in level and k.startswith("head.")}
+    if head:
+        model.head.load_state_dict(head)
 
 
 def initial_shared_state(base: nn.Module, s: PF2LoRASettings) -> dict[str, torch.Tensor]:
-    model, layers = two_level_model(base, s.budget, s.r_local, s.seed)
+    model, layers = two_level_model(base, s.budget, s.r_local, s.seed, s.head)
     return shared_state(model, layers)
 
 
@@ -101,14 +116,14 @@ def pf2lora_client_update(base: nn.Module, state: dict[str, torch.Tensor], task:
     """One client's PF2LoRA round; returns ``(shared_state, num_examples, metrics)`` and stores level 2."""
     if len(task.train) == 0:
         raise ValueError(f"client {task.client_id} has no training data")
-    model, layers = two_level_model(base, s.budget, s.r_local, client_seed(task.client_id, s.seed))
+    model, layers = two_level_model(base, s.budget, s.r_local, client_seed(task.client_id, s.seed), s.head)
     load_shared_state(model, layers, state)
     path = local_state_path(local_dir, task.client_id)
     if path.is_file():
         load_level_state(layers, load_file(str(path)))
     shared = [p for layer in layers.values() for p in layer.shared_parameters()]
     local = [p for layer in layers.values() for p in layer.local_parameters()]
-    head = list(model.head.parameters())
+    head = head_parameters(model)
     upper = torch.optim.AdamW([{"params": shared, "lr": s.lr}, {"params": head, "lr": s.head_lr}], weight_decay=0.0)
 
     def loss_fn(batch):
@@ -139,7 +154,7 @@ class PF2LoRAMethod:
             raise UserError(f"pf2lora has no trained shared adapter for budget {budget}")
         state, local_dir = self.trained[budget]
         r_local = replace(self.settings, budget=budget).r_local
-        model, layers = two_level_model(base, budget, r_local, client_seed(task.client_id, settings.seed))
+        model, layers = two_level_model(base, budget, r_local, client_seed(task.client_id, settings.seed), settings.head)
         load_shared_state(model, layers, state)
         own = local_state_path(local_dir, task.client_id) if local_dir is not None else None
         if own is not None and own.is_file():
@@ -147,8 +162,7 @@ class PF2LoRAMethod:
         local = [p for layer in layers.values() for p in layer.local_parameters()]
         for p in (p for layer in layers.values() for p in layer.shared_parameters()):
             p.requires_grad_(False)
-        train_classifier(model, [{"params": local, "lr": settings.lr}, {"params": list(model.head.parameters()),
-                                                                         "lr": settings.head_lr}],
-                         task.train, settings.epochs, settings.batch_size, settings.seed, settings.weight_decay)
+        train_classifier(model, settings.param_groups(local, head_parameters(model)), task.train, settings.epochs,
+                         settings.batch_size, settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm)
         merge_two_level(layers)
         return predict(model, task.test, settings.eval_batch_size)

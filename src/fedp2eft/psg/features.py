@@ -14,12 +14,13 @@ import torch
 from torch import nn
 
 from ..methods.batches import EncodedData
-from ..methods.training import device_of, linear_module_names, model_inputs, to_device
+from ..methods.training import adapted_modules, device_of, model_inputs, to_device
 
 
-def feature_modules(model: nn.Module) -> list[str]:
-    """The adapted modules, in a fixed order: their inputs are the features."""
-    return linear_module_names(model)
+def feature_modules(model: nn.Module, head: str = "train") -> list[str]:
+    """The adapted modules (``methods.training.adapted_modules``), in a fixed order: their inputs
+    are the features (with ``head = "adapter"`` the head's input, the pooled representation, too)."""
+    return adapted_modules(model, head)
 
 
 class _Running:
@@ -47,9 +48,9 @@ class _Running:
 
 
 @torch.no_grad()
-def meta_features(model: nn.Module, data: EncodedData, batch_size: int = 64) -> torch.Tensor:
+def meta_features(model: nn.Module, data: EncodedData, batch_size: int = 64, head: str = "train") -> torch.Tensor:
     """The 2L-dimensional feature vector of a client's train split on ``model`` (a base classifier)."""
-    names = feature_modules(model)
+    names = feature_modules(model, head)
     modules = dict(model.named_modules())
     stats = {n: _Running() for n in names}
     mask_box: dict[str, torch.Tensor] = {}

@@ -2,7 +2,8 @@
 
 Linear(in, 2·in) → PReLU → Linear(2·in, L · r_init), output clamped to [1e-4, 1000] with a
 straight-through gradient. Initialised xavier-normal with a tiny gain (1e-6) and bias 1e-4, so
-the first prediction is ≈ 1e-4 for every rank (BT-LoRA's initial λ).
+the first prediction is ≈ 1e-4 for every rank (BT-LoRA's initial λ); ``init_bias`` sets the
+output layer's bias, i.e. the first prediction, to another value (e.g. λ̂ = 1).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ class PSG(nn.Module):
         self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.PReLU(), nn.Linear(hidden, num_modules * r_init))
         for layer in (self.net[0], self.net[2]):
             nn.init.xavier_normal_(layer.weight, gain=init_gain)
-            nn.init.constant_(layer.bias, init_bias)
+        nn.init.constant_(self.net[0].bias, 1e-4)
+        nn.init.constant_(self.net[2].bias, init_bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``features`` [..., 2L] → λ̂ [..., L, r_init]."""
