@@ -97,3 +97,29 @@ def test_language_without_test_split_carves_one():
     fed = build_federation(ds, FederationSpec(clients_per_language=2, seed=0, test_fraction=0.2))
     assert sum(len(c.test) for c in fed.clients) == 20
     assert sum(len(c.train) for c in fed.clients) == 80
+
+
+def test_client_mix_scheme_gives_equal_sizes_own_mixes_and_matching_test_mix(dataset):
+    """The authors' LDA: equal-size clients, each with its own Dirichlet class mix, test drawn alike."""
+    fed = build_federation(dataset, FederationSpec(clients_per_language=4, alpha=0.5, seed=0, scheme="client-mix"))
+    num_labels = len(fed.label_names)
+    for lang in fed.languages:
+        for pool in ("seen", "unseen"):
+            clients = [c for c in fed.pool(pool) if c.language == lang]
+            assert len({len(c.train) for c in clients}) == 1  # equal sizes
+            assert len({len(c.test) for c in clients}) == 1
+            ids_all = [id(r) for c in clients for r in c.train]
+            assert len(ids_all) == len(set(ids_all))  # disjoint
+    # label skew is real, and each client's test mix follows its train mix more than the pool's does
+    assert skew(fed, num_labels) > 0.15
+    near, far = [], []
+    for c in fed.pool("seen"):
+        tr = np.array(c.label_histogram(num_labels)) / max(len(c.train), 1)
+        te = np.array(c.label_histogram(num_labels, "test")) / max(len(c.test), 1)
+        others = [o for o in fed.pool("seen") if o.language == c.language and o.cid != c.cid]
+        near.append(0.5 * np.abs(tr - te).sum())
+        far.append(np.mean([0.5 * np.abs(te - np.array(o.label_histogram(num_labels)) / len(o.train)).sum()
+                            for o in others]))
+    assert np.mean(near) < np.mean(far)
+    again = build_federation(dataset, FederationSpec(clients_per_language=4, alpha=0.5, seed=0, scheme="client-mix"))
+    assert [len(c.train) for c in again.clients] == [len(c.train) for c in fed.clients]

@@ -32,6 +32,7 @@ class DataConfig:
     clients_per_language: int = 10
     partition_seed: int = 0  # the same clients for every experiment seed and method
     dirichlet_alpha: float = 0.5
+    partition: str = "class-split"  # "class-split": Dir(α) per class, unequal sizes; "client-mix": the authors' LDA
     train_per_pool: int = 0  # 0 = no cap (XNLI: 2000)
     test_per_pool: int = 0  # 0 = no cap (XNLI: 500)
     max_train_per_client: int = 0  # 0 = no cap; a reduction for quick runs
@@ -219,7 +220,7 @@ def _require(ok: bool, key: str, msg: str) -> None:
 
 
 def validate(cfg: Config) -> None:
-    from .data.partition import POOLS
+    from .data.partition import POOLS, SCHEMES
     from .methods.base import METHODS
     from .methods.training import HEAD_MODES
     from .models.classifier import POOLINGS
@@ -230,6 +231,7 @@ def validate(cfg: Config) -> None:
     _require(e.threads >= 0, "experiment.threads", "must be >= 0")
     _require(d.clients_per_language >= 1, "data.clients_per_language", "must be >= 1")
     _require(d.dirichlet_alpha > 0, "data.dirichlet_alpha", "must be > 0")
+    _require(d.partition in SCHEMES, "data.partition", f"must be one of {list(SCHEMES)}")
     for k in ("train_per_pool", "test_per_pool", "max_train_per_client", "max_test_per_client"):
         _require(getattr(d, k) >= 0, f"data.{k}", "must be >= 0 (0 = no cap)")
     _require(d.min_train_per_client >= 1, "data.min_train_per_client", "must be >= 1")

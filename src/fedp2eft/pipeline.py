@@ -65,6 +65,7 @@ def load_federation(cfg: Config) -> Federation:
         train_per_pool=d.train_per_pool or None,
         test_per_pool=d.test_per_pool or None,
         min_train_per_client=d.min_train_per_client,
+        scheme=d.partition,
     )
     fed = build_federation(dataset, spec)
     for c in fed.clients:
@@ -174,9 +175,12 @@ def open_results(cfg: Config, out_dir: Path, fresh: bool) -> dict[str, Any]:
         except UserError:
             previous = existing.get("config", {})
         if comparable(previous) != comparable(config):
+            from .stages import settings_diff
+
+            diff = "; ".join(settings_diff(comparable(previous), comparable(config))[:6])
             raise UserError(
-                f"{out_dir / 'results.json'} holds runs of different data/model/training settings; "
-                "use another --out or --fresh"
+                f"{out_dir / 'results.json'} holds runs of different data/model/training settings ({diff}); "
+                "use another --out or --fresh (which drops them and retrains the stages that differ)"
             )
         existing["config"] = config
         existing["environment"] = environment()

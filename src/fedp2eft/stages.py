@@ -134,15 +134,15 @@ def _round_line(r: dict, keys: tuple[str, ...]) -> str:
 
 
 def load_or_train_psg(cfg: Config, out_dir: Path, seed: int, base: torch.nn.Module, console=None, grid=None,
-                      section: str = "fedp2eft", fresh: bool = False):
+                      section: str = "fedp2eft", fresh: bool = False, folder: Path | None = None):
     """The trained PSG of this seed (FedP²EFT Alg. 1, trained federatedly once, then read from disk)
-    with the settings of config section ``section``."""
+    with the settings of config section ``section``, in ``psg_dir`` (or ``folder``)."""
     from .fl.engines import run_psg_training
     from .lambda_report import write_lambda_trajectory
     from .methods.fedp2eft import new_psg
 
     q = getattr(cfg, section)
-    folder = psg_dir(out_dir, seed, section)
+    folder = Path(folder) if folder is not None else psg_dir(out_dir, seed, section)
     claim_stage(folder, psg_stage_settings(cfg, seed, section), fresh)
     final = folder / "psg.safetensors"
     psg = new_psg(base, q.r_init, seed, cfg.personalise.head, q.psg_init)

@@ -9,6 +9,11 @@ c a vector p_c ~ Dir(α·1_K) splits that class's rows among the K clients, so c
 differ. The *same* p_c split the pool's test rows, so each client's test split follows its
 own label distribution (the personalisation target).
 
+``scheme = "client-mix"`` is the authors' variant instead (their Flower LDA partitioner): every
+client has the same number of rows and its own class mix q_k ~ Dir(α·1_C); its rows are drawn
+class by class from q_k (a class that runs out is dropped and q_k renormalised), and its test rows
+with the same q_k. ``"class-split"`` (above, unequal sizes) is the default.
+
 Why not ``flwr_datasets.partitioner.DirichletPartitioner``: it partitions one dataset on its
 own, so it cannot apply the same class proportions to a separate test split, and the pooling
 and halving per language happen before it would run. The partition here is the same LDA
@@ -39,6 +44,10 @@ class FederationSpec:
     test_fraction: float = 0.2  # only when a language has no test split
     min_train_per_client: int = 2
     max_resamples: int = 100
+    scheme: str = "class-split"  # "class-split" (unequal sizes) | "client-mix" (the authors': equal sizes)
+
+
+SCHEMES = ("class-split", "client-mix")
 
 
 @dataclass
@@ -99,6 +108,35 @@ def dirichlet_split(
     return train_parts, test_parts
 
 
+def client_mix_split(
+    labels_train: list[int],
+    labels_test: list[int],
+    num_clients: int,
+    alpha: float,
+    rng: np.random.Generator,
+) -> tuple[list[list[int]], list[list[int]]]:
+    """Equal-size clients, client k's rows drawn from its own class mix q_k ~ Dir(α), in train and test."""
+    classes = sorted(set(labels_train) | set(labels_test))
+    mixes = [rng.dirichlet([alpha] * len(classes)) for _ in range(num_clients)]
+
+    def draw(labels: list[int]) -> list[list[int]]:
+        left = {c: [i for i, y in enumerate(labels) if y == c] for c in classes}
+        for idx in left.values():
+            rng.shuffle(idx)
+        size = len(labels) // num_clients
+        parts: list[list[int]] = [[] for _ in range(num_clients)]
+        for _ in range(size):
+            for k in range(num_clients):  # round robin: no client drains a class before the others draw
+                q = np.array([mixes[k][j] if left[c] else 0.0 for j, c in enumerate(classes)])
+                if q.sum() <= 0:
+                    q = np.array([1.0 if left[c] else 0.0 for c in classes])
+                c = classes[int(rng.choice(len(classes), p=q / q.sum()))]
+                parts[k].append(left[c].pop())
+        return parts
+
+    return draw(labels_train), draw(labels_test)
+
+
 def _pool_halves(rows: list[Example], rng: random.Random) -> tuple[list[Example], list[Example]]:
     rows = list(rows)
     rng.shuffle(rows)
@@ -112,6 +150,8 @@ def build_federation(dataset: TextDataset, spec: FederationSpec) -> Federation:
         raise UserError(f"clients_per_language must be >= 1, got {spec.clients_per_language}")
     if spec.alpha <= 0:
         raise UserError(f"dirichlet alpha must be > 0, got {spec.alpha}")
+    if spec.scheme not in SCHEMES:
+        raise UserError(f"unknown partition scheme {spec.scheme!r}; schemes are {list(SCHEMES)}")
     fed = Federation(dataset=dataset.name, label_names=list(dataset.label_names), spec=spec)
     for lang in sorted(dataset.languages):
         data = dataset.languages[lang]
@@ -147,8 +187,9 @@ def _partition_pool(lang: str, pool: str, train_rows, test_rows, spec: Federatio
     rng = np.random.default_rng(seed)
     ytr = [ex.label for ex in train_rows]
     yte = [ex.label for ex in test_rows]
+    split = client_mix_split if spec.scheme == "client-mix" else dirichlet_split
     for _ in range(spec.max_resamples):
-        tr, te = dirichlet_split(ytr, yte, k, spec.alpha, rng)
+        tr, te = split(ytr, yte, k, spec.alpha, rng)
         if min(map(len, tr)) >= spec.min_train_per_client and min(map(len, te)) >= 1:
             break
     else:

@@ -60,9 +60,9 @@ def _split_params(model: nn.Module) -> tuple[list, list, list]:
     return lam, ab, head
 
 
-def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tensor] | float,
-                  s: BTSettings) -> tuple[dict[str, torch.Tensor], list[float]]:
-    """Stage 1: learn λ (and A, B, a trained head) on one client; returns (λ by module, step losses)."""
+def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSettings) -> nn.Module:
+    """BT-LoRA with r_init ranks on every adapted module: λ from ``init``, B = 0, A fresh (seeded by
+    ``s.seed``) or the fixed A of ``s.lora_a_seed`` (the same in every round and on every client)."""
     torch.manual_seed(s.seed)
     targets = adapted_modules(base, s.head)
     init_value = init if isinstance(init, float) else 1e-4
@@ -73,6 +73,13 @@ def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tens
         apply_fixed_a(model, s.lora_a_seed)
     if isinstance(init, dict):
         set_lambdas(model, init)
+    return model
+
+
+def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tensor] | float,
+                  s: BTSettings) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Stage 1: learn λ (and A, B, a trained head) on one client; returns (λ by module, step losses)."""
+    model = stage1_model(base, init, s)
     lam, ab, head = _split_params(model)
     n = len(data)
     losses = train_classifier(

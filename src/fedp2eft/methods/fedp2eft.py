@@ -53,17 +53,26 @@ def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task:
     lam_hat = psg.lambdas(feats, names)
     trained, losses = train_lambdas(base, task.train, lam_hat, s.bt)
     target = torch.stack([trained[n] for n in names]).float()
-    opt = torch.optim.Adam(psg.parameters(), lr=s.regress_lr)
-    for _ in range(s.regress_steps):
-        diff = (psg(feats) - target).abs()
-        l1 = diff.sum() if s.regress_loss == "sum" else diff.mean()
-        opt.zero_grad(set_to_none=True)
-        l1.backward()
-        opt.step()
-    metrics = {"train_loss": sum(losses) / max(len(losses), 1), "l1": float(diff.detach().mean()),
+    l1 = regress_psg(psg, feats, target, s.regress_steps, s.regress_lr, s.regress_loss)
+    metrics = {"train_loss": sum(losses) / max(len(losses), 1), "l1": l1,
                "lambda_hat_mean": float(torch.stack(list(lam_hat.values())).mean()),
                **lambda_statistics(names, target)}
     return {k: v.detach().clone() for k, v in psg.state_dict().items()}, len(task.train), metrics
+
+
+def regress_psg(psg: PSG, feats: torch.Tensor, target: torch.Tensor, steps: int, lr: float,
+                loss: str = "sum") -> float:
+    """Stage 2: ``steps`` Adam steps of the L1 loss between PSG(features) and the trained λ (summed
+    over every output, as the authors do, or averaged); returns the last mean absolute error."""
+    opt = torch.optim.Adam(psg.parameters(), lr=lr)
+    diff = torch.zeros(())
+    for _ in range(steps):
+        diff = (psg(feats) - target).abs()
+        l1 = diff.sum() if loss == "sum" else diff.mean()
+        opt.zero_grad(set_to_none=True)
+        l1.backward()
+        opt.step()
+    return float(diff.detach().mean())
 
 
 def client_lambdas(base: nn.Module, psg: PSG, task: ClientTask, head: str = "train") -> dict[str, torch.Tensor]:

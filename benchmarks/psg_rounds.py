@@ -1,0 +1,165 @@
+"""FedP²EFT accuracy against PSG rounds, for several PSG settings (issue 10, item 5).
+
+Each variant is the config's ``[fedp2eft]`` section with some keys changed; its PSG is trained
+federatedly (same base model, clients and seed as the benchmark) with snapshots every
+``snapshot_every`` rounds, and every snapshot personalises each client of the chosen pools at budget
+r on its train split minus a held-out validation part (``--val-fraction``, seeded per client) and
+is scored on that held-out part — never on test. The curve chooses the recommended settings.
+
+    .venv/bin/python benchmarks/psg_rounds.py benchmarks/masakhanews_paper.toml [--rounds 60]
+        [--variant paper] [--variant init1] ... [--seed 0] [--budget 2]
+
+Writes ``<output_dir>/psg_rounds/<variant>/`` (the PSG, rounds.jsonl, snapshots, λ trajectory) and
+``<output_dir>/psg_rounds/accuracy_vs_rounds.{json,png}``; re-running resumes (trained PSGs and
+scored snapshots are kept; variants are refused if their recorded settings differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+# Each variant: [fedp2eft] overrides on top of the authors' values (the section's defaults).
+VARIANTS = {
+    "paper": {},  # the authors' recipe: first λ̂ 1e-4, lr_λ 0.01, 2 local epochs
+    "init1": {"psg_init": 1.0},  # the PSG starts at λ̂ = 1 (LoRA's scale) instead of 1e-4
+    "init1-lr0.1": {"psg_init": 1.0, "lambda_lr": 0.1},  # ... and λ moves 10x faster
+    "epochs6": {"local_epochs": 6},  # 3x the local BT-LoRA steps per round
+}
+
+
+def evaluate_snapshot(base, psg, tasks, budget, settings, bt, val_fraction):
+    from fedp2eft.evaluation import LanguageTally, mean_over_languages
+    from fedp2eft.methods import ClientTask
+    from fedp2eft.methods.fedp2eft import FedP2EFTMethod
+
+    method = FedP2EFTMethod(psg, bt)
+    tally = LanguageTally()
+    for i, task in enumerate(tasks):
+        if len(task.train) < 2:
+            continue
+        s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
+        fit, val = task.train.split(val_fraction, s.seed)
+        tally.add(task.language, method.personalise(base, ClientTask(task.client_id, task.language, fit, val), budget, s),
+                  val.labels)
+    return mean_over_languages(tally.per_language())
+
+
+def plot(curves: dict, path: Path, budget: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fedp2eft.atomic import atomic_path
+
+    pools = sorted({pool for v in curves.values() for pool in v["accuracy"]})
+    fig, axes = plt.subplots(1, len(pools), figsize=(6 * len(pools), 4), squeeze=False)
+    for ax, pool in zip(axes[0], pools):
+        for name, v in curves.items():
+            pts = sorted((int(r), a) for r, a in v["accuracy"].get(pool, {}).items())
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name)
+            lora = v.get("lora", {}).get(pool)
+            if lora is not None:
+                ax.axhline(100 * lora, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("PSG rounds")
+        ax.set_ylabel(f"validation accuracy %, r = {budget}")
+        ax.set_title(f"{pool} clients (dashed: LoRA at the same rate)")
+        ax.legend(fontsize=8)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config")
+    ap.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="default: all")
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--every", type=int, default=10, help="snapshot (and score) every k rounds")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--budget", type=int, default=2)
+    ap.add_argument("--pools", default="seen,unseen")
+    ap.add_argument("--val-fraction", type=float, default=0.2)
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    ap.add_argument("--out", help="default: <experiment.output_dir>/psg_rounds")
+    args = ap.parse_args(argv)
+
+    import torch
+    from safetensors.torch import load_file
+
+    from fedp2eft.atomic import write_json
+    from fedp2eft.config import load_config
+    from fedp2eft.methods import ClientTask
+    from fedp2eft.methods.fedp2eft import new_psg
+    from fedp2eft.methods.lora import finetune_lora
+    from fedp2eft.methods.training import predict
+    from fedp2eft.pipeline import client_tasks, load_base_model, load_federation, train_settings
+    from fedp2eft.stages import bt_settings, load_or_train_psg
+
+    cfg = load_config(args.config, args.set)
+    if cfg.experiment.threads:
+        torch.set_num_threads(cfg.experiment.threads)
+    out_dir = Path(cfg.experiment.output_dir)
+    work = Path(args.out) if args.out else out_dir / "psg_rounds"
+    pools = [p for p in args.pools.split(",") if p]
+    fed = load_federation(cfg)
+    base, tok = load_base_model(cfg, len(fed.label_names), args.seed, out_dir)
+    tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in pools}
+    settings = train_settings(cfg, args.seed)
+    results_path = work / "accuracy_vs_rounds.json"
+    curves = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    def lora_reference(pool):  # LoRA on the same fit/val split, at the personalisation rate
+        from fedp2eft.evaluation import LanguageTally, mean_over_languages
+
+        tally = LanguageTally()
+        for i, task in enumerate(tasks[pool]):
+            s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
+            fit, val = task.train.split(args.val_fraction, s.seed)
+            model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val), args.budget, s)
+            tally.add(task.language, predict(model, val, s.eval_batch_size), val.labels)
+        return mean_over_languages(tally.per_language())
+
+    lora = {}
+    for name in args.variant or list(VARIANTS):
+        section = dataclasses.replace(dataclasses.replace(cfg.fedp2eft.__class__()), **VARIANTS[name],
+                                      rounds=args.rounds, snapshot_every=args.every)
+        vcfg = dataclasses.replace(cfg, fedp2eft=section)
+        folder = work / name
+        t0 = time.perf_counter()
+        load_or_train_psg(vcfg, out_dir, args.seed, base, folder=folder)
+        entry = curves.setdefault(name, {"overrides": VARIANTS[name], "accuracy": {}, "lora": {}})
+        entry["train_seconds"] = entry.get("train_seconds") or round(time.perf_counter() - t0, 1)
+        bt = bt_settings(vcfg)
+        for snap in sorted((folder / "snapshots").glob("round*.safetensors")):
+            rnd = str(int(snap.stem[len("round"):]))
+            psg = new_psg(base, section.r_init, args.seed, cfg.personalise.head, section.psg_init)
+            psg.load_state_dict(load_file(str(snap)))
+            for pool in pools:
+                if rnd in entry["accuracy"].get(pool, {}):
+                    continue
+                acc = evaluate_snapshot(base, psg, tasks[pool], args.budget, settings, bt, args.val_fraction)
+                entry["accuracy"].setdefault(pool, {})[rnd] = acc
+                print(f"{name} round {rnd} {pool}: {100 * acc:.1f}", flush=True)
+                write_json(results_path, curves)
+        for pool in pools:
+            if pool not in lora:
+                lora[pool] = lora_reference(pool)
+            entry["lora"][pool] = lora[pool]
+        write_json(results_path, curves)
+    plot(curves, work / "accuracy_vs_rounds.png", args.budget)
+    print(f"wrote {results_path} and {work / 'accuracy_vs_rounds.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

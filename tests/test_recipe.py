@@ -1,0 +1,224 @@
+"""The authors' recipe as settings (issue 10): fixed LoRA A, the head as an adapter, the BT-LoRA
+baseline's stage 1, the PSG's regression, λ's dynamics on a wide module, and settings that travel."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+from torch import nn
+
+from fedp2eft.adapters import fixed_a_rows, select_ranks
+from fedp2eft.adapters.bt_lora import bt_modules
+from fedp2eft.data.records import Example
+from fedp2eft.methods import ClientTask, TrainSettings, get_method
+from fedp2eft.methods.batches import encode
+from fedp2eft.methods.bt_training import BTSettings, pruned_model, stage1_model, train_lambdas
+from fedp2eft.methods.lora import lora_model
+from fedp2eft.models import load_classifier
+from fedp2eft.models.classifier import SequenceClassifier
+from fedp2eft.psg import PSG
+
+
+def toy_task(tok, n=16):
+    rows = [Example(f"word{i} " * (1 + i % 5), i % 3, "xx") for i in range(n)]
+    return ClientTask("xx-seen-00", "xx", encode(tok, rows, 16), encode(tok, rows, 16))
+
+
+def lora_a(model) -> dict[str, torch.Tensor]:
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and isinstance(module.lora_A, nn.ModuleDict) and "default" in module.lora_A:
+            out[name.removeprefix("base_model.model.")] = module.lora_A["default"].weight.detach().clone()
+    return out
+
+
+def test_fixed_a_rows_are_a_prefix_and_depend_on_module_and_seed():
+    a32 = fixed_a_rows("backbone.x", 32, 24, seed=42)
+    torch.testing.assert_close(fixed_a_rows("backbone.x", 2, 24, seed=42), a32[:2], rtol=0, atol=0)
+    assert not torch.equal(fixed_a_rows("backbone.y", 2, 24, seed=42), a32[:2])
+    assert not torch.equal(fixed_a_rows("backbone.x", 2, 24, seed=7), a32[:2])
+    assert a32.abs().max() <= 1 / 24 ** 0.5  # peft's init range for A
+
+
+def test_fixed_a_is_the_same_in_every_round_client_and_at_personalisation():
+    base, _ = load_classifier("tiny-bert", 3)
+    s = BTSettings(r_init=6, lora_alpha=12, head="adapter", lora_a_seed=42)
+    round1 = lora_a(stage1_model(base, 1e-4, s))
+    round2 = lora_a(stage1_model(base, 0.5, BTSettings(**{**s.__dict__, "seed": 99})))  # other client/round seed
+    assert round1.keys() == round2.keys() and "head" in round1
+    assert all(torch.equal(round1[k], round2[k]) for k in round1)
+    # LoRA at rank 2 (any seed) uses the first two rows of the same A
+    lora = lora_a(lora_model(base, 2, TrainSettings(seed=5, head="adapter", lora_a_seed=42)))
+    assert all(torch.equal(lora[k], round1[k][:2]) for k in lora)
+    # the pruned BT-LoRA keeps exactly the rows of the ranks it kept
+    torch.manual_seed(0)
+    lam = {k: torch.rand(6) for k in round1}
+    model = pruned_model(base, lam, 2, s)
+    kept = select_ranks(lam, 2)
+    pruned = lora_a(model)
+    assert pruned.keys() == kept.keys()
+    for k, ids in kept.items():
+        torch.testing.assert_close(pruned[k], round1[k][ids], rtol=0, atol=0)
+        lam_kept = bt_modules(model)[k].lora_lambda["default"].detach()
+        torch.testing.assert_close(lam_kept, lam[k][ids])
+    # without a seed, A differs between clients
+    fresh1 = lora_a(lora_model(base, 2, TrainSettings(seed=1)))
+    fresh2 = lora_a(lora_model(base, 2, TrainSettings(seed=2)))
+    assert any(not torch.equal(fresh1[k], fresh2[k]) for k in fresh1)
+
+
+def test_head_as_adapter_keeps_head_weights_frozen():
+    torch.manual_seed(0)
+    base, tok = load_classifier("tiny-bert", 3)
+    task = toy_task(tok)
+    head_before = base.head.weight.detach().clone()
+    model = lora_model(base, 2, TrainSettings(head="adapter"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(n.startswith("base_model.model.head.lora_") for n in trainable)
+    preds = get_method("lora").personalise(base, task, 2, TrainSettings(head="adapter", lr=1e-2, max_grad_norm=1.0))
+    assert len(preds) == len(task.test)
+    assert torch.equal(base.head.weight, head_before)  # the base model is never modified
+
+
+def test_bt_lora_baseline_honours_its_settings_and_keeps_lambda_positive(monkeypatch):
+    import fedp2eft.methods.bt_training as bt_training
+
+    torch.manual_seed(0)
+    base, tok = load_classifier("tiny-bert", 3)
+    task = toy_task(tok, n=16)
+    calls = []
+    real = bt_training.train_classifier
+
+    def recording(model, groups, data, epochs, batch_size, seed, weight_decay=0.0, **kw):
+        calls.append({"epochs": epochs, "batch_size": batch_size, "weight_decay": weight_decay,
+                      "max_grad_norm": kw.get("max_grad_norm", 0.0)})
+        return real(model, groups, data, epochs, batch_size, seed, weight_decay, **kw)
+
+    monkeypatch.setattr(bt_training, "train_classifier", recording)
+    bt = BTSettings(r_init=4, lora_alpha=8, epochs=3, batch_size=4)  # stage 1: 3 epochs of 4 batches
+    method = get_method("bt-lora", bt=bt)
+    settings = TrainSettings(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, max_grad_norm=1.0)
+    method.personalise(base, task, 2, settings)
+    stage1, finetune = calls
+    assert (stage1["epochs"], stage1["batch_size"]) == (3, 4)
+    assert finetune == {"epochs": 1, "batch_size": 8, "weight_decay": 0.05, "max_grad_norm": 1.0}
+    (lam,) = method._lambdas.values()
+    assert all(bool((v >= 1e-4).all()) for v in lam.values())  # clamped: never negative
+
+
+def test_fedp2eft_personalisation_honours_weight_decay_and_clipping(monkeypatch):
+    import fedp2eft.methods.bt_training as bt_training
+    from fedp2eft.methods.fedp2eft import new_psg
+
+    base, tok = load_classifier("tiny-bert", 3)
+    seen = []
+    real = bt_training.train_classifier
+    monkeypatch.setattr(bt_training, "train_classifier", lambda *a, **kw: seen.append((a[6], kw)) or real(*a, **kw))
+    psg = new_psg(base, 4, head="adapter", psg_init=1.0)
+    method = get_method("fedp2eft", psg=psg, bt=BTSettings(r_init=4, lora_alpha=8))
+    method.personalise(base, toy_task(tok), 2, TrainSettings(weight_decay=0.1, max_grad_norm=0.5, head="adapter"))
+    ((wd, kw),) = seen
+    assert wd == 0.1 and kw["max_grad_norm"] == 0.5
+
+
+class _WideBackbone(nn.Module):
+    """Embedding → 16 → 64 (4× wider than every other layer) → 16; a BERT-like output object."""
+
+    def __init__(self, vocab=300, d=16):
+        super().__init__()
+        self.config = types.SimpleNamespace(hidden_size=d)
+        self.emb = nn.Embedding(vocab, d)
+        self.a = nn.Linear(d, d)
+        self.wide = nn.Linear(d, 4 * d)
+        self.c = nn.Linear(4 * d, d)
+        self.d = nn.Linear(d, d)
+
+    def forward(self, input_ids, attention_mask, **_):
+        h = torch.relu(self.a(self.emb(input_ids)))
+        h = torch.relu(self.c(torch.relu(self.wide(h))))
+        return types.SimpleNamespace(last_hidden_state=self.d(h))
+
+
+def test_stage1_ranks_the_wide_module_first():
+    """λ's fixed point grows like √‖B_i‖₁ and ‖B_i‖₁ with the module's output width (method-facts,
+    "λ dynamics"): with one adapted module 4× wider, stage 1 gives it the largest λ."""
+    torch.manual_seed(0)
+    base = SequenceClassifier(_WideBackbone(), num_labels=3)
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(5, 300, (12,), generator=g).tolist() for _ in range(32)]
+    from fedp2eft.methods.batches import EncodedData
+
+    data = EncodedData(ids, [i % 3 for i in range(32)], pad_id=0)
+    lam, _ = train_lambdas(base, data, 1e-4, BTSettings(r_init=4, lora_alpha=8, epochs=40, batch_size=8,
+                                                        lambda_lr=0.01, lr=1e-3, lora_a_seed=42))
+    means = {k.split(".")[-1]: float(v.mean()) for k, v in lam.items()}
+    assert max(means, key=means.get) == "wide", means
+    assert all(means["wide"] > v for k, v in means.items() if k != "wide")
+
+
+def test_psg_fits_targets_that_differ_by_module_and_by_client():
+    """Stage 2 over federated rounds (FedAvg of two clients' regressions) learns a λ that differs
+    by module and by client, in a few rounds at a regression rate large enough to follow."""
+    from fedp2eft.methods.fedp2eft import regress_psg
+
+    torch.manual_seed(0)
+    feats = {"a": torch.tensor([1.0, 0.5, -0.3, 0.8]), "b": torch.tensor([0.2, 1.5, 0.4, -0.6])}
+    targets = {"a": torch.tensor([[2.0, 1.5], [0.5, 0.2], [1.0, 0.8]]),
+               "b": torch.tensor([[0.6, 0.4], [1.8, 1.2], [0.3, 0.1]])}
+    state = PSG(4, 3, 2, init_bias=1.0).state_dict()
+    for _ in range(30):
+        new = []
+        for c in ("a", "b"):
+            psg = PSG(4, 3, 2)
+            psg.load_state_dict(state)
+            regress_psg(psg, feats[c], targets[c], steps=10, lr=1e-2, loss="sum")
+            new.append(psg.state_dict())
+        state = {k: (new[0][k] + new[1][k]) / 2 for k in state}
+    psg = PSG(4, 3, 2)
+    psg.load_state_dict(state)
+    with torch.no_grad():
+        for c in ("a", "b"):
+            out = psg(feats[c])
+            assert (out - targets[c]).abs().max() < 0.15, (c, out, targets[c])
+            # the order of modules (by mean λ) is the client's own
+            assert torch.equal(out.mean(1).argsort(), targets[c].mean(1).argsort())
+
+
+@pytest.mark.parametrize("loss", ["sum", "mean"])
+def test_regression_loss_reduction_is_a_setting(loss):
+    from fedp2eft.methods.fedp2eft import regress_psg
+
+    psg = PSG(4, 2, 2)
+    err = regress_psg(psg, torch.ones(4), torch.full((2, 2), 0.5), steps=3, lr=1e-3, loss=loss)
+    assert 0 < err < 0.5
+
+
+def test_lambda_trajectory_from_per_client_round_metrics(tmp_path):
+    import json
+
+    from fedp2eft.lambda_report import write_lambda_trajectory
+    from fedp2eft.psg.module_types import lambda_statistics, module_type
+
+    names = ["backbone.encoder.layer.0.attention.self.query", "backbone.encoder.layer.0.intermediate.dense",
+             "backbone.encoder.layer.0.output.dense", "backbone.encoder.layer.0.attention.output.dense", "head"]
+    assert [module_type(n) for n in names] == ["query", "ffn_up", "ffn_down", "attn_out", "classifier"]
+    lines = []
+    for rnd in (1, 2, 3):
+        clients = {}
+        for c, scale in (("a", 1.0), ("b", 2.0)):
+            lam = torch.full((5, 4), 0.1 * rnd * scale)
+            lam[1] *= 1.5  # FFN up above the rest
+            clients[c] = lambda_statistics(names, lam)
+        lines.append(json.dumps({"round": rnd, "sampled": ["a", "b"], "clients": clients}))
+    (tmp_path / "rounds.jsonl").write_text("\n".join(lines) + "\n")
+    traj = write_lambda_trajectory(tmp_path)
+    assert (tmp_path / "lambda_trajectory.png").is_file()
+    assert traj["round"] == [1, 2, 3]
+    ffn = traj["types"]["ffn_up"]
+    query = traj["types"]["query"]
+    assert all(ffn[r] == pytest.approx(1.5 * query[r]) for r in query)
+    assert traj["sd_over_ranks"] == [0.0, 0.0, 0.0]  # every rank of a module alike here
+    assert all(v > 0 for v in traj["sd_over_modules"]) and all(v > 0 for v in traj["sd_over_clients"])

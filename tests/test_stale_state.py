@@ -1,0 +1,100 @@
+"""No stale state (issue 10, item 1): every stage folder records its settings; a differing one is
+refused naming the keys, or retrained under --fresh, which also drops the runs it served; seeds
+reach the stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fedp2eft.cli import main
+from fedp2eft.config import load_config
+from fedp2eft.errors import UserError
+from fedp2eft.stages import claim_stage, settings_diff
+from fl_helpers import tiny_overrides
+
+
+def test_claim_stage_records_refuses_and_wipes_under_fresh(tmp_path):
+    folder = tmp_path / "stage"
+    claim_stage(folder, {"rounds": 12, "psg": {"lr": 1e-4}})
+    (folder / "psg.safetensors").write_bytes(b"x")
+    claim_stage(folder, {"rounds": 12, "psg": {"lr": 1e-4}})  # same settings: kept
+    assert (folder / "psg.safetensors").is_file()
+    with pytest.raises(UserError, match=r"rounds: 12 -> 1.*--fresh"):
+        claim_stage(folder, {"rounds": 1, "psg": {"lr": 1e-4}})
+    assert (folder / "psg.safetensors").is_file()  # refused: nothing touched
+    claim_stage(folder, {"rounds": 1, "psg": {"lr": 1e-4}}, fresh=True)
+    assert not (folder / "psg.safetensors").exists()
+    assert json.loads((folder / "settings.json").read_text())["rounds"] == 1
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "psg.safetensors").write_bytes(b"x")
+    with pytest.raises(UserError, match="without recorded settings"):
+        claim_stage(legacy, {"rounds": 1})
+
+
+def test_settings_diff_names_nested_keys():
+    assert settings_diff({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}, "d": 4}) == [
+        "a.c: 2 -> 3", "d: '<absent>' -> 4"]
+
+
+def _args(data_dir, **sets):
+    out = []
+    for item in tiny_overrides(data_dir, **sets):
+        out += ["--set", item]
+    return out
+
+
+def test_changed_base_model_is_refused_then_retrained_under_fresh(tmp_path, capsys, masakhanews_dir):
+    out = tmp_path / "run"
+    methods = {"personalise.methods": '["none", "fedp2eft"]', "personalise.budgets": "[1]",
+               "fedp2eft.rounds": 1, "fedp2eft.r_init": 2, "fedp2eft.lora_alpha": 4, "fedp2eft.batch_size": 8}
+    assert main(["run", "configs/quickstart.toml", "--out", str(out), *_args(masakhanews_dir, rounds=2, **methods)]) == 0
+    base_settings = json.loads((out / "base_model" / "settings.json").read_text())
+    assert base_settings["base_model"]["rounds"] == 2
+    psg_settings = json.loads((out / "psg" / "seed0" / "settings.json").read_text())
+    assert psg_settings["base"] == base_settings and psg_settings["rounds"] == 1
+    capsys.readouterr()
+    # a different base model: refused, naming the key; nothing is retrained or dropped
+    before = json.loads((out / "results.json").read_text())["runs"]
+    code = main(["run", "configs/quickstart.toml", "--out", str(out), *_args(masakhanews_dir, rounds=1, **methods)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "base_model.rounds: 2 -> 1" in err and "--fresh" in err
+    assert json.loads((out / "results.json").read_text())["runs"] == before
+    # --fresh: the base model and the PSG trained on it are trained again, the old runs are gone
+    code = main(["run", "configs/quickstart.toml", "--out", str(out), "--fresh",
+                 *_args(masakhanews_dir, rounds=1, **methods)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "base_model" / "settings.json").read_text())["base_model"]["rounds"] == 1
+    assert json.loads((out / "psg" / "seed0" / "settings.json").read_text())["base"]["base_model"]["rounds"] == 1
+    rounds = [json.loads(x) for x in (out / "base_model" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1]
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["base_model"]["rounds"] == 1
+    assert {(r["method"], r["pool"]) for r in res["runs"]} == {("none", "seen"), ("fedp2eft", "seen")}
+    # a changed PSG setting alone is refused by the PSG's folder too (results aside)
+    from fedp2eft.pipeline import load_base_model, load_federation
+    from fedp2eft.stages import load_or_train_psg
+
+    cfg = load_config("configs/quickstart.toml", [*tiny_overrides(masakhanews_dir, rounds=1, **methods),
+                                                   "fedp2eft.lambda_lr=0.1"])
+    base, _ = load_base_model(cfg, len(load_federation(cfg).label_names), 0, out)
+    with pytest.raises(UserError, match=r"psg.lambda_lr: 0.01 -> 0.1"):
+        load_or_train_psg(cfg, out, 0, base)
+
+
+def test_stage_jobs_carry_their_seed(masakhanews_dir, monkeypatch):
+    from fedp2eft.fl import worker
+    from fedp2eft.fl.engines import make_job, make_psg_job, pf2lora_hp
+
+    cfg = load_config(None, tiny_overrides(masakhanews_dir, **{"experiment.seeds": "[0, 3]",
+                                                               "base_model.seed": 7}))
+    assert make_psg_job(cfg, "off-the-shelf", 3)["seed"] == 3
+    assert make_job(cfg)["seed"] == 7 and make_job(cfg)["hp"]["seed"] == 7
+    assert pf2lora_hp(cfg, 2, 3)["seed"] == 3
+    seen = []
+    monkeypatch.setattr(worker, "_base", lambda exp, n, seed, base: seen.append(seed) or (None, None))
+    worker.base_model(make_psg_job(cfg, "off-the-shelf", 3))
+    assert seen == [3]  # seed 3's PSG starts from seed 3's base (its head), not seeds[0]'s
