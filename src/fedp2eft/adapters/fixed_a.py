@@ -53,7 +53,8 @@ def apply_fixed_a(model: nn.Module, seed: int, rank_index: dict[str, torch.Tenso
         else:
             if len(index) != r:
                 raise ValueError(f"{base}: {len(index)} kept ranks for an adapter of rank {r}")
-            rows = fixed_a_rows(base, int(index.max()) + 1, d_in, seed)[index.long()]
+            index = index.detach().long().cpu()
+            rows = fixed_a_rows(base, int(index.max()) + 1, d_in, seed)[index]
         weight.copy_(rows.to(weight.dtype))
         count += 1
     return count

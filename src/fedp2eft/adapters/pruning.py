@@ -22,7 +22,7 @@ def select_ranks(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, tor
     if total > sum(sizes):
         raise UserError(f"rank budget {budget} x {len(names)} modules = {total} ranks exceeds the "
                         f"{sum(sizes)} initial ranks (r_init too small for this budget)")
-    flat = torch.cat([lambdas[n].detach().float().flatten() for n in names])
+    flat = torch.cat([lambdas[n].detach().float().flatten().cpu() for n in names])
     if not torch.isfinite(flat).all():
         raise UserError("λ contains NaN or infinite values; cannot prune")
     order = torch.argsort(flat, descending=True, stable=True)[:total]
@@ -33,7 +33,7 @@ def select_ranks(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, tor
     for name, size in zip(names, sizes):
         ids = torch.nonzero(keep[start:start + size]).flatten()
         if ids.numel():
-            vals = lambdas[name].detach().flatten()[ids].float()
+            vals = lambdas[name].detach().flatten().cpu()[ids].float()
             out[name] = ids[torch.argsort(vals, descending=True, stable=True)]
         start += size
     return out
@@ -41,4 +41,4 @@ def select_ranks(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, tor
 
 def prune_to_budget(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, torch.Tensor]:
     """Return ``{module: kept λ values}`` (only modules that keep >= 1 rank), largest first per module."""
-    return {n: lambdas[n].detach().flatten()[ids] for n, ids in select_ranks(lambdas, budget).items()}
+    return {n: lambdas[n].detach().flatten().cpu()[ids] for n, ids in select_ranks(lambdas, budget).items()}

@@ -88,14 +88,14 @@ def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tens
         data, s.epochs, s.batch_size, s.seed, s.weight_decay,
         extra_loss=lambda m: bt_penalty(m, n, s.alpha_s, s.alpha_p), max_grad_norm=s.max_grad_norm,
     )
-    return {k: v.clamp(LAMBDA_MIN, LAMBDA_MAX) for k, v in lambdas_by_module(model).items()}, losses
+    return {k: v.clamp(LAMBDA_MIN, LAMBDA_MAX).cpu() for k, v in lambdas_by_module(model).items()}, losses
 
 
 def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int, s: BTSettings) -> nn.Module:
     """BT-LoRA at the budget: the kept λ frozen, B = 0, A fresh or the kept rows of the fixed A,
     only on modules that keep ranks; scaling lora_alpha / r_init everywhere."""
     index = select_ranks(lambdas, budget)
-    kept = {n: lambdas[n].detach().flatten()[ids] for n, ids in index.items()}
+    kept = {n: lambdas[n].detach().flatten().cpu()[ids] for n, ids in index.items()}
     ranks = {n: int(v.numel()) for n, v in kept.items()}
     scaling = s.lora_alpha / s.r_init
     r_max = max(ranks.values())
