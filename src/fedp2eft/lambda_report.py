@@ -49,23 +49,31 @@ def _save_png(fig, path: Path) -> None:
 
 
 def plot_rank_structure(lam: np.ndarray, names: list[str], title: str, path: Path) -> None:
-    """λ per module and rank as its deviation from the mean λ in %, on a symmetric colour scale set
-    by the largest deviation (at least ±1 %), so a 1 % difference between ranks is visible."""
+    """Two panels: each module's mean λ (left), and each rank's λ as its deviation from its module's
+    mean in % (right), on a symmetric colour scale of at least ±1 % — so a 1 % difference between
+    the ranks of a module shows even when modules differ by far more."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mean = float(lam.mean()) if lam.size else 1.0
-    rel = 100.0 * (lam / mean - 1.0) if mean > 0 else np.zeros_like(lam)
+    module_mean = lam.mean(1, keepdims=True) if lam.size else lam
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(module_mean > 0, 100.0 * (lam / module_mean - 1.0), 0.0)
     lim = max(1.0, float(np.percentile(np.abs(rel), 99))) if rel.size else 1.0
-    fig, ax = plt.subplots(figsize=(8, max(3, 0.18 * len(names))))
-    im = ax.imshow(rel, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels([n.replace("backbone.", "").replace("encoder.layer.", "L") for n in names], fontsize=6)
-    ax.set_xlabel("rank index")
-    ax.set_title(f"{title}\n(mean λ = {mean:.4g})")
-    fig.colorbar(im, ax=ax, label="λ vs mean λ (%)")
+    labels = [n.replace("backbone.", "").replace("encoder.layer.", "L") for n in names]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, max(3, 0.18 * len(names))),
+                                   gridspec_kw={"width_ratios": [1, 3]})
+    ax1.barh(range(len(names)), module_mean.ravel(), color="tab:blue")
+    ax1.set_ylim(len(names) - 0.5, -0.5)
+    ax1.set_yticks(range(len(names)))
+    ax1.set_yticklabels(labels, fontsize=6)
+    ax1.set_xlabel("module mean λ")
+    im = ax2.imshow(rel, aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    ax2.set_yticks([])
+    ax2.set_xlabel("rank index")
+    ax2.set_title(f"{title} (mean λ = {float(lam.mean()) if lam.size else 0.0:.4g})")
+    fig.colorbar(im, ax=ax2, label="λ vs its module's mean (%)")
     _save_png(fig, path)
     plt.close(fig)
 
