@@ -222,3 +222,43 @@ def test_lambda_trajectory_from_per_client_round_metrics(tmp_path):
     assert all(ffn[r] == pytest.approx(1.5 * query[r]) for r in query)
     assert traj["sd_over_ranks"] == [0.0, 0.0, 0.0]  # every rank of a module alike here
     assert all(v > 0 for v in traj["sd_over_modules"]) and all(v > 0 for v in traj["sd_over_clients"])
+
+
+def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
+    from fedp2eft.methods.tuned import TunedMethod
+    from fedp2eft.pipeline import personalise_pool
+
+    _, tok = load_classifier("tiny-bert", 3)
+    tasks = []
+    for k, lang in enumerate(["aa", "bb"]):
+        train = [Example(f"train{k} {i}", i % 3, lang) for i in range(10)]
+        test = [Example(f"test{k} {i}", i % 3, lang) for i in range(6)]
+        tasks.append(ClientTask(f"{lang}-seen-00", lang, encode(tok, train, 16), encode(tok, test, 16)))
+    test_ids = {tuple(ids) for t in tasks for ids in t.test.input_ids}
+
+    class Inner:
+        name, uses_budget, calls = "fake", True, []
+
+        def personalise(self, base, task, budget, settings):
+            self.calls.append((settings.lr, len(task.train), len(task.test)))
+            assert not {tuple(ids) for ids in task.train.input_ids} & test_ids  # test never trains
+            if len(task.test) != 6:  # a validation pass: its rows are train rows
+                assert not {tuple(ids) for ids in task.test.input_ids} & test_ids
+            return list(task.test.labels) if settings.lr == 3e-4 else [(y + 1) % 3 for y in task.test.labels]
+
+    method = TunedMethod(Inner(), lrs=(1e-4, 3e-4, 1e-3))
+    assert method.name == "fake-tuned"
+    import fedp2eft.pipeline as pipeline
+
+    real = pipeline.get_method
+    pipeline.get_method = lambda name, **kw: method
+    try:
+        selection = {}
+        per_language = personalise_pool("fake-tuned", None, tasks, 2, TrainSettings(), selection=selection)
+    finally:
+        pipeline.get_method = real
+    assert selection["lr"] == 3e-4 and selection["validation_accuracy"]["0.0003"] == 1.0
+    assert all(v["value"] == 1.0 for v in per_language.values())
+    final = Inner.calls[-2:]
+    assert final == [(3e-4, 10, 6), (3e-4, 10, 6)]  # whole train split, at the chosen rate
+    assert {c[1] for c in Inner.calls[:-2]} == {8}  # 20 % of 10 rows held out while choosing

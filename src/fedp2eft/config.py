@@ -296,7 +296,8 @@ def validate(cfg: Config) -> None:
     _require(pf.local_rank >= 0, "pf2lora.local_rank", "must be >= 0 (0 = ceil(budget / 4))")
     for k in ("lr", "head_lr", "lower_lr"):
         _require(getattr(pf, k) > 0, f"pf2lora.{k}", "must be > 0")
-    for method, sec in (("fedp2eft", "fedp2eft"), ("fedp2eft-mean1", "fedp2eft"), ("fedp2eft-paper", "fedp2eft_paper")):
+    for method, sec in (("fedp2eft", "fedp2eft"), ("fedp2eft-mean1", "fedp2eft"), ("fedp2eft-tuned", "fedp2eft"),
+                        ("fedp2eft-paper", "fedp2eft_paper")):
         if method in p.methods:
             r_init = getattr(cfg, sec).r_init
             for i, b in enumerate(p.budgets):

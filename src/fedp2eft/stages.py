@@ -215,7 +215,7 @@ def method_resources(cfg: Config, out_dir: Path, seed: int, base: torch.nn.Modul
     resources: dict = {"bt": bt_settings(cfg), "adalora_lr": p.adalora_lr, "adalora_alpha": p.adalora_alpha,
                        "tune_lrs": tuple(p.tune_lrs), "tune_fraction": p.tune_fraction}
     methods = {m for m, _ in runs}
-    for section, names, key in (("fedp2eft", ("fedp2eft", "fedp2eft-mean1"), "psg"),
+    for section, names, key in (("fedp2eft", ("fedp2eft", "fedp2eft-mean1", "fedp2eft-tuned"), "psg"),
                                 ("fedp2eft_paper", ("fedp2eft-paper",), "psg_paper")):
         if methods & set(names):
             from .lambda_report import write_lambda_report

@@ -55,8 +55,8 @@ class Method(Protocol):
         ...
 
 
-METHODS = ("none", "lora", "lora-tuned", "adalora", "bt-lora", "fedl2p", "pf2lora", "fedp2eft", "fedp2eft-paper",
-           "fedp2eft-mean1")
+METHODS = ("none", "lora", "lora-tuned", "adalora", "bt-lora", "fedl2p", "pf2lora", "fedp2eft", "fedp2eft-tuned",
+           "fedp2eft-paper", "fedp2eft-mean1")
 
 
 def get_method(name: str, **resources) -> Method:
@@ -71,11 +71,12 @@ def get_method(name: str, **resources) -> Method:
         return NoneMethod()
     if name == "lora":
         return LoRAMethod()
-    if name == "lora-tuned":
-        from .lora_tuned import LoRATunedMethod
+    if name.endswith("-tuned") and name in METHODS:  # the rate chosen per pool on held-out train rows
+        from .tuned import TunedMethod
 
-        return LoRATunedMethod(lrs=tuple(resources.get("tune_lrs", (1e-4, 3e-4, 1e-3, 3e-3))),
-                               fraction=resources.get("tune_fraction", 0.2))
+        return TunedMethod(get_method(name[: -len("-tuned")], **resources),
+                           lrs=tuple(resources.get("tune_lrs", (1e-4, 3e-4, 1e-3, 3e-3))),
+                           fraction=resources.get("tune_fraction", 0.2))
     if name == "adalora":
         from .adalora import AdaLoRAMethod
 

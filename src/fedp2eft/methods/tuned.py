@@ -1,11 +1,12 @@
-"""``lora-tuned``: LoRA with its learning rate chosen per pool on validation data, never on test.
+"""``lora-tuned``, ``fedp2eft-tuned``: a method with its fine-tuning rate chosen per pool on
+validation data, never on test.
 
 Before personalising a pool, every candidate rate (``personalise.tune_lrs``, default
-{1e-4, 3e-4, 1e-3, 3e-3}) fine-tunes every client of the pool on its train split minus a held-out
+{1e-4, 3e-4, 1e-3, 3e-3}) personalises every client of the pool on its train split minus a held-out
 ``tune_fraction`` (20 %, seeded per client) and is scored on those held-out rows (accuracy pooled
 per language, then averaged over languages — the benchmark's own metric). The best rate (the
-smaller one on a tie) then fine-tunes each client on its whole train split, as ``lora`` does, and
-the test split is predicted. Held-out rows come only from the clients' train splits: an unseen
+smaller one on a tie) then personalises each client on its whole train split, as the method itself
+does, and the test split is predicted. Held-out rows come only from the clients' train splits: an unseen
 client has its train data at personalisation time, so choosing on it uses nothing a user lacks.
 """
 
@@ -19,24 +20,26 @@ from torch import nn
 from ..errors import UserError
 from ..evaluation import LanguageTally, mean_over_languages
 from .base import ClientTask, TrainSettings
-from .lora import finetune_lora
-from .training import predict
 
 
 @dataclass
-class LoRATunedMethod:
+class TunedMethod:
+    inner: object  # a Method: its personalise() is run at each candidate rate
     lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     fraction: float = 0.2
     chosen: float | None = None
     validation: dict[str, float] = field(default_factory=dict)
-    name: str = "lora-tuned"
     uses_budget: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.inner.name}-tuned"
 
     def prepare(self, base: nn.Module, tasks: list[ClientTask], budget: int, settings: TrainSettings,
                 client_settings) -> dict:
         """Choose the rate for this pool; ``client_settings(i)`` gives client i's settings (its seed)."""
         if budget is None or budget < 1:
-            raise UserError(f"lora-tuned needs a rank budget >= 1, got {budget}")
+            raise UserError(f"{self.name} needs a rank budget >= 1, got {budget}")
         scores = {}
         for lr in self.lrs:
             tally = LanguageTally()
@@ -46,12 +49,11 @@ class LoRATunedMethod:
                 s = replace(client_settings(i), lr=lr)
                 fit, val = task.train.split(self.fraction, s.seed)
                 held = ClientTask(task.client_id, task.language, fit, val)
-                tally.add(task.language, predict(finetune_lora(base, held, budget, s), val, s.eval_batch_size),
-                          val.labels)
+                tally.add(task.language, self.inner.personalise(base, held, budget, s), val.labels)
             scores[lr] = mean_over_languages(tally.per_language())
         scores = {lr: v for lr, v in scores.items() if not math.isnan(v)}
         if not scores:
-            raise UserError("lora-tuned: no client has >= 2 training rows to hold out validation data")
+            raise UserError(f"{self.name}: no client has >= 2 training rows to hold out validation data")
         best = max(scores.values())
         self.chosen = min(lr for lr, v in scores.items() if v == best)
         self.validation = {f"{lr:g}": v for lr, v in scores.items()}
@@ -59,6 +61,5 @@ class LoRATunedMethod:
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
         if self.chosen is None:
-            raise UserError("lora-tuned: its rate is chosen per pool first (prepare)")
-        s = replace(settings, lr=self.chosen)
-        return predict(finetune_lora(base, task, budget, s), task.test, settings.eval_batch_size)
+            raise UserError(f"{self.name}: its rate is chosen per pool first (prepare)")
+        return self.inner.personalise(base, task, budget, replace(settings, lr=self.chosen))
