@@ -38,7 +38,8 @@ from .stages import (  # noqa: F401 (re-exported)
 _RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federation", "num_gpus"),
                   ("federation", "client_timeout_s"), ("experiment", "seeds"), ("experiment", "output_dir"), ("experiment", "name"),
                   ("experiment", "threads"), ("personalise", "methods"), ("personalise", "budgets"),
-                  ("personalise", "pools"), ("personalise", "eval_batch_size")}
+                  ("personalise", "pools"), ("personalise", "eval_batch_size"),
+                  ("data", "path")}  # where the data lie, not what they are: a copy elsewhere is the same data
 
 
 # Sections that only shape one method's runs (method -> its section): recorded in each of its runs

@@ -100,6 +100,13 @@ def claim_stage(folder: Path, settings: dict, fresh: bool = False) -> None:
     write_json(path, settings)
 
 
+def _data_settings(cfg: Config) -> dict:
+    """The data settings a stage depends on: all but ``path`` (a copy elsewhere is the same data)."""
+    import dataclasses
+
+    return {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "path"}
+
+
 def base_settings(cfg: Config) -> dict:
     """What the base model depends on (for a Standard-FL base: model, data, its training and sampling)."""
     import dataclasses
@@ -107,18 +114,17 @@ def base_settings(cfg: Config) -> dict:
     out = {"kind": cfg.base_model.kind, "model": dataclasses.asdict(cfg.model)}
     if cfg.base_model.kind == "standard-fl":
         f = cfg.federation
-        out |= {"data": dataclasses.asdict(cfg.data), "base_model": dataclasses.asdict(cfg.base_model),
+        out |= {"data": _data_settings(cfg), "base_model": dataclasses.asdict(cfg.base_model),
                 "federation": {"fraction": f.fraction, "min_clients": f.min_clients}}
     return out
 
 
 def psg_stage_settings(cfg: Config, seed: int, section: str = "fedp2eft") -> dict:
-    import dataclasses
 
     from .fl.engines import psg_hp
 
     q, f = getattr(cfg, section), cfg.federation
-    return {"base": base_settings(cfg), "data": dataclasses.asdict(cfg.data), "psg": psg_hp(cfg, seed, section),
+    return {"base": base_settings(cfg), "data": _data_settings(cfg), "psg": psg_hp(cfg, seed, section),
             "rounds": q.rounds, "snapshot_every": q.snapshot_every,
             "federation": {"fraction": f.fraction, "min_clients": f.min_clients}}
 
