@@ -262,3 +262,23 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
     final = Inner.calls[-2:]
     assert final == [(3e-4, 10, 6), (3e-4, 10, 6)]  # whole train split, at the chosen rate
     assert {c[1] for c in Inner.calls[:-2]} == {8}  # 20 % of 10 rows held out while choosing
+
+
+def test_pf2lora_with_the_head_as_adapter_keeps_level2_and_head_weights_home(tmp_path):
+    from fedp2eft.methods.pf2lora import PF2LoRASettings, initial_shared_state, pf2lora_client_update
+
+    torch.manual_seed(0)
+    base, tok = load_classifier("tiny-bert", 3)
+    s = PF2LoRASettings(budget=2, steps=2, batch_size=8, head="adapter", lr=1e-2, lower_lr=0.1)
+    state = initial_shared_state(base, s)
+    assert "head.lora_A" in state and "head.weight" not in state
+    assert not any("local_" in k for k in state)  # level 2 never travels
+    head_before = base.head.weight.detach().clone()
+    new, n, _ = pf2lora_client_update(base, state, toy_task(tok), s, tmp_path)
+    assert new.keys() == state.keys() and n == 16
+    assert not torch.equal(new["head.lora_B"], state["head.lora_B"])  # the head's adapter trained
+    assert torch.equal(base.head.weight, head_before)
+    assert any(tmp_path.iterdir())  # the client's level 2 stayed in its own folder
+    preds = get_method("pf2lora", pf2lora={2: (new, str(tmp_path))}, pf2lora_settings=s).personalise(
+        base, toy_task(tok), 2, TrainSettings(head="adapter", epochs=1, batch_size=8))
+    assert len(preds) == 16
