@@ -74,6 +74,15 @@ def test_changed_base_model_is_refused_then_retrained_under_fresh(tmp_path, caps
     res = json.loads((out / "results.json").read_text())
     assert res["config"]["base_model"]["rounds"] == 1
     assert {(r["method"], r["pool"]) for r in res["runs"]} == {("none", "seen"), ("fedp2eft", "seen")}
+    # every run records the base model instance it started from; runs from another instance are refused
+    fingerprint = json.loads((out / "base_model" / "model" / "fedp2eft_classifier.json").read_text())["fingerprint"]
+    assert {r["base"] for r in res["runs"]} == {fingerprint}
+    res["runs"][0]["base"] = "0123456789abcdef"  # as if from another instance ...
+    del res["runs"][1]  # ... and one run to do now
+    (out / "results.json").write_text(json.dumps(res))
+    capsys.readouterr()
+    code = main(["run", "configs/quickstart.toml", "--out", str(out), *_args(masakhanews_dir, rounds=1, **methods)])
+    assert code == 2 and "another base model instance (0123456789abcdef" in capsys.readouterr().err
     # a changed PSG setting alone is refused by the PSG's folder too (results aside)
     from fedp2eft.pipeline import load_base_model, load_federation
     from fedp2eft.stages import load_or_train_psg

@@ -128,6 +128,29 @@ def train_standard_fl_base(cfg: Config, out_dir: Path, console=None) -> Path:
     return base_model_dir(out_dir)
 
 
+def base_identity(cfg: Config, out_dir: Path) -> str:
+    """Which base model instance runs start from: the fingerprint a trained base model folder records,
+    or ``off-the-shelf:<model>``."""
+    import json
+
+    kind = cfg.base_model.kind
+    if kind == "off-the-shelf":
+        return f"off-the-shelf:{cfg.model.name}"
+    folder = base_model_dir(out_dir) if kind == "standard-fl" else Path(kind)
+    meta_file = folder / "fedp2eft_classifier.json"
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return meta.get("fingerprint") or f"folder:{folder}"
+
+
+def check_runs_base(results: dict[str, Any], base_id: str, out_dir: Path) -> None:
+    """Refuse to add runs from one base model instance to runs personalised from another (a base model
+    retrained with the same settings on other hardware or library versions can differ)."""
+    other = sorted({r["base"] for r in results["runs"] if r.get("base") not in (None, base_id)})
+    if other:
+        raise UserError(f"{out_dir / 'results.json'} holds runs personalised from another base model instance "
+                        f"({', '.join(other)}; this one is {base_id}); use another --out or --fresh")
+
+
 def personalise_pool(
     method_name: str,
     base: torch.nn.Module,
@@ -221,6 +244,8 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
             if not seed_todo:
                 continue
             base, tok = load_base_model(cfg, len(fed.label_names), seed, out_dir, fresh=fresh, console=console)
+            base_id = base_identity(cfg, out_dir)
+            check_runs_base(results, base_id, out_dir)
             tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in p.pools}
             resources = method_resources(cfg, out_dir, seed, base, tasks, [(m, b) for _, _, m, b in seed_todo], console,
                                          fresh=fresh)
@@ -238,6 +263,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                     "per_language": per_language, "mean": mean_over_languages(per_language),
                     "clients": len(tasks[pool]), "seconds": round(time.perf_counter() - start, 2),
                 }
+                run["base"] = base_id
                 if run_settings(cfg, method) is not None:
                     run["settings"] = run_settings(cfg, method)
                 if selection:

@@ -197,6 +197,20 @@ def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_c
     return box["state"]
 
 
+def state_fingerprint(model) -> str:
+    """SHA-256 (first 16 hex digits) of every parameter and buffer, in name order: two base models with
+    the same settings but different weights (another machine, another library version) differ here."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def save_base_model(model, tokenizer, folder: Path, meta: dict) -> None:
     """Write a base-model folder that ``load_classifier`` reads (backbone, tokenizer, head), atomically."""
     from ..atomic import atomic_folder, save_tensors
@@ -206,4 +220,5 @@ def save_base_model(model, tokenizer, folder: Path, meta: dict) -> None:
         tokenizer.save_pretrained(tmp)
         save_tensors(tmp / "head.safetensors", model.head.state_dict())
         (tmp / "fedp2eft_classifier.json").write_text(json.dumps(
-            {"num_labels": model.num_labels, "pooling": model.pooling, **meta}, indent=1))
+            {"num_labels": model.num_labels, "pooling": model.pooling, "fingerprint": state_fingerprint(model),
+             **meta}, indent=1))
