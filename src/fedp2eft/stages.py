@@ -17,13 +17,17 @@ so retraining the base model invalidates the PSGs trained on it.
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from .atomic import save_tensors
+from .atomic import save_tensors, write_json
 from .config import Config
+from .errors import UserError
 
 
 def base_model_dir(out_dir: Path) -> Path:
@@ -74,12 +78,6 @@ def settings_diff(old: dict, new: dict) -> list[str]:
 def claim_stage(folder: Path, settings: dict, fresh: bool = False) -> None:
     """Make ``folder`` belong to ``settings``: record them in a new folder; accept a folder with the
     same settings; otherwise refuse (naming the keys that differ) or, with ``fresh``, delete it."""
-    import json
-    import shutil
-
-    from .atomic import write_json
-    from .errors import UserError
-
     folder = Path(folder)
     path = folder / "settings.json"
     settings = json.loads(json.dumps(settings))  # the JSON form, as it is compared on disk
@@ -102,31 +100,29 @@ def claim_stage(folder: Path, settings: dict, fresh: bool = False) -> None:
 
 def _data_settings(cfg: Config) -> dict:
     """The data settings a stage depends on: all but ``path`` (a copy elsewhere is the same data)."""
-    import dataclasses
-
     return {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "path"}
+
+
+def _sampling(cfg: Config) -> dict:
+    """The federation settings that decide which clients a stage's rounds sample."""
+    return {"fraction": cfg.federation.fraction, "min_clients": cfg.federation.min_clients}
 
 
 def base_settings(cfg: Config) -> dict:
     """What the base model depends on (for a Standard-FL base: model, data, its training and sampling)."""
-    import dataclasses
-
     out = {"kind": cfg.base_model.kind, "model": dataclasses.asdict(cfg.model)}
     if cfg.base_model.kind == "standard-fl":
-        f = cfg.federation
         out |= {"data": _data_settings(cfg), "base_model": dataclasses.asdict(cfg.base_model),
-                "federation": {"fraction": f.fraction, "min_clients": f.min_clients}}
+                "federation": _sampling(cfg)}
     return out
 
 
 def psg_stage_settings(cfg: Config, seed: int, section: str = "fedp2eft") -> dict:
-
     from .fl.engines import psg_hp
 
-    q, f = getattr(cfg, section), cfg.federation
+    q = getattr(cfg, section)
     return {"base": base_settings(cfg), "data": _data_settings(cfg), "psg": psg_hp(cfg, seed, section),
-            "rounds": q.rounds, "snapshot_every": q.snapshot_every,
-            "federation": {"fraction": f.fraction, "min_clients": f.min_clients}}
+            "rounds": q.rounds, "snapshot_every": q.snapshot_every, "federation": _sampling(cfg)}
 
 
 def _logger(console):
