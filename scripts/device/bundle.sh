@@ -6,8 +6,10 @@
 #   . .gpu/setup.sh && python3 -m fedp2eft.cli run CONFIG --out /tmp/run --set 'data.path="/tmp/data/masakhanews"' ...
 #   bash .gpu/pack.sh /tmp/run NAME      # small outputs (no model/checkpoints) into $OUT/NAME.tgz
 # The e5-small weights travel with the word-embedding rows of token ids that no MasakhaNEWS text
-# (<= 128 tokens) uses zeroed, so they compress to fit the 64 MiB transfer limit; the computation on
-# MasakhaNEWS is unchanged (reduce_e5.py checks every other value is identical).
+# (untruncated) uses zeroed, so they compress (xz ~22.6 MB) to fit the 64 MiB transfer limit; the
+# computation on MasakhaNEWS is unchanged (reduce_e5.py checks every other value is identical), other
+# datasets would meet zeroed rows. The bundle plus the repository tree (~17.5 MB) is close to 64 MiB:
+# check `du` before a call.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DATA=${1:-../shared/data}

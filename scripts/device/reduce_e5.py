@@ -1,6 +1,6 @@
 """A reduced copy of e5-small's Q4_0 weights for a GPU machine reached through the device tool:
-the word-embedding rows of token ids that no MasakhaNEWS text (headline + text, <= 128 tokens)
-uses are zeroed, so the file compresses under the 64 MiB transfer limit. Every other value is
+the word-embedding rows of token ids that no MasakhaNEWS text (headline + text, untruncated, so any
+max_length is covered) uses are zeroed, so the file compresses under the 64 MiB transfer limit. Every other value is
 checked identical, so the computation on MasakhaNEWS is unchanged.
 
     python scripts/device/reduce_e5.py MASAKHANEWS_DIR OUT_BIN
@@ -22,7 +22,7 @@ from fedp2eft.models.e5_bin import read_e5_bin  # noqa: E402
 from fedp2eft.models.packaged import package_dir, xlmr_tokenizer  # noqa: E402
 
 
-def used_ids(data_dir: str, max_length: int = 128) -> set[int]:
+def used_ids(data_dir: str, max_length: int = 1_000_000) -> set[int]:
     dataset = load_dataset_by_name("masakhanews", data_dir, None)
     tok = xlmr_tokenizer()
     used = set(range(10))  # special pieces
