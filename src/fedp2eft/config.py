@@ -222,6 +222,7 @@ def _require(ok: bool, key: str, msg: str) -> None:
 def validate(cfg: Config) -> None:
     from .data.partition import POOLS, SCHEMES
     from .methods.base import METHODS
+    from .methods.fedp2eft import REGRESS_LOSSES
     from .methods.training import HEAD_MODES
     from .models.classifier import POOLINGS
 
@@ -281,7 +282,7 @@ def validate(cfg: Config) -> None:
             _require(getattr(q, k) > 0, f"{sec}.{k}", "must be > 0")
         for k in ("alpha_s", "alpha_p"):
             _require(getattr(q, k) >= 0, f"{sec}.{k}", "must be >= 0")
-        _require(q.regress_loss in ("sum", "mean"), f"{sec}.regress_loss", "must be 'sum' or 'mean'")
+        _require(q.regress_loss in REGRESS_LOSSES, f"{sec}.regress_loss", f"must be one of {list(REGRESS_LOSSES)}")
         _require(1e-4 <= q.psg_init <= 1000, f"{sec}.psg_init", "must be in [1e-4, 1000] (λ's range)")
         _require(q.snapshot_every >= 0, f"{sec}.snapshot_every", "must be >= 0 (0 = none)")
     fl, pf = cfg.fedl2p, cfg.pf2lora
