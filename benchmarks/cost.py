@@ -34,7 +34,7 @@ import json, resource, sys, time, torch
 torch.set_num_threads(2)
 from fedp2eft.data import load_dataset_by_name, build_federation, FederationSpec
 from fedp2eft.methods import ClientTask, TrainSettings, get_method
-from fedp2eft.methods.batches import encode
+from fedp2eft.training.batches import encode
 from fedp2eft.methods.bt_training import BTSettings
 from fedp2eft.methods.fedp2eft import PSGSettings, new_psg, psg_client_update
 from fedp2eft.methods.lora import LoRAMethod
@@ -83,8 +83,8 @@ def step_times(rank: int, steps: int) -> dict:
 
     from fedp2eft.adapters import bt_penalty
     from fedp2eft.adapters.bt_lora import bt_lora_config
-    from fedp2eft.methods.training import linear_module_names
     from fedp2eft.models import load_classifier
+    from fedp2eft.training import linear_module_names
 
     torch.set_num_threads(2)
     base, tok = load_classifier("e5-small", 7)

@@ -26,11 +26,13 @@ from fedp2eft.atomic import write_json
 from fedp2eft.config import load_config
 from fedp2eft.fl import worker
 from fedp2eft.fl.client_app import app as client_app
-from fedp2eft.fl.engines import fedavg_hp, loop_settings, make_job, pretrained_base
+from fedp2eft.fl.engines import job_base, loop_settings, stage_job
 from fedp2eft.fl.inprocess import InProcessGrid
 from fedp2eft.fl.server_loop import run_rounds, sample
-from fedp2eft.methods.standard_fl import initial_state
+from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE
 from fedp2eft.report import environment
+from fedp2eft.setup.base_models import cached_base
+from fedp2eft.setup.federation import cached_federation
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,31 +60,31 @@ def config(data: str, rounds: int, job: str):
 
 def bare_loop(cfg, job, init):
     """The same rounds without Flower: sample, call the client code, weighted average."""
-    settings = loop_settings(cfg)
-    clients = worker.client_ids(job["experiment"])
+    settings = loop_settings(cfg, STANDARD_FL_STAGE, job.seed)
+    clients = worker.client_ids(job.experiment)
     seen = [i + 1 for i, (_, pool) in enumerate(clients) if pool == "seen"]  # node ids as in InProcessGrid
     state = init
     for round_ in range(1, settings.rounds + 1):
         results = []
         for node in sample(seen, settings, round_):
-            results.append(worker.train(worker.for_round(job, round_), clients[node - 1][0], state)[:2])
+            results.append(worker.train(job.for_round(round_), clients[node - 1][0], state)[:2])
         total = sum(n for _, n in results)
         state = {k: sum(s[k] * (n / total) for s, n in results) for k in state}
     return state
 
 
 def engine(cfg, job, init, tmp: Path):
-    grid = InProcessGrid(client_app, job["num_clients"])
-    return run_rounds(grid, job, init, loop_settings(cfg), tmp)
+    grid = InProcessGrid(client_app, job.num_clients)
+    return run_rounds(grid, job, init, loop_settings(cfg, STANDARD_FL_STAGE, job.seed), tmp)
 
 
 def measure(args, job_name: str) -> dict:
-    worker._federation.cache_clear()
-    worker._base.cache_clear()
+    cached_federation.cache_clear()
+    cached_base.cache_clear()
     cfg = config(args.data, args.rounds, job_name)
-    job = make_job(cfg)
-    base, _ = pretrained_base(cfg)
-    init = initial_state(base, fedavg_hp(cfg))
+    job = stage_job(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed)
+    base, _ = job_base(job)
+    init = STANDARD_FL_STAGE.initial_state(base, cfg.base_model.fedavg_hp())
     bare_loop(cfg, job, init)  # warm the caches (federation, base model, tokenizer)
     times = {"bare": [], "engine": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from fedp2eft.data import FederationSpec, build_federation, load_dataset_by_name
-from fedp2eft.methods.batches import encode
 from fedp2eft.methods.bt_training import BTSettings, train_lambdas
 from fedp2eft.models import load_classifier
+from fedp2eft.training.batches import encode
 
 HERE = Path(__file__).resolve().parent
 

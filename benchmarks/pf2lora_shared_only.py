@@ -19,9 +19,9 @@ from fedp2eft.atomic import write_json
 from fedp2eft.config import load_config
 from fedp2eft.evaluation import LanguageTally, mean_over_languages
 from fedp2eft.methods.pf2lora import PF2LoRASettings, load_shared_state, two_level_model
-from fedp2eft.methods.training import predict
 from fedp2eft.models import load_classifier
-from fedp2eft.pipeline import client_tasks, load_federation
+from fedp2eft.setup.federation import client_tasks, load_federation
+from fedp2eft.tasks.classification import predict
 
 HERE = Path(__file__).resolve().parent
 RUN = HERE / "results" / "masakhanews_small"

@@ -97,13 +97,16 @@ def main(argv=None) -> int:
     from safetensors.torch import load_file
 
     from fedp2eft.atomic import write_json
+    from fedp2eft.bases import base_source
     from fedp2eft.config import load_config
+    from fedp2eft.fl.engines import stage_runner
     from fedp2eft.methods import ClientTask
-    from fedp2eft.methods.fedp2eft import new_psg
+    from fedp2eft.methods.fedp2eft import PSG_STAGE, new_psg
     from fedp2eft.methods.lora import finetune_lora
-    from fedp2eft.methods.training import predict
-    from fedp2eft.pipeline import client_tasks, load_base_model, load_federation, train_settings
-    from fedp2eft.stages import bt_settings, load_or_train_psg
+    from fedp2eft.setup.federation import client_tasks, load_federation
+    from fedp2eft.setup.layout import RunLayout
+    from fedp2eft.stages import load_or_train
+    from fedp2eft.tasks.classification import predict
 
     cfg = load_config(args.config, args.set)
     if cfg.experiment.threads:
@@ -112,9 +115,11 @@ def main(argv=None) -> int:
     work = Path(args.out) if args.out else out_dir / "psg_rounds"
     pools = [p for p in args.pools.split(",") if p]
     fed = load_federation(cfg)
-    base, tok = load_base_model(cfg, len(fed.label_names), args.seed, out_dir)
+    layout = RunLayout(out_dir)
+    shared = base_source(cfg, layout).open(cfg, len(fed.label_names), args.seed)
+    base, tok = shared.model, shared.tokenizer
     tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in pools}
-    settings = train_settings(cfg, args.seed)
+    settings = cfg.personalise.train_settings(args.seed)
     results_path = work / "accuracy_vs_rounds.json"
     curves = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
@@ -136,10 +141,10 @@ def main(argv=None) -> int:
         vcfg = dataclasses.replace(cfg, fedp2eft=section)
         folder = work / name
         t0 = time.perf_counter()
-        load_or_train_psg(vcfg, out_dir, args.seed, base, folder=folder)
+        load_or_train(vcfg, PSG_STAGE, layout, args.seed, None, base, shared.spec, stage_runner(vcfg), folder=folder)
         entry = curves.setdefault(name, {"overrides": VARIANTS[name], "accuracy": {}, "lora": {}})
         entry["train_seconds"] = entry.get("train_seconds") or round(time.perf_counter() - t0, 1)
-        bt = bt_settings(vcfg)
+        bt = section.bt_settings(vcfg.personalise, args.seed)
         for snap in sorted((folder / "snapshots").glob("round*.safetensors")):
             rnd = str(int(snap.stem[len("round"):]))
             psg = new_psg(base, section.r_init, args.seed, cfg.personalise.head, section.psg_init)

@@ -21,8 +21,8 @@ from fedp2eft.atomic import write_json
 from fedp2eft.config import load_config
 from fedp2eft.methods.fedp2eft import new_psg
 from fedp2eft.models import load_classifier
-from fedp2eft.pipeline import client_tasks, load_federation
 from fedp2eft.psg import feature_modules, meta_features
+from fedp2eft.setup.federation import client_tasks, load_federation
 
 HERE = Path(__file__).resolve().parent
 

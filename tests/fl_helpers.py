@@ -54,3 +54,12 @@ def python_env(tmp_path) -> dict:
 def run_python(code: str, tmp_path, timeout=600, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
                           env=env or python_env(tmp_path), cwd=REPO)
+
+
+def run_standard_fl(cfg, out, resume=True, client_app=None, on_round=None):
+    """Train the Standard-FL base model (the registered ``base_model`` stage); returns the merged model."""
+    from fedp2eft.fl.engines import train_stage
+    from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE
+
+    return train_stage(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed, out, resume=resume,
+                       client_app=client_app, on_round=on_round)

@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from fedp2eft.config import load_config
-from fedp2eft.fl.engines import run_fedl2p_training, run_pf2lora_training
+from fedp2eft.fl.engines import run_stage, train_stage
 from fedp2eft.methods import TrainSettings, get_method
-from fedp2eft.methods.fedl2p import new_lr_generator
-from fedp2eft.methods.pf2lora import PF2LoRASettings, initial_shared_state, pf2lora_client_update
+from fedp2eft.methods.fedl2p import FEDL2P_STAGE, new_lr_generator
+from fedp2eft.methods.pf2lora import PF2LORA_STAGE, PF2LoRASettings, initial_shared_state, pf2lora_client_update
 from fedp2eft.models import load_classifier
 from fl_helpers import tiny_overrides
 from test_fedp2eft import recording_client_app, toy_task
@@ -30,8 +30,8 @@ def tiny_cfg(masakhanews_dir, **extra):
 def test_fedl2p_rounds_send_only_the_generator_and_move_the_rates(tmp_path, masakhanews_dir):
     cfg = tiny_cfg(masakhanews_dir)
     log: list = []
-    generator = run_fedl2p_training(cfg, "off-the-shelf", budget=2, seed=0, out_dir=tmp_path, resume=False,
-                                    client_app=recording_client_app(log))
+    generator = train_stage(cfg, FEDL2P_STAGE, "off-the-shelf", seed=0, out_dir=tmp_path, budget=2, resume=False,
+                            client_app=recording_client_app(log))
     keys = sorted(dict(generator.state_dict()))
     assert len(log) == 2 * 2 * 2 and all(sorted(k) == keys for _, k in log)  # no LoRA, no base weights
     base, tok = load_classifier("tiny-bert", 7)
@@ -40,16 +40,16 @@ def test_fedl2p_rounds_send_only_the_generator_and_move_the_rates(tmp_path, masa
     rounds = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 2 and all(r["val_loss"] > 0 and r["lr_mean"] > 0 for r in rounds)
     task = toy_task(tok)
-    preds = get_method("fedl2p", fedl2p={2: generator}).personalise(base, task, 2, TrainSettings(epochs=1, batch_size=4))
+    preds = get_method("fedl2p", resources={2: generator}).personalise(base, task, 2, TrainSettings(epochs=1, batch_size=4))
     assert len(preds) == len(task.test)
 
 
 def test_pf2lora_level_two_never_travels_and_persists_on_the_client(tmp_path, masakhanews_dir):
     cfg = tiny_cfg(masakhanews_dir)
     log: list = []
-    clients = tmp_path / "clients"
-    shared = run_pf2lora_training(cfg, "off-the-shelf", budget=4, seed=0, out_dir=tmp_path / "run",
-                                  client_state_dir=clients, resume=False, client_app=recording_client_app(log))
+    clients = tmp_path / "run" / "clients"  # the stage folder's: each client's own storage
+    shared = run_stage(cfg, PF2LORA_STAGE, "off-the-shelf", seed=0, out_dir=tmp_path / "run", budget=4, resume=False,
+                       client_app=recording_client_app(log))
     assert len(log) == 2 * 2 * 2
     for _, keys in log:  # only level 1 (A, B) and the head travel
         assert keys and all(k.endswith((".lora_A", ".lora_B")) or k.startswith("head.") for k in keys)

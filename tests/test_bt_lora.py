@@ -13,8 +13,8 @@ from fedp2eft.adapters import bt_penalty, export_plain_lora, prune_to_budget
 from fedp2eft.adapters.bt_lora import bt_lora_config, bt_modules, lambdas_by_module, set_lambdas
 from fedp2eft.adapters.priors import clamp_st, prior_penalty, significance_penalty
 from fedp2eft.errors import UserError
-from fedp2eft.methods.training import linear_module_names
 from fedp2eft.models import load_classifier
+from fedp2eft.training import linear_module_names
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,15 @@ from flwr.clientapp import ClientApp
 from fedp2eft.config import load_config
 from fedp2eft.data.records import Example
 from fedp2eft.fl import client_app as real_client_app
-from fedp2eft.fl.engines import run_psg_training
-from fedp2eft.methods import ClientTask, TrainSettings, get_method
-from fedp2eft.methods.batches import encode
+from fedp2eft.fl.engines import train_stage
+from fedp2eft.methods import ClientTask, TrainSettings
+from fedp2eft.methods.bt_lora_client import BTLoRAClientMethod
 from fedp2eft.methods.bt_training import BTSettings
-from fedp2eft.methods.fedp2eft import new_psg
-from fedp2eft.methods.training import linear_module_names
+from fedp2eft.methods.fedp2eft import PSG_STAGE, FedP2EFTMethod, new_psg
 from fedp2eft.models import load_classifier
 from fedp2eft.psg import PSG, feature_modules, meta_features
+from fedp2eft.training import linear_module_names
+from fedp2eft.training.batches import encode
 from fl_helpers import tiny_overrides
 
 
@@ -77,8 +78,8 @@ def test_two_round_federated_psg_run_sends_only_psg_weights(tmp_path, masakhanew
         "base_model.kind": '"off-the-shelf"', "fedp2eft.rounds": 2, "fedp2eft.r_init": 4,
         "fedp2eft.lora_alpha": 8, "fedp2eft.local_epochs": 1, "fedp2eft.batch_size": 8}))
     log: list = []
-    psg = run_psg_training(cfg, "off-the-shelf", seed=0, out_dir=tmp_path, resume=False,
-                           client_app=recording_client_app(log))
+    psg = train_stage(cfg, PSG_STAGE, "off-the-shelf", seed=0, out_dir=tmp_path, resume=False,
+                      client_app=recording_client_app(log))
     psg_keys = sorted(dict(psg.state_dict()))
     assert len(log) == 2 * 2 * 2  # 2 rounds x 2 clients x (in, out)
     for _, keys in log:
@@ -97,7 +98,7 @@ def test_personalisation_at_every_budget_uses_the_psg():
     psg = new_psg(base, r_init=4)
     with torch.no_grad():  # a PSG whose λ prefer the attention modules
         psg.net[2].bias.copy_(torch.linspace(1.0, 0.01, psg.net[2].bias.numel()))
-    method = get_method("fedp2eft", psg=psg, bt=BTSettings(r_init=4, lora_alpha=8))
+    method = FedP2EFTMethod(psg, BTSettings(r_init=4, lora_alpha=8))
     settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3)
     for budget in (1, 2, 4):
         preds = method.personalise(base, task, budget, settings)
@@ -157,7 +158,7 @@ def test_bt_lora_per_client_learns_lambda_once_for_every_budget():
     torch.manual_seed(0)
     base, tok = load_classifier("tiny-bert", 3)
     task = toy_task(tok)
-    method = get_method("bt-lora", bt=BTSettings(r_init=4, lora_alpha=8, epochs=2, batch_size=4))
+    method = BTLoRAClientMethod(BTSettings(r_init=4, lora_alpha=8, epochs=2, batch_size=4))
     settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3)
     for budget in (1, 2, 4):
         assert len(method.personalise(base, task, budget, settings)) == len(task.test)
@@ -169,11 +170,11 @@ def test_bt_lora_per_client_learns_lambda_once_for_every_budget():
 def test_psg_training_resumed_from_a_checkpoint_equals_an_uninterrupted_run(tmp_path, masakhanews_dir):
     sets = {"base_model.kind": '"off-the-shelf"', "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8,
             "fedp2eft.local_epochs": 1, "fedp2eft.batch_size": 8, "federation.checkpoint_every": 2}
-    full = run_psg_training(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 4})),
-                            "off-the-shelf", seed=0, out_dir=tmp_path / "full", resume=False)
-    run_psg_training(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 2})),
-                     "off-the-shelf", seed=0, out_dir=tmp_path / "cut", resume=False)
-    resumed = run_psg_training(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 4})),
-                               "off-the-shelf", seed=0, out_dir=tmp_path / "cut", resume=True)
+    full = train_stage(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 4})),
+                       PSG_STAGE, "off-the-shelf", seed=0, out_dir=tmp_path / "full", resume=False)
+    train_stage(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 2})),
+                PSG_STAGE, "off-the-shelf", seed=0, out_dir=tmp_path / "cut", resume=False)
+    resumed = train_stage(load_config(None, tiny_overrides(masakhanews_dir, **sets, **{"fedp2eft.rounds": 4})),
+                          PSG_STAGE, "off-the-shelf", seed=0, out_dir=tmp_path / "cut", resume=True)
     a, b = full.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)

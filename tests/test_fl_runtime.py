@@ -13,11 +13,13 @@ from flwr.clientapp import ClientApp
 from fedp2eft.config import load_config
 from fedp2eft.errors import UserError
 from fedp2eft.fl import client_app as real_client_app
-from fedp2eft.fl.engines import make_job, run_standard_fl
+from fedp2eft.fl.engines import stage_job
 from fedp2eft.fl.inprocess import InProcessGrid
 from fedp2eft.fl.records import from_arrays, train_reply
 from fedp2eft.fl.server_loop import LoopSettings, run_rounds
-from fl_helpers import run_python, tiny_overrides
+from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE
+from fedp2eft.setup.jobs import Job
+from fl_helpers import run_python, run_standard_fl, tiny_overrides
 
 
 def test_fedavg_equals_hand_computed_weighted_average(tmp_path):
@@ -37,13 +39,41 @@ def test_fedavg_equals_hand_computed_weighted_average(tmp_path):
 
     grid = InProcessGrid(app, 3)
     init = {"w": torch.ones(2, 3), "b": torch.zeros(4)}
-    out = run_rounds(grid, {"num_clients": 3}, init, LoopSettings(rounds=1, fraction=1.0, min_clients=3), tmp_path)
+    job = Job(stage="test", experiment="{}", base="off-the-shelf", seed=0, settings={}, num_clients=3)
+    out = run_rounds(grid, job, init, LoopSettings(rounds=1, fraction=1.0, min_clients=3), tmp_path)
     # clients add 1x, 2x, 3x arange with weights 10, 20, 30: mean multiplier (10+40+90)/60 = 7/3
     for k, v in init.items():
         expected = v + (7 / 3) * torch.arange(v.numel(), dtype=v.dtype).reshape(v.shape)
         torch.testing.assert_close(out[k], expected)
     line = json.loads((tmp_path / "rounds.jsonl").read_text().splitlines()[0])
     assert line["sampled"] == ["c0", "c1", "c2"] and line["failed"] == {}
+
+
+def test_a_stage_may_bring_its_own_server_aggregation(tmp_path):
+    """A stage's ``aggregate`` replaces FedAvg: here an unweighted coordinate-wise median."""
+    app = ClientApp()
+
+    @app.query()
+    def query(msg: Message, ctx: Context) -> Message:
+        pid = ctx.node_config["partition-id"]
+        return Message(RecordDict({"client": ConfigRecord({"client-id": f"c{pid}", "pool": "seen"})}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, ctx: Context) -> Message:
+        pid = ctx.node_config["partition-id"]
+        state = from_arrays(msg.content.array_records["arrays"])
+        return Message(train_reply({k: v + 10.0 ** pid for k, v in state.items()}, 1 + 100 * pid,
+                                   {"loss": float(pid)}), reply_to=msg)
+
+    def median(pairs):
+        return {k: torch.stack([s[k] for s, _ in pairs]).median(0).values for k in pairs[0][0]}
+
+    job = Job(stage="test", experiment="{}", base="off-the-shelf", seed=0, settings={}, num_clients=3)
+    out = run_rounds(InProcessGrid(app, 3), job, {"w": torch.zeros(2)},
+                     LoopSettings(rounds=1, fraction=1.0, min_clients=3), tmp_path, aggregate=median)
+    torch.testing.assert_close(out["w"], torch.full((2,), 10.0))  # median of +1, +10, +100: not FedAvg's ~66
+    line = json.loads((tmp_path / "rounds.jsonl").read_text().splitlines()[0])
+    assert line["loss"] == (0 * 1 + 1 * 101 + 2 * 201) / 303  # metrics still weighted by examples
 
 
 def faulty_client_app(raise_pid: int, hang_pid: int, release: threading.Event) -> ClientApp:
@@ -87,7 +117,11 @@ def test_faulty_clients_are_dropped_and_round_completes(tmp_path, masakhanews_di
 RESUME_CODE = """
 import os, signal, sys
 from fedp2eft.config import load_config
-from fedp2eft.fl.engines import run_standard_fl
+from fedp2eft.fl.engines import train_stage
+from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE
+def run_standard_fl(cfg, out, resume=True, client_app=None, on_round=None):
+    return train_stage(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed, out, resume=resume,
+                       client_app=client_app, on_round=on_round)
 from fedp2eft.atomic import save_tensors
 overrides, out, kill_after, resume = {overrides!r}, {out!r}, {kill_after!r}, {resume!r}
 cfg = load_config(None, overrides)
@@ -121,7 +155,11 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path, masakhanews_dir):
 MEMORY_CODE = """
 import resource, json
 from fedp2eft.config import load_config
-from fedp2eft.fl.engines import run_standard_fl
+from fedp2eft.fl.engines import train_stage
+from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE
+def run_standard_fl(cfg, out, resume=True, client_app=None, on_round=None):
+    return train_stage(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed, out, resume=resume,
+                       client_app=client_app, on_round=on_round)
 cfg = load_config(None, {overrides!r})
 run_standard_fl(cfg, __import__("pathlib").Path({out!r}), resume=False)
 print(json.dumps({{"peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
@@ -145,8 +183,8 @@ def test_peak_memory_does_not_grow_with_clients(tmp_path, masakhanews_dir):
 
 def test_job_carries_the_experiment(masakhanews_dir):
     cfg = load_config(None, tiny_overrides(masakhanews_dir))
-    job = make_job(cfg)
-    assert job["num_clients"] == 8 and json.loads(job["experiment"])["model"]["name"] == "tiny-bert"
+    job = stage_job(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed)
+    assert job.num_clients == 8 and json.loads(job.experiment)["model"]["name"] == "tiny-bert"
 
 
 def test_fedavg_of_lora_is_merged_into_a_plain_base(tmp_path, masakhanews_dir):

@@ -9,10 +9,10 @@ from peft import get_peft_model
 
 from fedp2eft.data.records import Example
 from fedp2eft.methods import ClientTask, TrainSettings, get_method
-from fedp2eft.methods.batches import encode
 from fedp2eft.methods.lora import lora_config
-from fedp2eft.methods.training import linear_module_names
 from fedp2eft.models import load_classifier
+from fedp2eft.training import linear_module_names
+from fedp2eft.training.batches import encode
 
 WORDS = {0: "football goal match team", 1: "election minister vote parliament"}
 

@@ -13,12 +13,14 @@ from fedp2eft.adapters import fixed_a_rows, select_ranks
 from fedp2eft.adapters.bt_lora import bt_modules
 from fedp2eft.data.records import Example
 from fedp2eft.methods import ClientTask, TrainSettings, get_method
-from fedp2eft.methods.batches import encode
+from fedp2eft.methods.bt_lora_client import BTLoRAClientMethod
 from fedp2eft.methods.bt_training import BTSettings, pruned_model, stage1_model, train_lambdas
+from fedp2eft.methods.fedp2eft import FedP2EFTMethod
 from fedp2eft.methods.lora import lora_model
 from fedp2eft.models import load_classifier
 from fedp2eft.models.classifier import SequenceClassifier
 from fedp2eft.psg import PSG
+from fedp2eft.training.batches import encode
 
 
 def toy_task(tok, n=16):
@@ -90,16 +92,16 @@ def test_bt_lora_baseline_honours_its_settings_and_keeps_lambda_positive(monkeyp
     base, tok = load_classifier("tiny-bert", 3)
     task = toy_task(tok, n=16)
     calls = []
-    real = bt_training.train_classifier
+    real = bt_training.train_model
 
     def recording(model, groups, data, epochs, batch_size, seed, weight_decay=0.0, **kw):
         calls.append({"epochs": epochs, "batch_size": batch_size, "weight_decay": weight_decay,
                       "max_grad_norm": kw.get("max_grad_norm", 0.0)})
         return real(model, groups, data, epochs, batch_size, seed, weight_decay, **kw)
 
-    monkeypatch.setattr(bt_training, "train_classifier", recording)
+    monkeypatch.setattr(bt_training, "train_model", recording)
     bt = BTSettings(r_init=4, lora_alpha=8, epochs=3, batch_size=4)  # stage 1: 3 epochs of 4 batches
-    method = get_method("bt-lora", bt=bt)
+    method = BTLoRAClientMethod(bt)
     settings = TrainSettings(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, max_grad_norm=1.0)
     method.personalise(base, task, 2, settings)
     stage1, finetune = calls
@@ -115,10 +117,10 @@ def test_fedp2eft_personalisation_honours_weight_decay_and_clipping(monkeypatch)
 
     base, tok = load_classifier("tiny-bert", 3)
     seen = []
-    real = bt_training.train_classifier
-    monkeypatch.setattr(bt_training, "train_classifier", lambda *a, **kw: seen.append((a[6], kw)) or real(*a, **kw))
+    real = bt_training.train_model
+    monkeypatch.setattr(bt_training, "train_model", lambda *a, **kw: seen.append((a[6], kw)) or real(*a, **kw))
     psg = new_psg(base, 4, head="adapter", psg_init=1.0)
-    method = get_method("fedp2eft", psg=psg, bt=BTSettings(r_init=4, lora_alpha=8))
+    method = FedP2EFTMethod(psg, BTSettings(r_init=4, lora_alpha=8))
     method.personalise(base, toy_task(tok), 2, TrainSettings(weight_decay=0.1, max_grad_norm=0.5, head="adapter"))
     ((wd, kw),) = seen
     assert wd == 0.1 and kw["max_grad_norm"] == 0.5
@@ -149,7 +151,7 @@ def test_stage1_ranks_the_wide_module_first():
     base = SequenceClassifier(_WideBackbone(), num_labels=3)
     g = torch.Generator().manual_seed(0)
     ids = [torch.randint(5, 300, (12,), generator=g).tolist() for _ in range(32)]
-    from fedp2eft.methods.batches import EncodedData
+    from fedp2eft.training.batches import EncodedData
 
     data = EncodedData(ids, [i % 3 for i in range(32)], pad_id=0)
     lam, _ = train_lambdas(base, data, 1e-4, BTSettings(r_init=4, lora_alpha=8, epochs=40, batch_size=8,
@@ -199,8 +201,8 @@ def test_regression_loss_reduction_is_a_setting(loss):
 def test_lambda_trajectory_from_per_client_round_metrics(tmp_path):
     import json
 
-    from fedp2eft.lambda_report import write_lambda_trajectory
     from fedp2eft.psg.module_types import lambda_statistics, module_type
+    from fedp2eft.psg.report import write_lambda_trajectory
 
     names = ["backbone.encoder.layer.0.attention.self.query", "backbone.encoder.layer.0.intermediate.dense",
              "backbone.encoder.layer.0.output.dense", "backbone.encoder.layer.0.attention.output.dense", "head"]
@@ -248,15 +250,8 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
 
     method = TunedMethod(Inner(), lrs=(1e-4, 3e-4, 1e-3))
     assert method.name == "fake-tuned"
-    import fedp2eft.pipeline as pipeline
-
-    real = pipeline.get_method
-    pipeline.get_method = lambda name, **kw: method
-    try:
-        selection = {}
-        per_language = personalise_pool("fake-tuned", None, tasks, 2, TrainSettings(), selection=selection)
-    finally:
-        pipeline.get_method = real
+    selection = {}
+    per_language = personalise_pool(method, None, tasks, 2, TrainSettings(), selection=selection)
     assert selection["lr"] == 3e-4 and selection["validation_accuracy"]["0.0003"] == 1.0
     assert all(v["value"] == 1.0 for v in per_language.values())
     final = Inner.calls[-2:]
@@ -265,7 +260,7 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
 
 
 def test_pf2lora_with_the_head_as_adapter_keeps_level2_and_head_weights_home(tmp_path):
-    from fedp2eft.methods.pf2lora import PF2LoRASettings, initial_shared_state, pf2lora_client_update
+    from fedp2eft.methods.pf2lora import PF2LoRAMethod, PF2LoRASettings, initial_shared_state, pf2lora_client_update
 
     torch.manual_seed(0)
     base, tok = load_classifier("tiny-bert", 3)
@@ -279,6 +274,6 @@ def test_pf2lora_with_the_head_as_adapter_keeps_level2_and_head_weights_home(tmp
     assert not torch.equal(new["head.lora_B"], state["head.lora_B"])  # the head's adapter trained
     assert torch.equal(base.head.weight, head_before)
     assert any(tmp_path.iterdir())  # the client's level 2 stayed in its own folder
-    preds = get_method("pf2lora", pf2lora={2: (new, str(tmp_path))}, pf2lora_settings=s).personalise(
+    preds = PF2LoRAMethod({2: (new, str(tmp_path))}, s).personalise(
         base, toy_task(tok), 2, TrainSettings(head="adapter", epochs=1, batch_size=8))
     assert len(preds) == 16

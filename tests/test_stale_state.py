@@ -11,7 +11,7 @@ import pytest
 from fedp2eft.cli import main
 from fedp2eft.config import load_config
 from fedp2eft.errors import UserError
-from fedp2eft.stages import claim_stage, settings_diff
+from fedp2eft.setup.stage_state import claim_stage, settings_diff
 from fl_helpers import tiny_overrides
 
 
@@ -84,26 +84,35 @@ def test_changed_base_model_is_refused_then_retrained_under_fresh(tmp_path, caps
     code = main(["run", "configs/quickstart.toml", "--out", str(out), *_args(masakhanews_dir, rounds=1, **methods)])
     assert code == 2 and "another base model instance (0123456789abcdef" in capsys.readouterr().err
     # a changed PSG setting alone is refused by the PSG's folder too (results aside)
-    from fedp2eft.pipeline import load_base_model, load_federation
-    from fedp2eft.stages import load_or_train_psg
+    from fedp2eft.bases import base_source
+    from fedp2eft.fl.engines import stage_runner
+    from fedp2eft.methods.fedp2eft import PSG_STAGE
+    from fedp2eft.setup.federation import load_federation
+    from fedp2eft.setup.layout import RunLayout
+    from fedp2eft.stages import load_or_train
 
     cfg = load_config("configs/quickstart.toml", [*tiny_overrides(masakhanews_dir, rounds=1, **methods),
                                                    "fedp2eft.lambda_lr=0.1"])
-    base, _ = load_base_model(cfg, len(load_federation(cfg).label_names), 0, out)
+    base = base_source(cfg, RunLayout(out)).open(cfg, len(load_federation(cfg).label_names), 0)
     with pytest.raises(UserError, match=r"psg.lambda_lr: 0.01 -> 0.1"):
-        load_or_train_psg(cfg, out, 0, base)
+        load_or_train(cfg, PSG_STAGE, RunLayout(out), 0, None, base.model, base.spec, stage_runner(cfg))
 
 
 def test_stage_jobs_carry_their_seed(masakhanews_dir, monkeypatch):
     from fedp2eft.fl import worker
-    from fedp2eft.fl.engines import make_job, make_psg_job, pf2lora_hp
+    from fedp2eft.fl.engines import stage_job
+    from fedp2eft.methods.fedp2eft import PSG_STAGE
+    from fedp2eft.methods.pf2lora import PF2LORA_STAGE
+    from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE
 
     cfg = load_config(None, tiny_overrides(masakhanews_dir, **{"experiment.seeds": "[0, 3]",
                                                                "base_model.seed": 7}))
-    assert make_psg_job(cfg, "off-the-shelf", 3)["seed"] == 3
-    assert make_job(cfg)["seed"] == 7 and make_job(cfg)["hp"]["seed"] == 7
-    assert pf2lora_hp(cfg, 2, 3)["seed"] == 3
+    assert stage_job(cfg, PSG_STAGE, "off-the-shelf", 3).seed == 3
+    base_job = stage_job(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed)
+    assert base_job.seed == 7 and base_job.settings["seed"] == 7
+    assert STANDARD_FL_STAGE.client_settings(cfg, 0, None).seed == 7  # the base model's own seed, always
+    assert PF2LORA_STAGE.client_settings(cfg, 3, 2).seed == 3
     seen = []
-    monkeypatch.setattr(worker, "_base", lambda exp, n, seed, base: seen.append(seed) or (None, None))
-    worker.base_model(make_psg_job(cfg, "off-the-shelf", 3))
+    monkeypatch.setattr(worker, "cached_base", lambda exp, n, seed, base: seen.append(seed) or (None, None))
+    worker.base_model(stage_job(cfg, PSG_STAGE, "off-the-shelf", 3))
     assert seen == [3]  # seed 3's PSG starts from seed 3's base (its head), not seeds[0]'s

@@ -17,9 +17,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
 
 from fedp2eft.data import load_dataset_by_name  # noqa: E402
-from fedp2eft.methods.batches import encode  # noqa: E402
 from fedp2eft.models.e5_bin import read_e5_bin  # noqa: E402
 from fedp2eft.models.packaged import package_dir, xlmr_tokenizer  # noqa: E402
+from fedp2eft.training.batches import encode  # noqa: E402
 
 
 def used_ids(data_dir: str, max_length: int = 1_000_000) -> set[int]:

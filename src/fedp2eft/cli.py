@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", required=True, help="adapter folder to write")
     exp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
 
+    meth = sub.add_parser("methods", help="the registered personalisation methods, their sections and stages")
+    meth.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
     sub.add_parser("prepare-wordnet", help="assemble WordNet 3.0 for nltk METEOR from Debian's packages")
 
     data = sub.add_parser("data", help="data utilities")
@@ -83,7 +86,7 @@ def _cmd_describe(args) -> int:
 
     from .config import load_config
     from .data.describe import describe, render
-    from .pipeline import load_federation
+    from .setup.federation import load_federation
 
     cfg = load_config(args.config, args.set)
     summary = describe(load_federation(cfg))
@@ -107,6 +110,24 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_methods(args) -> int:
+    import json
+
+    from .methods.registry import get_spec, method_names
+
+    rows = [{"method": n, "budget": get_spec(n).uses_budget, "section": get_spec(n).section,
+             "stage": get_spec(n).stage.name if get_spec(n).stage else None, "summary": get_spec(n).summary}
+            for n in method_names()]
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    for r in rows:
+        where = ", ".join(x for x in (f"[{r['section']}]" if r["section"] else "",
+                                       f"stage {r['stage']}" if r["stage"] else "") if x)
+        print(f"{r['method']:<16} {r['summary']}" + (f"  ({where})" if where else ""))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -116,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_prepare(args)
         if args.command == "export":
             return _cmd_export(args)
+        if args.command == "methods":
+            return _cmd_methods(args)
         if args.command == "prepare-wordnet":
             from .evaluation.wordnet import prepare_wordnet
 

@@ -22,6 +22,11 @@ class LanguageTally:
         self.correct[language] += sum(int(p == y) for p, y in zip(predictions, labels))
         self.total[language] += len(labels)
 
+    def add_scores(self, language: str, scores: list[float]) -> None:
+        """One client's per-row scores (a task's ``score``: 1/0 per row for accuracy)."""
+        self.correct[language] += sum(scores)
+        self.total[language] += len(scores)
+
     def per_language(self) -> dict[str, dict[str, float | int]]:
         return {
             lang: {"value": self.correct[lang] / self.total[lang], "n": self.total[lang]}

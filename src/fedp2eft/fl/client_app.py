@@ -18,8 +18,8 @@ from .records import from_arrays, read_job, train_reply
 app = ClientApp()
 
 
-def node_client(job: dict, context: Context) -> tuple[str, str]:
-    clients = worker.client_ids(job["experiment"])
+def node_client(job, context: Context) -> tuple[str, str]:
+    clients = worker.client_ids(job.experiment)
     if "client-id" in context.node_config:  # a SuperNode pinned to one client by name
         cid = str(context.node_config["client-id"])
         pools = dict(clients)
@@ -43,7 +43,7 @@ def train(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)
     state = from_arrays(msg.content.array_records["arrays"])
-    new_state, n, metrics = worker.train(worker.for_round(job, job["round"]), cid, state)
+    new_state, n, metrics = worker.train(job, cid, state)
     return Message(train_reply(new_state, n, metrics), reply_to=msg)
 
 

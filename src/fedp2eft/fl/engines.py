@@ -1,4 +1,5 @@
-"""One federated job on one of three engines, all running the same ServerApp loop and ClientApp.
+"""Any registered federated stage on one of three engines, all running the same ServerApp loop and
+ClientApp (transport only: what a round computes is the stage's, ``methods.registry``).
 
 - ``inprocess``: :class:`InProcessGrid`, no Ray, no subprocesses, deterministic.
 - ``simulation``: Flower's Simulation Engine (Ray), one virtual SuperNode per client, with
@@ -10,174 +11,107 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
 from ..errors import UserError
-from ..methods.standard_fl import FedAvgHP, final_model, initial_state
+from ..methods.registry import FederatedStage
+from ..setup.base_models import cached_base
+from ..setup.federation import cached_federation
+from ..setup.jobs import Job, experiment_json
 from .server_loop import LoopSettings, run_rounds
 
 
-def fedavg_hp(cfg: Config) -> FedAvgHP:
-    b = cfg.base_model
-    return FedAvgHP(mode=b.mode, epochs=b.local_epochs, batch_size=b.batch_size, lr=b.lr,
-                    freeze_embeddings=b.freeze_embeddings, lora_rank=b.lora_rank, lora_alpha=b.lora_alpha,
-                    lora_dropout=b.lora_dropout, seed=b.seed)
-
-
-def loop_settings(cfg: Config) -> LoopSettings:
+def loop_settings(cfg: Config, stage: FederatedStage, seed: int) -> LoopSettings:
+    """The server loop of ``stage``: its rounds, the federation's sampling and fault settings, federated
+    evaluation where the stage defines it, snapshots where its section asks for them."""
     f = cfg.federation
-    return LoopSettings(rounds=cfg.base_model.rounds, fraction=f.fraction, min_clients=f.min_clients,
+    evaluates = stage.evaluate is not None
+    return LoopSettings(rounds=stage.rounds(cfg), fraction=f.fraction, min_clients=f.min_clients,
                         client_timeout_s=f.client_timeout_s, max_failure_fraction=f.max_failure_fraction,
-                        checkpoint_every=f.checkpoint_every, eval_pool=f.eval_pool, eval_every=f.eval_every,
-                        seed=cfg.base_model.seed)
+                        checkpoint_every=f.checkpoint_every, eval_pool=f.eval_pool if evaluates else "",
+                        eval_every=f.eval_every if evaluates else 0, seed=seed,
+                        snapshot_every=stage.snapshot_every(cfg))
 
 
-def make_job(cfg: Config) -> dict:
-    """The Standard-FL job: FedAvg from the off-the-shelf model."""
-    from .worker import client_ids, experiment_json
-
-    exp = experiment_json(cfg)
-    return {"experiment": exp, "algorithm": "fedavg", "base": "off-the-shelf", "seed": cfg.base_model.seed,
-            "hp": dataclasses.asdict(fedavg_hp(cfg)), "num_clients": len(client_ids(exp))}
-
-
-def psg_hp(cfg: Config, seed: int, section: str = "fedp2eft") -> dict:
-    """PSGSettings as a flat dict: the PSG section (``fedp2eft`` or ``fedp2eft_paper``) plus the adapter
-    recipe it shares with personalisation (head mode, fixed A), which fixes the PSG's outputs."""
-    q, p = getattr(cfg, section), cfg.personalise
-    return {"r_init": q.r_init, "lora_alpha": q.lora_alpha, "alpha_s": q.alpha_s, "alpha_p": q.alpha_p,
-            "lambda_lr": q.lambda_lr, "lr": q.lr, "head_lr": q.head_lr, "epochs": q.local_epochs,
-            "batch_size": q.batch_size, "seed": seed, "head": p.head, "lora_a_seed": p.lora_a_seed,
-            "regress_steps": q.regress_steps, "regress_lr": q.regress_lr, "regress_loss": q.regress_loss,
-            "psg_init": q.psg_init}
+def stage_job(cfg: Config, stage: FederatedStage, base: str, seed: int, budget: int | None = None,
+              client_state_dir: str | Path | None = None) -> Job:
+    """The job of ``stage`` on top of ``base`` (a folder or ``off-the-shelf``) for one seed (and budget)."""
+    experiment = experiment_json(cfg)
+    settings = stage.client_settings(cfg, seed, budget)
+    return Job(stage=stage.name, experiment=experiment, base=base, seed=seed,
+               settings=stage.settings_json(settings), num_clients=len(cached_federation(experiment)[1].clients),
+               budget=budget, client_state_dir=str(client_state_dir) if client_state_dir is not None else None)
 
 
-def make_psg_job(cfg: Config, base: str, seed: int, section: str = "fedp2eft") -> dict:
-    """FedP²EFT's job: federated PSG training on top of ``base`` (a folder or off-the-shelf)."""
-    from .worker import client_ids, experiment_json
-
-    exp = experiment_json(cfg)
-    return {"experiment": exp, "algorithm": "psg", "base": base, "seed": seed, "hp": psg_hp(cfg, seed, section),
-            "num_clients": len(client_ids(exp))}
+def job_base(job: Job):
+    """The base model a job's clients start from (the process-wide instance the in-process clients use)."""
+    _, fed, _ = cached_federation(job.experiment)
+    return cached_base(job.experiment, len(fed.label_names), job.seed, job.base)
 
 
-def pretrained_base(cfg: Config, job: dict | None = None):
-    from .worker import base_model, client_ids
-
-    job = job or make_job(cfg)
-    base, _ = base_model(job)
-    return base, len(client_ids(job["experiment"]))
-
-
-def run_job(cfg: Config, job: dict, init: dict, settings: LoopSettings, out_dir: Path, resume: bool,
-            client_app=None, on_round=None, grid=None) -> dict:
+def run_job(cfg: Config, job: Job, init: dict, settings: LoopSettings, out_dir: Path, resume: bool,
+            client_app=None, on_round=None, grid=None, aggregate=None) -> dict:
     """Run any job's rounds on the configured engine (or on ``grid``: the Deployment Engine's,
-    handed in by the ServerApp); returns the final state."""
+    handed in by the ServerApp); returns the final state. ``aggregate``: the stage's server rule
+    (None = FedAvg)."""
     from .client_app import app as default_client_app
 
     client_app = client_app or default_client_app
     engine = cfg.federation.engine
-    kwargs = {"on_round": on_round} if on_round else {}
+    kwargs = {"aggregate": aggregate, **({"on_round": on_round} if on_round else {})}
     if grid is not None:
         return run_rounds(grid, job, init, settings, out_dir, resume=resume, **kwargs)
     if engine == "inprocess":
         from .inprocess import InProcessGrid
 
-        grid = InProcessGrid(client_app, job["num_clients"], client_timeout_s=settings.client_timeout_s)
+        grid = InProcessGrid(client_app, job.num_clients, client_timeout_s=settings.client_timeout_s)
         return run_rounds(grid, job, init, settings, out_dir, resume=resume, **kwargs)
     if engine == "simulation":
-        return _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, job["num_clients"])
+        return _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, job.num_clients, aggregate)
     raise UserError(
         "federation.engine = 'deployment' runs through Flower's SuperLink: start it and the SuperNodes, "
         "then: flwr run . <connection> --run-config 'config=\"CONFIG\" out=\"DIR\"' (see README)"
     )
 
 
-def run_standard_fl(cfg: Config, out_dir: Path, resume: bool = True, client_app=None, on_round=None):
-    """Train the Standard-FL base model; returns the final (merged) classifier."""
-    job = make_job(cfg)
-    base, _ = pretrained_base(cfg, job)
-    state = run_job(cfg, job, initial_state(base, fedavg_hp(cfg)), loop_settings(cfg), out_dir, resume,
-                    client_app, on_round)
-    return final_model(base, state, fedavg_hp(cfg))
+def run_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir: Path, budget: int | None = None,
+              resume: bool = True, client_app=None, on_round=None, grid=None) -> dict:
+    """Train ``stage`` federatedly from ``base`` (checkpoints and ``rounds.jsonl`` in ``out_dir``; clients
+    that keep state keep it in ``out_dir/clients``); returns the final global state."""
+    out_dir = Path(out_dir)
+    job = stage_job(cfg, stage, base, seed, budget, out_dir / "clients" if stage.client_state else None)
+    base_model, _ = job_base(job)
+    init = stage.initial_state(base_model, stage.settings_from_json(job.settings))
+    return run_job(cfg, job, init, loop_settings(cfg, stage, seed), out_dir, resume, client_app, on_round, grid,
+                   stage.aggregate)
 
 
-def run_psg_training(cfg: Config, base: str, seed: int, out_dir: Path, resume: bool = True, client_app=None,
-                     on_round=None, grid=None, section: str = "fedp2eft"):
-    """Federated PSG training (FedP²EFT Alg. 1) with the ``section`` settings; returns the trained PSG."""
-    from ..methods.fedp2eft import new_psg
-
-    job = make_psg_job(cfg, base, seed, section)
-    base_model, _ = pretrained_base(cfg, job)
-    q = getattr(cfg, section)
-    psg = new_psg(base_model, q.r_init, seed, cfg.personalise.head, q.psg_init)
-    settings = dataclasses.replace(loop_settings(cfg), rounds=q.rounds, seed=seed, eval_pool="",
-                                   eval_every=0, snapshot_every=q.snapshot_every)
-    state = run_job(cfg, job, dict(psg.state_dict()), settings, out_dir, resume, client_app, on_round, grid)
-    psg.load_state_dict(state)
-    return psg
+def train_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir: Path, budget: int | None = None,
+                resume: bool = True, client_app=None, on_round=None, grid=None):
+    """``run_stage`` and then the stage's finalized resource (e.g. the trained PSG or base model)."""
+    state = run_stage(cfg, stage, base, seed, out_dir, budget, resume, client_app, on_round, grid)
+    job = stage_job(cfg, stage, base, seed, budget)
+    base_model, _ = job_base(job)
+    return stage.finalize(base_model, state, stage.settings_from_json(job.settings), Path(out_dir))
 
 
-def _section_hp(section) -> dict:
-    """A method's config section as its client settings: every field but the server's ``rounds``."""
-    return {k: v for k, v in dataclasses.asdict(section).items() if k != "rounds"}
+Runner = Callable[..., dict]
 
 
-def fedl2p_hp(cfg: Config, budget: int, seed: int) -> dict:
-    """FedL2PSettings fields: the [fedl2p] section, with the inner fine-tuning taken from [personalise]."""
-    q, p = cfg.fedl2p, cfg.personalise
-    return _section_hp(q) | {"budget": budget, "base_lr": q.base_lr or p.lr, "head_lr": p.head_lr,
-                             "epochs": p.epochs, "batch_size": p.batch_size, "seed": seed, "head": p.head,
-                             "weight_decay": p.weight_decay, "max_grad_norm": p.max_grad_norm,
-                             "lora_a_seed": p.lora_a_seed}
+def stage_runner(cfg: Config, client_app=None, grid=None, resume: bool = True) -> Runner:
+    """``runner(stage, base, seed, budget, folder, on_round) -> state`` for ``stages.load_or_train``: the
+    configured engine, or the Deployment Engine's ``grid``."""
+
+    def run(stage, base, seed, budget, folder, on_round=None):
+        return run_stage(cfg, stage, base, seed, folder, budget, resume=resume, client_app=client_app,
+                         on_round=on_round, grid=grid)
+
+    return run
 
 
-def pf2lora_hp(cfg: Config, budget: int, seed: int) -> dict:
-    """PF2LoRASettings fields: the [pf2lora] section for one budget and seed (and the head mode)."""
-    return _section_hp(cfg.pf2lora) | {"budget": budget, "seed": seed, "head": cfg.personalise.head}
-
-
-def _generator_job(cfg: Config, algorithm: str, base: str, hp: dict, **extra) -> dict:
-    from .worker import client_ids, experiment_json
-
-    exp = experiment_json(cfg)
-    return {"experiment": exp, "algorithm": algorithm, "base": base, "seed": hp["seed"], "hp": hp,
-            "num_clients": len(client_ids(exp)), **extra}
-
-
-def run_fedl2p_training(cfg: Config, base: str, budget: int, seed: int, out_dir: Path, resume: bool = True,
-                        client_app=None, on_round=None, grid=None):
-    """FedL2P's federated meta-training of the learning-rate generator for one budget."""
-    from ..methods.fedl2p import new_lr_generator
-
-    hp = fedl2p_hp(cfg, budget, seed)
-    job = _generator_job(cfg, "fedl2p", base, hp)
-    base_model, _ = pretrained_base(cfg, job)
-    generator = new_lr_generator(base_model, hp["base_lr"], seed, hp["head"])
-    settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.fedl2p.rounds, seed=seed, eval_pool="", eval_every=0)
-    generator.load_state_dict(run_job(cfg, job, dict(generator.state_dict()), settings, out_dir, resume,
-                                      client_app, on_round, grid))
-    return generator
-
-
-def run_pf2lora_training(cfg: Config, base: str, budget: int, seed: int, out_dir: Path, client_state_dir: Path,
-                         resume: bool = True, client_app=None, on_round=None, grid=None) -> dict:
-    """PF2LoRA's federated bilevel training for one budget; returns the shared (A, B, head) state.
-    Each client keeps its level-2 adapter in ``client_state_dir`` (client-local storage)."""
-    from ..methods.pf2lora import PF2LoRASettings, initial_shared_state
-
-    hp = pf2lora_hp(cfg, budget, seed)
-    job = _generator_job(cfg, "pf2lora", base, hp, client_state_dir=str(client_state_dir))
-    base_model, _ = pretrained_base(cfg, job)
-    settings = dataclasses.replace(loop_settings(cfg), rounds=cfg.pf2lora.rounds, seed=seed, eval_pool="", eval_every=0)
-    init = initial_shared_state(base_model, PF2LoRASettings(**hp))
-    return run_job(cfg, job, init, settings, out_dir, resume, client_app, on_round, grid)
-
-
-def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_clients):
+def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_clients, aggregate=None):
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -186,7 +120,7 @@ def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_c
 
     @server.main()
     def main(grid, context) -> None:
-        box["state"] = run_rounds(grid, job, init, settings, out_dir, resume=resume)
+        box["state"] = run_rounds(grid, job, init, settings, out_dir, resume=resume, aggregate=aggregate)
 
     f = cfg.federation
     backend = {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus},
@@ -195,30 +129,3 @@ def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_c
     if "state" not in box:
         raise UserError("the simulation ended without a result; see the log above")
     return box["state"]
-
-
-def state_fingerprint(model) -> str:
-    """SHA-256 (first 16 hex digits) of every parameter and buffer, in name order: two base models with
-    the same settings but different weights (another machine, another library version) differ here."""
-    import hashlib
-
-    import torch
-
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def save_base_model(model, tokenizer, folder: Path, meta: dict) -> None:
-    """Write a base-model folder that ``load_classifier`` reads (backbone, tokenizer, head), atomically."""
-    from ..atomic import atomic_folder, save_tensors
-
-    with atomic_folder(folder) as tmp:
-        model.backbone.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        save_tensors(tmp / "head.safetensors", model.head.state_dict())
-        (tmp / "fedp2eft_classifier.json").write_text(json.dumps(
-            {"num_labels": model.num_labels, "pooling": model.pooling, "fingerprint": state_fingerprint(model),
-             **meta}, indent=1))

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from ..setup.jobs import Job
 
 
 def to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
@@ -16,13 +16,13 @@ def from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return dict(record.to_torch_state_dict())
 
 
-def job_config(payload: dict) -> ConfigRecord:
-    """The job description travels as one JSON string (config records hold only scalars/lists)."""
-    return ConfigRecord({"job": json.dumps(payload)})
+def job_config(job: Job) -> ConfigRecord:
+    """The job travels as one JSON string (config records hold only scalars/lists)."""
+    return ConfigRecord({"job": job.to_json()})
 
 
-def read_job(content: RecordDict) -> dict:
-    return json.loads(content.config_records["config"]["job"])
+def read_job(content: RecordDict) -> Job:
+    return Job.from_json(content.config_records["config"]["job"])
 
 
 def train_reply(state: dict[str, torch.Tensor], num_examples: int, metrics: dict[str, float]) -> RecordDict:

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..atomic import save_tensors
 from ..errors import UserError
+from ..setup.jobs import Job
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .records import from_arrays, job_config, to_arrays
 
@@ -59,7 +60,7 @@ def wait_for_nodes(grid, expected: int, minimum: int, timeout_s: float = 300.0, 
         time.sleep(0.2)
 
 
-def discover(grid, job: dict, expected: int = 1, minimum: int = 1) -> dict[int, tuple[str, str]]:
+def discover(grid, job: Job, expected: int = 1, minimum: int = 1) -> dict[int, tuple[str, str]]:
     """Ask every node which client (and pool) it serves."""
     nodes = wait_for_nodes(grid, expected, minimum)
     content = RecordDict({"config": job_config(job)})
@@ -87,13 +88,17 @@ def sample(nodes: list[int], settings: LoopSettings, round_: int) -> list[int]:
 
 def run_rounds(
     grid,
-    job: dict,
+    job: Job,
     initial_state: dict[str, torch.Tensor],
     settings: LoopSettings,
     out_dir: Path,
     resume: bool = False,
     on_round: Callable[[dict], None] = lambda rec: None,
+    aggregate: Callable[[list[tuple[dict[str, torch.Tensor], int]]], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
+    """Run ``settings.rounds`` rounds of ``job`` from ``initial_state`` (or its checkpoint); returns the
+    final global state. ``aggregate`` (a stage's own server rule, ``[(state, num_examples)] -> state``)
+    replaces Flower's FedAvg; client metrics are then averaged weighted by examples as FedAvg does."""
     ckpt_dir = out_dir / "checkpoint"
     metrics_path = out_dir / "rounds.jsonl"
     state, start = initial_state, 1
@@ -107,7 +112,7 @@ def run_rounds(
             metrics_path.write_text("".join(x + "\n" for x in keep))
     elif metrics_path.exists():
         metrics_path.unlink()
-    node_clients = discover(grid, job, expected=job.get("num_clients", 1), minimum=settings.min_clients)
+    node_clients = discover(grid, job, expected=job.num_clients, minimum=settings.min_clients)
     seen = sorted(n for n, (_, pool) in node_clients.items() if pool == "seen")
     if not seen:
         raise UserError("no seen-pool client among the nodes: nothing can train")
@@ -115,7 +120,7 @@ def run_rounds(
     for round_ in range(start, settings.rounds + 1):
         t0 = time.perf_counter()
         chosen = sample(seen, settings, round_)
-        content = RecordDict({"arrays": to_arrays(state), "config": job_config({**job, "round": round_})})
+        content = RecordDict({"arrays": to_arrays(state), "config": job_config(job.for_round(round_))})
         msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(round_)) for n in chosen]
         replies = list(grid.send_and_receive(msgs, timeout=settings.client_timeout_s))
         ok = [r for r in replies if not r.has_error()]
@@ -128,9 +133,12 @@ def run_rounds(
                 f"round {round_}: {len(failed)} of {len(chosen)} clients failed "
                 f"(max_failure_fraction {settings.max_failure_fraction}): {failed}"
             )
-        with _quiet("flwr"):  # its per-round INFO lines would break the progress display
-            arrays, metrics = strategy.aggregate_train(round_, ok)
-        state = from_arrays(arrays)
+        if aggregate is None:
+            with _quiet("flwr"):  # its per-round INFO lines would break the progress display
+                arrays, metrics = strategy.aggregate_train(round_, ok)
+            state = from_arrays(arrays)
+        else:
+            state, metrics = _custom_aggregate(aggregate, ok)
         record.update({k: float(v) for k, v in (metrics or {}).items()})
         record["clients"] = {node_clients[r.metadata.src_node_id][0]: _client_metrics(r) for r in ok}
         if settings.eval_pool and settings.eval_every and round_ % settings.eval_every == 0:
@@ -141,9 +149,19 @@ def run_rounds(
             save_tensors(out_dir / "snapshots" / f"round{round_:04d}.safetensors", state,
                          metadata={"round": str(round_)})
         if round_ % settings.checkpoint_every == 0 or round_ == settings.rounds:
-            save_checkpoint(ckpt_dir, round_, state, {"job": job})
+            save_checkpoint(ckpt_dir, round_, state, {"job": job.to_dict()})
         on_round(record)
     return state
+
+
+def _custom_aggregate(aggregate, replies) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    pairs = [(from_arrays(r.content.array_records["arrays"]), int(r.content.metric_records["metrics"]["num-examples"]))
+             for r in replies]
+    total = sum(n for _, n in pairs) or 1
+    per_client = [(_client_metrics(r), n) for r, (_, n) in zip(replies, pairs, strict=True)]
+    keys = set.intersection(*(set(m) for m, _ in per_client)) if per_client else set()
+    metrics = {k: sum(m[k] * n for m, n in per_client) / total for k in sorted(keys)}
+    return aggregate(pairs), metrics
 
 
 def _client_metrics(reply) -> dict[str, float]:
@@ -156,13 +174,13 @@ def _client_metrics(reply) -> dict[str, float]:
 
 def evaluate_pool(grid, job, state, node_clients, pool: str, round_: int) -> dict:
     nodes = sorted(n for n, (_, p) in node_clients.items() if p == pool)
-    content = RecordDict({"arrays": to_arrays(state), "config": job_config({**job, "round": round_})})
+    content = RecordDict({"arrays": to_arrays(state), "config": job_config(job.for_round(round_))})
     msgs = [Message(content, dst_node_id=n, message_type="evaluate", group_id=f"eval-{round_}") for n in nodes]
     correct = total = 0
     for r in grid.send_and_receive(msgs, timeout=None):
         if not r.has_error():
             m = r.content.metric_records["metrics"]
-            correct += int(m["correct"])
+            correct += float(m["correct"])
             total += int(m["num-examples"])
     return {"pool": pool, "accuracy": correct / total if total else float("nan"), "n": total}
 

@@ -1,5 +1,9 @@
-"""Personalisation methods: one module per method, the same small interface (see ``base``)."""
+"""Personalisation methods: one module per method, the same small interface (``base``), each
+registered in ``registry`` when its module is imported — the imports below are the registration."""
 
-from .base import METHODS, ClientTask, Method, TrainSettings, get_method
+from . import none, lora, adalora, bt_lora_client, fedl2p, pf2lora, fedp2eft, standard_fl  # noqa: F401, I001
+from .base import ClientTask, Method, PersonaliseConfig, TrainSettings
+from .registry import FederatedStage, MethodSpec, get_method, get_spec, method_names, register_method
 
-__all__ = ["METHODS", "ClientTask", "Method", "TrainSettings", "get_method"]
+__all__ = ["ClientTask", "FederatedStage", "Method", "MethodSpec", "PersonaliseConfig", "TrainSettings",
+           "get_method", "get_spec", "method_names", "register_method"]

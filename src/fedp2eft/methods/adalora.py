@@ -17,9 +17,10 @@ from peft import AdaLoraConfig, get_peft_model
 from torch import nn
 
 from ..errors import UserError
+from ..training import train_model
 from .base import ClientTask, TrainSettings
 from .lora import split_trainable
-from .training import adapted_modules, predict, saved_modules, train_classifier
+from .registry import MethodSpec, register_method
 
 
 def adalora_schedule(num_examples: int, batch_size: int, epochs: int) -> tuple[int, int, int]:
@@ -50,23 +51,30 @@ class AdaLoRAMethod:
         self.lr, self.orth_reg_weight = lr, orth_reg_weight
         self.alpha = alpha  # 0 = 2 · budget (as LoRA); the authors' AdaLoRA leaves peft's default 8
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         if budget is None or budget < 1:
             raise UserError(f"adalora needs a rank budget >= 1, got {budget}")
         total, tinit, tfinal = adalora_schedule(len(task.train), settings.batch_size, settings.epochs)
         cfg = AdaLoraConfig(
             init_r=max(budget + 1, 3 * budget // 2), target_r=budget, tinit=tinit, tfinal=tfinal, deltaT=1,
             orth_reg_weight=self.orth_reg_weight, total_step=total, lora_alpha=self.alpha or 2 * budget,
-            lora_dropout=0.0, target_modules=adapted_modules(base, settings.head), modules_to_save=saved_modules(settings.head),
+            lora_dropout=0.0, target_modules=task.kind.adapted_modules(base, settings.head),
+            modules_to_save=task.kind.saved_modules(settings.head),
         )
         torch.manual_seed(settings.seed)
         model = get_peft_model(copy.deepcopy(base), cfg)
         adapter, head = split_trainable(model)
-        train_classifier(
+        train_model(
             model, settings.param_groups(adapter, head, adapter_lr=self.lr), task.train,
             settings.epochs, settings.batch_size, settings.seed, settings.weight_decay,
             extra_loss=lambda m: self.orth_reg_weight * orthogonal_regulariser(m),
             on_step=lambda step, _loss: model.base_model.update_and_allocate(step - 1),
-            max_grad_norm=settings.max_grad_norm,
+            max_grad_norm=settings.max_grad_norm, loss=task.kind.loss,
         )
-        return predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
+        return task.kind.predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
+
+
+register_method(MethodSpec(
+    "adalora", lambda cfg, resources, seed: AdaLoRAMethod(lr=cfg.personalise.adalora_lr,
+                                                          alpha=cfg.personalise.adalora_alpha),
+    summary="AdaLoRA from 3r/2 to r ranks per module (peft)"))

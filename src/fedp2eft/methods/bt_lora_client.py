@@ -12,6 +12,8 @@ from torch import nn
 
 from .base import ClientTask, TrainSettings
 from .bt_training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
+from .fedp2eft import FedP2EFTConfig
+from .registry import MethodSpec, register_method
 
 
 class BTLoRAClientMethod:
@@ -27,10 +29,16 @@ class BTLoRAClientMethod:
         if key not in self._lambdas:
             self._lambdas.clear()  # one client at a time: memory stays flat
             s = replace(self.bt, seed=seed)  # stage 1 with the [fedp2eft] settings (epochs, batch, rates)
-            self._lambdas[key] = train_lambdas(base, task.train, 1e-4, s)[0]
+            self._lambdas[key] = train_lambdas(base, task.train, 1e-4, s, task.kind)[0]
         return self._lambdas[key]
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         lambdas = self.client_lambdas(base, task, settings.seed)
         s = personalisation_settings(self.bt, settings)
-        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size)
+        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size, task.kind)
+
+
+register_method(MethodSpec(
+    "bt-lora", lambda cfg, resources, seed: BTLoRAClientMethod(cfg.fedp2eft.bt_settings(cfg.personalise, seed)),
+    section="fedp2eft", settings=FedP2EFTConfig, max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.r_init),
+    summary="BT-LoRA's λ learned on the client alone (no PSG), pruned to r"))

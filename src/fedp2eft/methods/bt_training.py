@@ -25,8 +25,9 @@ from torch import nn
 from ..adapters import apply_fixed_a, bt_penalty, select_ranks
 from ..adapters.bt_lora import bt_lora_config, lambdas_by_module, set_lambdas
 from ..adapters.priors import LAMBDA_MAX, LAMBDA_MIN
-from .batches import EncodedData
-from .training import adapted_modules, predict, saved_modules, train_classifier
+from ..tasks import CLASSIFICATION, Task
+from ..training import train_model
+from ..training.batches import EncodedData
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,15 @@ def _split_params(model: nn.Module) -> tuple[list, list, list]:
     return lam, ab, head
 
 
-def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSettings) -> nn.Module:
+def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSettings,
+                 kind: Task = CLASSIFICATION) -> nn.Module:
     """BT-LoRA with r_init ranks on every adapted module: λ from ``init``, B = 0, A fresh (seeded by
     ``s.seed``) or the fixed A of ``s.lora_a_seed`` (the same in every round and on every client)."""
     torch.manual_seed(s.seed)
-    targets = adapted_modules(base, s.head)
+    targets = kind.adapted_modules(base, s.head)
     init_value = init if isinstance(init, float) else 1e-4
     cfg = bt_lora_config(targets, r=s.r_init, lora_alpha=s.lora_alpha, init_lambda=init_value,
-                         modules_to_save=saved_modules(s.head))
+                         modules_to_save=kind.saved_modules(s.head))
     model = get_peft_model(copy.deepcopy(base), cfg)
     if s.lora_a_seed >= 0:
         apply_fixed_a(model, s.lora_a_seed)
@@ -77,21 +79,23 @@ def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSe
 
 
 def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tensor] | float,
-                  s: BTSettings) -> tuple[dict[str, torch.Tensor], list[float]]:
+                  s: BTSettings, kind: Task = CLASSIFICATION) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Stage 1: learn λ (and A, B, a trained head) on one client; returns (λ by module, step losses)."""
-    model = stage1_model(base, init, s)
+    model = stage1_model(base, init, s, kind)
     lam, ab, head = _split_params(model)
     n = len(data)
-    losses = train_classifier(
+    losses = train_model(
         model,
         [{"params": lam, "lr": s.lambda_lr}, {"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
         data, s.epochs, s.batch_size, s.seed, s.weight_decay,
         extra_loss=lambda m: bt_penalty(m, n, s.alpha_s, s.alpha_p), max_grad_norm=s.max_grad_norm,
+        loss=kind.loss,
     )
     return {k: v.clamp(LAMBDA_MIN, LAMBDA_MAX).cpu() for k, v in lambdas_by_module(model).items()}, losses
 
 
-def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int, s: BTSettings) -> nn.Module:
+def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int, s: BTSettings,
+                 kind: Task = CLASSIFICATION) -> nn.Module:
     """BT-LoRA at the budget: the kept λ frozen, B = 0, A fresh or the kept rows of the fixed A,
     only on modules that keep ranks; scaling lora_alpha / r_init everywhere."""
     index = select_ranks(lambdas, budget)
@@ -103,7 +107,7 @@ def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int,
         list(kept), r=r_max, lora_alpha=scaling * r_max,
         rank_pattern={re.escape(n): r for n, r in ranks.items()},
         alpha_pattern={re.escape(n): scaling * r for n, r in ranks.items()},
-        modules_to_save=saved_modules(s.head),
+        modules_to_save=kind.saved_modules(s.head),
     )
     model = get_peft_model(copy.deepcopy(base), cfg)
     if s.lora_a_seed >= 0:
@@ -113,21 +117,21 @@ def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int,
 
 
 def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str, torch.Tensor], budget: int,
-                          s: BTSettings) -> nn.Module:
+                          s: BTSettings, kind: Task = CLASSIFICATION) -> nn.Module:
     """Alg. 2 steps 2-3: prune λ to the budget and fine-tune the resulting LoRA (unmerged peft model)."""
     torch.manual_seed(s.seed)
-    model = pruned_model(base, lambdas, budget, s)
+    model = pruned_model(base, lambdas, budget, s, kind)
     _, ab, head = _split_params(model)
-    train_classifier(model, [{"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
-                     train, s.epochs, s.batch_size, s.seed, s.weight_decay, max_grad_norm=s.max_grad_norm)
+    train_model(model, [{"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
+                train, s.epochs, s.batch_size, s.seed, s.weight_decay, max_grad_norm=s.max_grad_norm, loss=kind.loss)
     return model
 
 
 def finetune_pruned(base: nn.Module, train: EncodedData, test: EncodedData, lambdas: dict[str, torch.Tensor],
-                    budget: int, s: BTSettings, eval_batch_size: int = 64) -> list[int]:
+                    budget: int, s: BTSettings, eval_batch_size: int = 64, kind: Task = CLASSIFICATION) -> list:
     """Fine-tune at the budget, merge, and predict the test split."""
-    model = finetune_pruned_model(base, train, lambdas, budget, s)
-    return predict(model.merge_and_unload(), test, eval_batch_size)
+    model = finetune_pruned_model(base, train, lambdas, budget, s, kind)
+    return kind.predict(model.merge_and_unload(), test, eval_batch_size)
 
 
 def personalisation_settings(bt: BTSettings, ts) -> BTSettings:

@@ -23,19 +23,54 @@ with those rates (the head at ``head_lr``), merge, predict. One federated traini
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from ..errors import UserError
+from ..errors import UserError, require
 from ..psg import LRGenerator, feature_modules, meta_features
-from .base import ClientTask, TrainSettings
-from .batches import EncodedData
+from ..tasks import CLASSIFICATION, Task
+from ..training import device_of, model_inputs, to_device, train_model
+from ..training.batches import EncodedData
+from .base import ClientTask, PersonaliseConfig, TrainSettings
 from .fedl2p_hypergrad import lr_hypergradient
 from .lora import lora_model, split_trainable
-from .training import device_of, model_inputs, predict, to_device, train_classifier
+from .registry import FederatedStage, MethodSpec, register_method
+
+
+@dataclass
+class FedL2PConfig:
+    """``[fedl2p]``: FedL2P's federated learning-rate generator (one training per budget; the authors'
+    meta settings). Its inner fine-tuning uses ``[personalise]`` epochs, batch size and head rate: it
+    learns the rates of exactly the fine-tuning it is evaluated with."""
+
+    rounds: int = 150
+    base_lr: float = 0.0  # initial per-matrix base rate; 0 = personalise.lr
+    outer_steps: int = 3  # hypergradient steps per client round
+    batch_pairs: int = 16  # (train, val) batch pairs per hypergradient
+    neumann_terms: int = 3
+    neumann_lr: float = 0.1
+    net_lr: float = 1e-4  # the generator MLP's Adam rate
+    base_lr_lr: float = 1e-6  # the base rates' Adam rate
+    val_fraction: float = 0.2  # of each client's train split held out for the hypergradient
+
+    def __post_init__(self) -> None:
+        for k in ("rounds", "outer_steps", "batch_pairs", "neumann_terms"):
+            require(getattr(self, k) >= 1, k, "must be >= 1")
+        for k in ("neumann_lr", "net_lr", "base_lr_lr"):
+            require(getattr(self, k) > 0, k, "must be > 0")
+        require(self.base_lr >= 0, "base_lr", "must be >= 0 (0 = personalise.lr)")
+        require(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)")
+
+    def client_settings(self, p: PersonaliseConfig, budget: int, seed: int) -> FedL2PSettings:
+        return FedL2PSettings(
+            budget=budget, base_lr=self.base_lr or p.lr, head_lr=p.head_lr, epochs=p.epochs, batch_size=p.batch_size,
+            outer_steps=self.outer_steps, batch_pairs=self.batch_pairs, neumann_terms=self.neumann_terms,
+            neumann_lr=self.neumann_lr, net_lr=self.net_lr, base_lr_lr=self.base_lr_lr,
+            val_fraction=self.val_fraction, seed=seed, head=p.head, weight_decay=p.weight_decay,
+            max_grad_norm=p.max_grad_norm, lora_a_seed=p.lora_a_seed)
 
 
 @dataclass(frozen=True)
@@ -81,16 +116,16 @@ def lora_matrices(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
 
 
 def finetune_with_rates(base: nn.Module, data: EncodedData, rates: torch.Tensor, budget: int,
-                        ts: TrainSettings) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
+                        ts: TrainSettings, kind: Task = CLASSIFICATION) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
     """A fresh rank-``budget`` LoRA trained with one AdamW rate per matrix; returns (model, matrices, init)."""
     torch.manual_seed(ts.seed)
-    model = lora_model(base, budget, ts)
+    model = lora_model(base, budget, ts, kind)
     matrices = lora_matrices(model, feature_modules(base, ts.head))
     init = [p.detach().clone() for p in matrices]
     _, head = split_trainable(model)
     groups = [{"params": [p], "lr": float(r)} for p, r in zip(matrices, rates.detach().tolist(), strict=True)]
-    train_classifier(model, [*groups, {"params": head, "lr": ts.head_lr}], data, ts.epochs, ts.batch_size, ts.seed,
-                     ts.weight_decay, max_grad_norm=ts.max_grad_norm)
+    train_model(model, [*groups, {"params": head, "lr": ts.head_lr}], data, ts.epochs, ts.batch_size, ts.seed,
+                ts.weight_decay, max_grad_norm=ts.max_grad_norm, loss=kind.loss)
     return model, matrices, init
 
 
@@ -101,7 +136,8 @@ def _use_eager_attention(model: nn.Module) -> None:
 
 
 def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: list[torch.Tensor], rates: torch.Tensor,
-                       train: EncodedData, val: EncodedData, s: FedL2PSettings, seed: int) -> tuple[torch.Tensor, float]:
+                       train: EncodedData, val: EncodedData, s: FedL2PSettings, seed: int,
+                       kind: Task = CLASSIFICATION) -> tuple[torch.Tensor, float]:
     """dL_V/dη averaged over up to ``batch_pairs`` (train batch, val batch) pairs; also the mean val loss."""
     _use_eager_attention(model)
     model.eval()
@@ -113,7 +149,7 @@ def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: lis
 
     def loss_on(batch):
         batch = to_device(batch, device)
-        return lambda _params: F.cross_entropy(model(**model_inputs(batch)), batch["labels"])
+        return lambda _params: kind.loss(model(**model_inputs(batch)), batch)
 
     rates = rates.detach()
     alpha = s.neumann_lr * float(rates.min().clamp_min(1e-12))
@@ -146,8 +182,8 @@ def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
     val_losses = []
     for step in range(s.outer_steps):
         rates = generator(feats)
-        model, matrices, init = finetune_with_rates(base, train, rates, s.budget, s.inner(s.seed + step))
-        hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, s.seed + step)
+        model, matrices, init = finetune_with_rates(base, train, rates, s.budget, s.inner(s.seed + step), task.kind)
+        hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, s.seed + step, task.kind)
         if not torch.isfinite(hyper).all():
             raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
         net_opt.zero_grad(set_to_none=True)
@@ -173,10 +209,33 @@ class FedL2PMethod:
     def __init__(self, generators: dict[int, LRGenerator] | None = None):
         self.generators = generators or {}
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         if budget not in self.generators:
             raise UserError(f"fedl2p has no trained learning-rate generator for budget {budget}")
         with torch.no_grad():
             rates = self.generators[budget](meta_features(base, task.train, head=settings.head))
-        model, _, _ = finetune_with_rates(base, task.train, rates, budget, settings)
-        return predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
+        model, _, _ = finetune_with_rates(base, task.train, rates, budget, settings, task.kind)
+        return task.kind.predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
+
+
+def _initial_generator(base: nn.Module, s: FedL2PSettings) -> dict[str, torch.Tensor]:
+    return dict(new_lr_generator(base, s.base_lr, s.seed, s.head).state_dict())
+
+
+def _trained_generator(base: nn.Module, state, s: FedL2PSettings, folder: Path) -> LRGenerator:
+    generator = new_lr_generator(base, s.base_lr, s.seed, s.head)
+    generator.load_state_dict(state)
+    return generator
+
+
+FEDL2P_STAGE = FederatedStage(
+    name="fedl2p", section="fedl2p", per_budget=True, artifact="generator.safetensors",
+    client_settings=lambda cfg, seed, budget: cfg.fedl2p.client_settings(cfg.personalise, budget, seed),
+    settings_type=FedL2PSettings, initial_state=_initial_generator,
+    client_update=lambda base, state, task, s, ctx: fedl2p_client_update(base, state, task, replace(s, seed=ctx.seed)),
+    finalize=_trained_generator,
+)
+
+register_method(MethodSpec(
+    "fedl2p", lambda cfg, resources, seed: FedL2PMethod(resources), section="fedl2p", settings=FedL2PConfig,
+    stage=FEDL2P_STAGE, recorded=True, summary="LoRA with per-matrix rates from FedL2P's federated generator"))

@@ -15,15 +15,20 @@ One trained PSG serves every budget r with r·L ≤ L·r_init.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..psg import PSG, feature_modules, meta_features
+from ..errors import require
+from ..psg import PSG, client_lambdas, feature_modules, meta_features
 from ..psg.module_types import lambda_statistics
-from .base import ClientTask, TrainSettings
+from ..psg.report import write_lambda_report, write_lambda_trajectory
+from .base import ClientTask, PersonaliseConfig, TrainSettings
 from .bt_training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
+from .registry import FederatedStage, MethodSpec, StageContext, register_method
+from .tuned import tuned_spec
 
 REGRESS_LOSSES = ("sum", "mean")
 
@@ -35,6 +40,50 @@ class PSGSettings:
     regress_lr: float = 1e-4
     regress_loss: str = "sum"  # authors: sum(|λ̂ − λ|) over every output
     psg_init: float = 1e-4  # the PSG's first λ̂ (the authors': BT-LoRA's initial 1e-4)
+
+
+@dataclass
+class FedP2EFTConfig:
+    """``[fedp2eft]`` (and ``[fedp2eft_paper]``, method ``fedp2eft-paper``): federated PSG training
+    (Alg. 1) and BT-LoRA's stage 1 (eq. 1); defaults are the authors'."""
+
+    rounds: int = 150  # PSG federated rounds
+    r_init: int = 32  # ranks per module in stage 1; one PSG serves every budget <= r_init
+    lora_alpha: int = 64  # BT-LoRA scaling alpha / r_init (kept for pruned modules)
+    alpha_s: float = 100.0  # significance prior weight (eq. 4)
+    alpha_p: float = 0.01  # λ prior weight (eq. 5)
+    lambda_lr: float = 0.01  # λ's AdamW rate in stage 1
+    lr: float = 1e-4  # A, B during stage 1
+    head_lr: float = 1e-4
+    local_epochs: int = 2
+    batch_size: int = 32
+    regress_steps: int = 10  # stage 2: Adam steps of the PSG onto the trained λ
+    regress_lr: float = 1e-4
+    regress_loss: str = "sum"  # stage-2 L1 over the PSG outputs: "sum" (authors) or "mean"
+    psg_init: float = 1e-4  # the untrained PSG's λ̂ (authors: 1e-4, BT-LoRA's initial λ)
+    snapshot_every: int = 0  # > 0: keep the PSG of every k-th round in psg/seed<S>/snapshots/
+
+    def __post_init__(self) -> None:
+        for k in ("rounds", "r_init", "lora_alpha", "local_epochs", "batch_size", "regress_steps"):
+            require(getattr(self, k) >= 1, k, "must be >= 1")
+        for k in ("lambda_lr", "lr", "head_lr", "regress_lr"):
+            require(getattr(self, k) > 0, k, "must be > 0")
+        for k in ("alpha_s", "alpha_p"):
+            require(getattr(self, k) >= 0, k, "must be >= 0")
+        require(self.regress_loss in REGRESS_LOSSES, "regress_loss", f"must be one of {list(REGRESS_LOSSES)}")
+        require(1e-4 <= self.psg_init <= 1000, "psg_init", "must be in [1e-4, 1000] (λ's range)")
+        require(self.snapshot_every >= 0, "snapshot_every", "must be >= 0 (0 = none)")
+
+    def bt_settings(self, personalise: PersonaliseConfig, seed: int) -> BTSettings:
+        """Stage 1's settings; the adapter recipe (head mode, fixed A) comes from ``[personalise]``."""
+        return BTSettings(r_init=self.r_init, lora_alpha=self.lora_alpha, alpha_s=self.alpha_s, alpha_p=self.alpha_p,
+                          lambda_lr=self.lambda_lr, lr=self.lr, head_lr=self.head_lr, epochs=self.local_epochs,
+                          batch_size=self.batch_size, seed=seed, head=personalise.head,
+                          lora_a_seed=personalise.lora_a_seed)
+
+    def psg_settings(self, personalise: PersonaliseConfig, seed: int) -> PSGSettings:
+        return PSGSettings(bt=self.bt_settings(personalise, seed), regress_steps=self.regress_steps,
+                           regress_lr=self.regress_lr, regress_loss=self.regress_loss, psg_init=self.psg_init)
 
 
 def new_psg(base: nn.Module, r_init: int, seed: int = 0, head: str = "train", psg_init: float = 1e-4) -> PSG:
@@ -51,7 +100,7 @@ def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task:
     psg = new_psg(base, s.bt.r_init, head=head, psg_init=s.psg_init)
     psg.load_state_dict(psg_state)
     lam_hat = psg.lambdas(feats, names)
-    trained, losses = train_lambdas(base, task.train, lam_hat, s.bt)
+    trained, losses = train_lambdas(base, task.train, lam_hat, s.bt, task.kind)
     target = torch.stack([trained[n] for n in names]).float()
     l1 = regress_psg(psg, feats, target, s.regress_steps, s.regress_lr, s.regress_loss)
     metrics = {"train_loss": sum(losses) / max(len(losses), 1), "l1": l1,
@@ -73,10 +122,6 @@ def regress_psg(psg: PSG, feats: torch.Tensor, target: torch.Tensor, steps: int,
         l1.backward()
         opt.step()
     return float(diff.detach().mean())
-
-
-def client_lambdas(base: nn.Module, psg: PSG, task: ClientTask, head: str = "train") -> dict[str, torch.Tensor]:
-    return psg.lambdas(meta_features(base, task.train, head=head), feature_modules(base, head))
 
 
 def rescale_to_mean_one(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, torch.Tensor]:
@@ -106,11 +151,67 @@ class FedP2EFTMethod:
         if mean_one:
             self.name = "fedp2eft-mean1"
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         if self.psg is None:
             raise ValueError("fedp2eft needs a trained PSG")
         lambdas = client_lambdas(base, self.psg, task, settings.head)
         if self.mean_one:
             lambdas = rescale_to_mean_one(lambdas, budget)
         s = personalisation_settings(self.bt, settings)
-        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size)
+        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size, task.kind)
+
+
+def _new_psg_state(base: nn.Module, s: PSGSettings) -> dict[str, torch.Tensor]:
+    return dict(new_psg(base, s.bt.r_init, s.bt.seed, s.bt.head, s.psg_init).state_dict())
+
+
+def _psg_update(base: nn.Module, state, task: ClientTask, s: PSGSettings, ctx: StageContext):
+    return psg_client_update(base, state, task, replace(s, bt=replace(s.bt, seed=ctx.seed)))
+
+
+def _trained_psg(base: nn.Module, state, s: PSGSettings, folder: Path) -> PSG:
+    psg = new_psg(base, s.bt.r_init, s.bt.seed, s.bt.head, s.psg_init)
+    psg.load_state_dict(state)
+    return psg
+
+
+def psg_stage(name: str, section: str) -> FederatedStage:
+    """The PSG's federated training (Alg. 1) with the settings of config section ``section``."""
+    return FederatedStage(
+        name=name, section=section, per_budget=False, artifact="psg.safetensors",
+        client_settings=lambda cfg, seed, budget: getattr(cfg, section).psg_settings(cfg.personalise, seed),
+        settings_type=PSGSettings, initial_state=_new_psg_state, client_update=_psg_update, finalize=_trained_psg,
+        after=write_lambda_trajectory, report=lambda base, psg, tasks, folder, cfg: write_lambda_report(
+            base, psg, tasks, folder, cfg.personalise.head),
+    )
+
+
+PSG_STAGE = psg_stage("psg", "fedp2eft")
+PSG_PAPER_STAGE = psg_stage("psg-paper", "fedp2eft_paper")
+
+
+def _budget_limit(section: str):
+    return lambda cfg: (f"{section}.r_init", getattr(cfg, section).r_init)
+
+
+def _fedp2eft(section: str, mean_one: bool = False, name: str = "fedp2eft"):
+    def build(cfg, resources: dict, seed: int) -> FedP2EFTMethod:
+        method = FedP2EFTMethod(resources.get(None), getattr(cfg, section).bt_settings(cfg.personalise, seed),
+                                mean_one=mean_one)
+        method.name = name
+        return method
+    return build
+
+
+FEDP2EFT = register_method(MethodSpec(
+    "fedp2eft", _fedp2eft("fedp2eft"), section="fedp2eft", settings=FedP2EFTConfig, stage=PSG_STAGE,
+    max_budget=_budget_limit("fedp2eft"), summary="FedP²EFT: per-client rank structure from the federated PSG"))
+register_method(tuned_spec(FEDP2EFT))
+register_method(MethodSpec(
+    "fedp2eft-mean1", _fedp2eft("fedp2eft", mean_one=True, name="fedp2eft-mean1"), section="fedp2eft",
+    settings=FedP2EFTConfig, stage=PSG_STAGE, max_budget=_budget_limit("fedp2eft"),
+    summary="diagnostic: FedP²EFT with the kept λ rescaled to mean 1"))
+register_method(MethodSpec(
+    "fedp2eft-paper", _fedp2eft("fedp2eft_paper", name="fedp2eft-paper"), section="fedp2eft_paper",
+    settings=FedP2EFTConfig, stage=PSG_PAPER_STAGE, recorded=True, max_budget=_budget_limit("fedp2eft_paper"),
+    summary="FedP²EFT with a second PSG trained with [fedp2eft_paper] (the authors' recipe)"))

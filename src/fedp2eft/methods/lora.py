@@ -16,24 +16,28 @@ from torch import nn
 
 from ..adapters import apply_fixed_a
 from ..errors import UserError
+from ..tasks import CLASSIFICATION, Task
+from ..training import train_model
 from .base import ClientTask, TrainSettings
-from .training import adapted_modules, predict, saved_modules, train_classifier
+from .registry import MethodSpec, register_method
+from .tuned import tuned_spec
 
 
-def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "train") -> LoraConfig:
+def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "train",
+                kind: Task = CLASSIFICATION) -> LoraConfig:
     return LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
         lora_dropout=dropout,
-        target_modules=adapted_modules(model, head),
-        modules_to_save=saved_modules(head),
+        target_modules=kind.adapted_modules(model, head),
+        modules_to_save=kind.saved_modules(head),
         bias="none",
     )
 
 
-def lora_model(base: nn.Module, rank: int, settings: TrainSettings) -> nn.Module:
+def lora_model(base: nn.Module, rank: int, settings: TrainSettings, kind: Task = CLASSIFICATION) -> nn.Module:
     """A fresh copy of ``base`` with LoRA of ``rank`` (fixed A when ``settings.lora_a_seed >= 0``)."""
-    model = get_peft_model(copy.deepcopy(base), lora_config(base, rank, head=settings.head))
+    model = get_peft_model(copy.deepcopy(base), lora_config(base, rank, head=settings.head, kind=kind))
     if settings.lora_a_seed >= 0:
         apply_fixed_a(model, settings.lora_a_seed)
     return model
@@ -48,10 +52,10 @@ def split_trainable(model: nn.Module) -> tuple[list, list]:
 
 def finetune_lora(base: nn.Module, task: ClientTask, rank: int, settings: TrainSettings) -> nn.Module:
     """LoRA fine-tuning of one client; returns the merged model."""
-    model = lora_model(base, rank, settings)
+    model = lora_model(base, rank, settings, task.kind)
     adapter, head = split_trainable(model)
-    train_classifier(model, settings.param_groups(adapter, head), task.train, settings.epochs, settings.batch_size,
-                     settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm)
+    train_model(model, settings.param_groups(adapter, head), task.train, settings.epochs, settings.batch_size,
+                settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm, loss=task.kind.loss)
     return model.merge_and_unload()
 
 
@@ -59,7 +63,12 @@ class LoRAMethod:
     name = "lora"
     uses_budget = True
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         if budget is None or budget < 1:
             raise UserError(f"lora needs a rank budget >= 1, got {budget}")
-        return predict(finetune_lora(base, task, budget, settings), task.test, settings.eval_batch_size)
+        return task.kind.predict(finetune_lora(base, task, budget, settings), task.test, settings.eval_batch_size)
+
+
+LORA = register_method(MethodSpec("lora", lambda cfg, resources, seed: LoRAMethod(),
+                                  summary="LoRA of rank r on every adapted module"))
+register_method(tuned_spec(LORA))

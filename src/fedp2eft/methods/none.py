@@ -16,9 +16,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..training import device_of, model_inputs, to_device
+from ..training.batches import EncodedData
 from .base import ClientTask, TrainSettings
-from .batches import EncodedData
-from .training import device_of, model_inputs, predict, to_device
+from .registry import MethodSpec, register_method
 
 
 @torch.no_grad()
@@ -51,11 +52,15 @@ class NoneMethod:
     name = "none"
     uses_budget = False
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         if not settings.none_trains_head:
-            return predict(base, task.test, settings.eval_batch_size)
+            return task.kind.predict(base, task.test, settings.eval_batch_size)
         head = copy.deepcopy(base.head)
         train_head(head, pooled_features(base, task.train, settings.eval_batch_size), task.train.labels, settings)
         with torch.no_grad():
             logits = head(pooled_features(base, task.test, settings.eval_batch_size))
         return logits.argmax(-1).tolist()
+
+
+register_method(MethodSpec("none", lambda cfg, resources, seed: NoneMethod(), uses_budget=False,
+                           summary="the base model (a linear probe of its head with none_trains_head)"))

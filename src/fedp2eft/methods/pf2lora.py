@@ -27,15 +27,42 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from torch import nn
-from torch.nn import functional as F
 
 from ..adapters.two_level import TwoLevelLinear, attach_two_level, level_state, load_level_state, merge_two_level
 from ..atomic import save_tensors
-from ..errors import UserError
-from .base import ClientTask, TrainSettings
-from .batches import EncodedData
+from ..errors import UserError, require
+from ..training import adapted_modules, device_of, model_inputs, to_device, train_model
+from ..training.batches import EncodedData
+from .base import ClientTask, PersonaliseConfig, TrainSettings
 from .pf2lora_bilevel import bilevel_local_steps
-from .training import adapted_modules, device_of, model_inputs, predict, to_device, train_classifier
+from .registry import FederatedStage, MethodSpec, register_method
+
+
+@dataclass
+class PF2LoRAConfig:
+    """``[pf2lora]``: PF2LoRA's federated bilevel training (one training per budget; level-1 rank = the
+    budget)."""
+
+    rounds: int = 150
+    local_rank: int = 0  # level-2 rank r̃; 0 = ceil(budget / 4) (authors: r = 8, r̃ = 2)
+    lr: float = 1e-4  # level 1 (A, B), AdamW
+    head_lr: float = 1e-4
+    lower_lr: float = 1e-2  # level 2 (C_k, D_k), SGD
+    steps: int = 10  # upper steps per round
+    inner_steps: int = 1  # lower steps before each upper step
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for k in ("rounds", "steps", "inner_steps", "batch_size"):
+            require(getattr(self, k) >= 1, k, "must be >= 1")
+        require(self.local_rank >= 0, "local_rank", "must be >= 0 (0 = ceil(budget / 4))")
+        for k in ("lr", "head_lr", "lower_lr"):
+            require(getattr(self, k) > 0, k, "must be > 0")
+
+    def client_settings(self, p: PersonaliseConfig, budget: int, seed: int) -> PF2LoRASettings:
+        return PF2LoRASettings(budget=budget, local_rank=self.local_rank, lr=self.lr, head_lr=self.head_lr,
+                               lower_lr=self.lower_lr, steps=self.steps, inner_steps=self.inner_steps,
+                               batch_size=self.batch_size, seed=seed, head=p.head)
 
 
 @dataclass(frozen=True)
@@ -127,7 +154,7 @@ def pf2lora_client_update(base: nn.Module, state: dict[str, torch.Tensor], task:
     upper = torch.optim.AdamW([{"params": shared, "lr": s.lr}, {"params": head, "lr": s.head_lr}], weight_decay=0.0)
 
     def loss_fn(batch):
-        return F.cross_entropy(model(**model_inputs(batch)), batch["labels"])
+        return task.kind.loss(model(**model_inputs(batch)), batch)
 
     model.train()
     losses = bilevel_local_steps(shared + head, local, loss_fn, _cycle(task.train, s.batch_size, s.seed, device_of(model)),
@@ -149,7 +176,7 @@ class PF2LoRAMethod:
         self.trained = trained or {}
         self.settings = settings or PF2LoRASettings()
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         if budget not in self.trained:
             raise UserError(f"pf2lora has no trained shared adapter for budget {budget}")
         state, local_dir = self.trained[budget]
@@ -162,7 +189,29 @@ class PF2LoRAMethod:
         local = [p for layer in layers.values() for p in layer.local_parameters()]
         for p in (p for layer in layers.values() for p in layer.shared_parameters()):
             p.requires_grad_(False)
-        train_classifier(model, settings.param_groups(local, head_parameters(model)), task.train, settings.epochs,
-                         settings.batch_size, settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm)
+        train_model(model, settings.param_groups(local, head_parameters(model)), task.train, settings.epochs,
+                    settings.batch_size, settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm,
+                    loss=task.kind.loss)
         merge_two_level(layers)
-        return predict(model, task.test, settings.eval_batch_size)
+        return task.kind.predict(model, task.test, settings.eval_batch_size)
+
+
+def _trained_pf2lora(base: nn.Module, state, s: PF2LoRASettings, folder: Path):
+    return state, str(Path(folder) / "clients")
+
+
+PF2LORA_STAGE = FederatedStage(
+    name="pf2lora", section="pf2lora", per_budget=True, artifact="shared.safetensors", client_state=True,
+    client_settings=lambda cfg, seed, budget: cfg.pf2lora.client_settings(cfg.personalise, budget, seed),
+    settings_type=PF2LoRASettings, initial_state=initial_shared_state,
+    client_update=lambda base, state, task, s, ctx: pf2lora_client_update(base, state, task, replace(s, seed=ctx.seed),
+                                                                          ctx.client_state_dir),
+    finalize=_trained_pf2lora,
+)
+
+register_method(MethodSpec(
+    "pf2lora",
+    lambda cfg, resources, seed: PF2LoRAMethod(resources, PF2LoRASettings(local_rank=cfg.pf2lora.local_rank, seed=seed,
+                                                                          head=cfg.personalise.head)),
+    section="pf2lora", settings=PF2LoRAConfig, stage=PF2LORA_STAGE, recorded=True,
+    summary="PF2LoRA: a federated level-1 LoRA plus each client's own level 2"))

@@ -15,14 +15,17 @@ keys, so the server never sees a torch module.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
+from ..errors import require
+from ..tasks import CLASSIFICATION, Task
+from ..training import train_model
 from .base import ClientTask
-from .training import linear_module_names, predict, train_classifier
+from .registry import FederatedStage, StageContext, register_section, register_stage
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,42 @@ class FedAvgHP:
     seed: int = 0
 
 
-def build_trainable(base: nn.Module, hp: FedAvgHP) -> nn.Module:
+@dataclass
+class BaseModelConfig:
+    """``[base_model]``: how the base model that personalisation starts from is obtained."""
+
+    kind: str = "off-the-shelf"  # "off-the-shelf" | "standard-fl" | a folder written by a previous run
+    mode: str = "full"  # standard-fl: "full" (FedAvg of full fine-tuning) | "lora" (FedAvg of LoRA, merged)
+    rounds: int = 100
+    local_epochs: int = 2
+    batch_size: int = 32
+    lr: float = 5e-5
+    freeze_embeddings: bool = False  # full mode: embedding tables stay frozen and are never sent
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    seed: int = 0  # the base model is one artefact shared by every experiment seed
+
+    def __post_init__(self) -> None:
+        require(bool(self.kind), "kind", "must not be empty")
+        require(self.mode in ("full", "lora"), "mode", "must be 'full' or 'lora'")
+        for k in ("rounds", "local_epochs", "batch_size", "lora_rank", "lora_alpha"):
+            require(getattr(self, k) >= 1, k, "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
+        require(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+
+    def fedavg_hp(self) -> FedAvgHP:
+        return FedAvgHP(mode=self.mode, epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
+                        freeze_embeddings=self.freeze_embeddings, lora_rank=self.lora_rank,
+                        lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, seed=self.seed)
+
+
+def build_trainable(base: nn.Module, hp: FedAvgHP, kind: Task = CLASSIFICATION) -> nn.Module:
     """A fresh copy of ``base`` with exactly the federated parameters trainable."""
     model = copy.deepcopy(base)
     if hp.mode == "lora":
         cfg = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-                         target_modules=linear_module_names(base), modules_to_save=["head"])
+                         target_modules=kind.adapted_modules(base, "train"), modules_to_save=kind.saved_modules("train"))
         return get_peft_model(model, cfg)
     for name, p in model.named_parameters():
         p.requires_grad_(not (hp.freeze_embeddings and ".embeddings." in f".{name}"))
@@ -72,20 +105,21 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 def client_update(base: nn.Module, global_state: dict[str, torch.Tensor], task: ClientTask, hp: FedAvgHP):
     torch.manual_seed(hp.seed)  # dropout: the update depends only on (state, data, seed), not on history
-    model = build_trainable(base, hp)
+    model = build_trainable(base, hp, task.kind)
     load_state(model, global_state)
     params = [p for p in model.parameters() if p.requires_grad]
-    losses = train_classifier(model, [{"params": params, "lr": hp.lr}], task.train, hp.epochs, hp.batch_size, hp.seed)
+    losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.epochs, hp.batch_size, hp.seed,
+                         loss=task.kind.loss)
     metrics = {"train_loss": sum(losses) / max(len(losses), 1)}
     return federated_state(model), len(task.train), metrics
 
 
 def evaluate_state(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, hp: FedAvgHP) -> tuple[int, int]:
     """``(correct, n)`` of the global model on the client's test split."""
-    model = build_trainable(base, hp)
+    model = build_trainable(base, hp, task.kind)
     load_state(model, state)
-    preds = predict(model, task.test)
-    return sum(int(p == y) for p, y in zip(preds, task.test.labels)), len(preds)
+    scores = task.kind.score(task.kind.predict(model, task.test), task.test)
+    return sum(scores), len(scores)
 
 
 def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: FedAvgHP) -> nn.Module:
@@ -97,3 +131,19 @@ def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: FedAvgHP) -
     for p in model.parameters():
         p.requires_grad_(True)
     return model.eval()
+
+
+def _update(base: nn.Module, state, task: ClientTask, hp: FedAvgHP, ctx: StageContext):
+    return client_update(base, state, task, replace(hp, seed=ctx.seed))
+
+
+STANDARD_FL_STAGE = register_stage(FederatedStage(
+    name="base_model", section="base_model", per_budget=False,
+    client_settings=lambda cfg, seed, budget: cfg.base_model.fedavg_hp(),
+    settings_type=FedAvgHP, initial_state=initial_state, client_update=_update,
+    finalize=lambda base, state, hp, folder: final_model(base, state, hp), evaluate=evaluate_state,
+))
+"""Standard FL's federated training of the base model (FedAvg from the off-the-shelf model): the stage
+of base source ``standard-fl``. Its seed is ``base_model.seed``, not the experiment's."""
+
+register_section("base_model", BaseModelConfig)

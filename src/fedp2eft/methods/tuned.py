@@ -19,7 +19,8 @@ from torch import nn
 
 from ..errors import UserError
 from ..evaluation import LanguageTally, mean_over_languages
-from .base import ClientTask, TrainSettings
+from .base import ClientTask, TrainSettings, client_base
+from .registry import MethodSpec
 
 
 @dataclass
@@ -49,7 +50,7 @@ class TunedMethod:
                 s = replace(client_settings(i), lr=lr)
                 fit, val = task.train.split(self.fraction, s.seed)
                 held = ClientTask(task.client_id, task.language, fit, val)
-                tally.add(task.language, self.inner.personalise(base, held, budget, s), val.labels)
+                tally.add(task.language, self.inner.personalise(client_base(base, task.client_id), held, budget, s), val.labels)
             scores[lr] = mean_over_languages(tally.per_language())
         scores = {lr: v for lr, v in scores.items() if not math.isnan(v)}
         if not scores:
@@ -63,3 +64,15 @@ class TunedMethod:
         if self.chosen is None:
             raise UserError(f"{self.name}: its rate is chosen per pool first (prepare)")
         return self.inner.personalise(base, task, budget, replace(settings, lr=self.chosen))
+
+
+def tuned_spec(inner: MethodSpec) -> MethodSpec:
+    """``<inner>-tuned``: ``inner`` with its rate chosen per pool (``personalise.tune_lrs``)."""
+
+    def build(cfg, resources: dict, seed: int) -> TunedMethod:
+        p = cfg.personalise
+        return TunedMethod(inner.build(cfg, resources, seed), lrs=tuple(p.tune_lrs), fraction=p.tune_fraction)
+
+    return MethodSpec(f"{inner.name}-tuned", build, uses_budget=True, section=inner.section, settings=inner.settings,
+                      stage=inner.stage, recorded=inner.recorded, max_budget=inner.max_budget,
+                      summary=f"{inner.name} with its rate chosen per pool on held-out train rows")

@@ -13,12 +13,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..methods.batches import EncodedData
-from ..methods.training import adapted_modules, device_of, model_inputs, to_device
+from ..training import adapted_modules, device_of, model_inputs, to_device
+from ..training.batches import EncodedData
 
 
 def feature_modules(model: nn.Module, head: str = "train") -> list[str]:
-    """The adapted modules (``methods.training.adapted_modules``), in a fixed order: their inputs
+    """The adapted modules (``training.adapted_modules``), in a fixed order: their inputs
     are the features (with ``head = "adapter"`` the head's input, the pooled representation, too)."""
     return adapted_modules(model, head)
 
@@ -81,3 +81,8 @@ def meta_features(model: nn.Module, data: EncodedData, batch_size: int = 64, hea
     for n in names:
         feats.extend(stats[n].result())
     return torch.tensor(feats, dtype=torch.float32)
+
+
+def client_lambdas(base: nn.Module, psg, task, head: str = "train") -> dict[str, torch.Tensor]:
+    """A client's λ by module: the PSG applied to the meta-features of its train split (Alg. 2 step 1)."""
+    return psg.lambdas(meta_features(base, task.train, head=head), feature_modules(base, head))

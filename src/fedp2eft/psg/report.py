@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .atomic import atomic_path, save_tensors, write_json
-from .methods.base import ClientTask
-from .methods.fedp2eft import client_lambdas
-from .psg import feature_modules
+from ..atomic import atomic_path, save_tensors, write_json
+from .features import client_lambdas, feature_modules
 
 
 def language_distance(lambdas: dict[str, torch.Tensor], languages: dict[str, str]) -> tuple[list[str], np.ndarray]:
@@ -157,7 +155,7 @@ def plot_distance(langs: list[str], matrix: np.ndarray, title: str, path: Path) 
     plt.close(fig)
 
 
-def write_lambda_report(base, psg, tasks: dict[str, list[ClientTask]], folder: Path, head: str = "train") -> dict:
+def write_lambda_report(base, psg, tasks: dict[str, list], folder: Path, head: str = "train") -> dict:
     """Generate every client's λ, save them (safetensors) and the plots (PNG)."""
     folder = Path(folder)
     names = feature_modules(base, head)

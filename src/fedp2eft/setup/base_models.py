@@ -1,0 +1,65 @@
+"""Loading a base model — off-the-shelf or from a folder a run wrote — and writing one. Never training:
+base sources that train (Standard FL) do it as a federated stage (``stages``)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_folder, save_tensors
+from ..tasks import CLASSIFICATION, Task
+
+OFF_THE_SHELF = "off-the-shelf"
+MODEL_META = "fedp2eft_classifier.json"
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_base(cfg, source: str, num_labels: int, seed: int, kind: Task = CLASSIFICATION):
+    """``(model, tokenizer)``: the configured model off the shelf (``source = "off-the-shelf"``; ``seed``
+    seeds a fresh head) or the base-model folder ``source``, on the default device, in eval mode."""
+    torch.manual_seed(seed)  # a fresh head's initialisation
+    spec = cfg.model.name if source == OFF_THE_SHELF else str(source)
+    model, tok = kind.load_model(spec, num_labels, cfg.model.pooling or None)
+    return model.to(default_device()).eval(), tok
+
+
+def state_fingerprint(model) -> str:
+    """SHA-256 (first 16 hex digits) of every parameter and buffer, in name order: two base models with
+    the same settings but different weights (another machine, another library version) differ here."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_base_model(model, tokenizer, folder: Path, meta: dict) -> None:
+    """Write a base-model folder that ``load_classifier`` reads (backbone, tokenizer, head), atomically."""
+    with atomic_folder(folder) as tmp:
+        model.backbone.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        save_tensors(tmp / "head.safetensors", model.head.state_dict())
+        (tmp / MODEL_META).write_text(json.dumps(
+            {"num_labels": model.num_labels, "pooling": model.pooling, "fingerprint": state_fingerprint(model),
+             **meta}, indent=1))
+
+
+def folder_fingerprint(folder: Path) -> str | None:
+    meta_file = Path(folder) / MODEL_META
+    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+    return meta.get("fingerprint")
+
+
+@functools.lru_cache(maxsize=1)
+def cached_base(experiment: str, num_labels: int, seed: int, source: str = OFF_THE_SHELF):
+    """``load_base`` once per process for a job's base (the server and in-process clients share it)."""
+    from ..config import from_dict
+
+    return load_base(from_dict(json.loads(experiment)), source, num_labels, seed)

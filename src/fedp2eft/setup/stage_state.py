@@ -1,0 +1,76 @@
+"""What a stage folder records (``settings.json``), and the refusal of a folder trained otherwise.
+
+A folder whose recorded settings differ from the config is refused, naming the keys that differ, or
+— under ``--fresh`` — deleted and trained again. Settings nest: a stage records its base model's
+settings, so retraining the base model invalidates the stages trained on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from ..atomic import write_json
+from ..errors import UserError
+
+
+def _flatten(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """``key: old -> new`` for every (dotted) key whose value differs."""
+    a, b = _flatten(old), _flatten(new)
+    return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
+            if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+def claim_stage(folder: Path, settings: dict, fresh: bool = False) -> None:
+    """Make ``folder`` belong to ``settings``: record them in a new folder; accept a folder with the
+    same settings; otherwise refuse (naming the keys that differ) or, with ``fresh``, delete it."""
+    folder = Path(folder)
+    path = folder / "settings.json"
+    settings = json.loads(json.dumps(settings))  # the JSON form, as it is compared on disk
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old == settings:
+            return
+        problem = f"{folder} was trained with other settings ({'; '.join(settings_diff(old, settings)[:6])})"
+    elif folder.is_dir() and any(folder.iterdir()):
+        problem = f"{folder} holds a stage written without recorded settings"
+    else:
+        problem = None
+    if problem is not None:
+        if not fresh:
+            raise UserError(f"{problem}; use --fresh to train it again (drops the runs it served) or another --out")
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(path, settings)
+
+
+def data_settings(cfg) -> dict:
+    """The data settings a stage depends on: all but ``path`` (a copy elsewhere is the same data)."""
+    return {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "path"}
+
+
+def sampling_settings(cfg) -> dict:
+    """The federation settings that decide which clients a stage's rounds sample."""
+    return {"fraction": cfg.federation.fraction, "min_clients": cfg.federation.min_clients}
+
+
+def base_settings(cfg) -> dict:
+    """What the base model depends on (for a Standard-FL base: model, data, its training and sampling)."""
+    out = {"kind": cfg.base_model.kind, "model": dataclasses.asdict(cfg.model)}
+    if cfg.base_model.kind == "standard-fl":
+        out |= {"data": data_settings(cfg), "base_model": dataclasses.asdict(cfg.base_model),
+                "federation": sampling_settings(cfg)}
+    return out

@@ -1,0 +1,37 @@
+"""What a task is: everything about the problem that methods must not assume.
+
+A task says how rows become model inputs (``encode``), which model to build (``load_model``), which
+modules adapters target and which train as themselves (``adapted_modules`` / ``saved_modules``), the
+training loss, how a model's outputs on a split are produced (``predict``) and how they score
+against the split's references, row by row (``score``; a language's score is the mean over all its
+rows in a pool). Methods call these and never look at labels themselves, so a second task (e.g.
+instruction-tuned generation) plugs in without touching them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from ..training.batches import EncodedData
+
+
+class Task(Protocol):
+    name: str
+    metric: str  # what ``score`` measures, e.g. "accuracy"
+
+    def encode(self, tokenizer, examples: list, max_length: int) -> EncodedData: ...
+
+    def load_model(self, source: str, num_labels: int, pooling: str | None = None) -> tuple[nn.Module, Any]: ...
+
+    def adapted_modules(self, model: nn.Module, head: str = "train") -> list[str]: ...
+
+    def saved_modules(self, head: str = "train") -> list[str] | None: ...
+
+    def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 64) -> list[Any]: ...
+
+    def score(self, outputs: list[Any], data: EncodedData) -> list[float]: ...

@@ -1,0 +1,31 @@
+"""Which modules of a model the adapter methods target, and which train as themselves."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def linear_module_names(model: nn.Module, under: str = "backbone") -> list[str]:
+    """Full names of every ``nn.Linear`` inside ``model.<under>``."""
+    prefix = under + "."
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix)]
+
+
+HEAD_MODES = ("train", "adapter")
+
+
+def adapted_modules(model: nn.Module, head: str = "train") -> list[str]:
+    """The modules every adapter method targets (the paper's "all-linear").
+
+    ``head = "train"``: every linear layer of the backbone; the classifier head is trained itself
+    (peft ``modules_to_save``). ``head = "adapter"`` (the authors' code): the head is adapted like
+    every other linear layer and its weights stay frozen, so only adapters train."""
+    if head not in HEAD_MODES:
+        raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
+    names = linear_module_names(model)
+    return [*names, "head"] if head == "adapter" else names
+
+
+def saved_modules(head: str = "train") -> list[str] | None:
+    """peft ``modules_to_save`` for a head mode: the head is a trained copy only in ``"train"`` mode."""
+    return ["head"] if head == "train" else None

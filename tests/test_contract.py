@@ -1,0 +1,140 @@
+"""One contract for every registered method and every registered federated stage, on real MasakhaNEWS
+rows with a tiny model: a method returns one output per test row, leaves the base model untouched
+and is deterministic under a seed; a stage resumed from its checkpoint ends where an uninterrupted
+run does. A new method or stage is covered by registering it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedp2eft.config import load_config
+from fedp2eft.fl.engines import run_stage
+from fedp2eft.methods import get_method, get_spec, method_names
+from fedp2eft.methods.registry import federated_stages
+from fedp2eft.setup.base_models import load_base
+from fedp2eft.setup.federation import client_task, load_federation
+from fl_helpers import tiny_overrides
+
+SMALL = {"base_model.kind": '"off-the-shelf"', "personalise.epochs": 1, "personalise.batch_size": 8,
+         "personalise.tune_lrs": "[1e-4, 1e-3]", "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8,
+         "fedp2eft.batch_size": 8, "fedp2eft.local_epochs": 1, "fedp2eft_paper.r_init": 4,
+         "fedp2eft_paper.lora_alpha": 8, "fedp2eft_paper.batch_size": 8, "fedp2eft_paper.local_epochs": 1,
+         "fedl2p.outer_steps": 1, "fedl2p.batch_pairs": 2, "pf2lora.steps": 2, "pf2lora.batch_size": 8}
+
+
+@pytest.fixture(scope="module")
+def setting(masakhanews_dir):
+    cfg = load_config(None, tiny_overrides(masakhanews_dir, **SMALL))
+    fed = load_federation(cfg)
+    base, tok = load_base(cfg, "off-the-shelf", len(fed.label_names), seed=0)
+    task = client_task(fed.pool("unseen")[0], tok, cfg.data.max_length)
+    return cfg, base, task
+
+
+def untrained_resources(cfg, base, spec, folder) -> dict:
+    """The method's stage resource at its initial state (the contract is about personalisation)."""
+    if spec.stage is None:
+        return {}
+    out = {}
+    for budget in ([2] if spec.stage.per_budget else [None]):
+        settings = spec.stage.client_settings(cfg, 0, budget)
+        out[budget] = spec.stage.finalize(base, spec.stage.initial_state(base, settings), settings, folder)
+    return out
+
+
+@pytest.mark.parametrize("name", method_names())
+def test_every_method_keeps_the_contract(name, setting, tmp_path):
+    cfg, base, task = setting
+    spec = get_spec(name)
+    resources = untrained_resources(cfg, base, spec, tmp_path)
+    budget = 2 if spec.uses_budget else None
+    settings = cfg.personalise.train_settings(seed=5)
+    before = {k: v.detach().clone() for k, v in base.state_dict().items()}
+
+    def personalise() -> list:
+        method = get_method(name, cfg, resources, seed=5)
+        assert method.name == name
+        if hasattr(method, "prepare"):
+            method.prepare(base, [task], budget, settings, lambda i: settings)
+        return method.personalise(base, task, budget, settings)
+
+    first, second = personalise(), personalise()
+    assert len(first) == len(task.test)  # one output per test row
+    assert first == second  # deterministic under the seed
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # base untouched
+    assert len(task.kind.score(first, task.test)) == len(task.test)
+
+
+@pytest.mark.parametrize("name", list(federated_stages()))
+def test_every_stage_resumed_equals_uninterrupted(name, masakhanews_dir, tmp_path):
+    stage = federated_stages()[name]
+    budget = 2 if stage.per_budget else None
+
+    def cfg(rounds: int):
+        return load_config(None, tiny_overrides(masakhanews_dir, **{**SMALL, f"{stage.section}.rounds": rounds,
+                                                                   "federation.checkpoint_every": 1}))
+
+    full = run_stage(cfg(3), stage, "off-the-shelf", 0, tmp_path / "full", budget, resume=False)
+    run_stage(cfg(1), stage, "off-the-shelf", 0, tmp_path / "cut", budget, resume=False)
+    resumed = run_stage(cfg(3), stage, "off-the-shelf", 0, tmp_path / "cut", budget, resume=True)
+    assert full.keys() == resumed.keys()
+    assert all(torch.equal(full[k], resumed[k]) for k in full), name
+    init = stage.initial_state(*_base_and_settings(cfg(3), stage, budget))
+    assert full.keys() == init.keys()  # the global state keeps its keys
+    assert any(not torch.equal(full[k], init[k].to(full[k].device)) for k in full)  # and moves
+
+
+def _base_and_settings(cfg, stage, budget):
+    fed = load_federation(cfg)
+    base, _ = load_base(cfg, "off-the-shelf", len(fed.label_names), seed=0)
+    return base, stage.client_settings(cfg, 0, budget)
+
+
+def test_a_new_method_is_one_module_one_registration_and_its_config(tmp_path, masakhanews_dir, capsys):
+    """What a plug-in does: a settings dataclass (its section), a method class and a spec registered —
+    then ``fedp2eft run`` accepts its section, validates it, runs it and records its settings."""
+    import json
+    from dataclasses import dataclass
+
+    from fedp2eft.cli import main
+    from fedp2eft.errors import require
+    from fedp2eft.methods import MethodSpec, register_method
+    from fedp2eft.methods.lora import LoRAMethod
+    from fedp2eft.methods.registry import unregister_method
+
+    @dataclass
+    class WideLoRAConfig:
+        """``[wide_lora]``"""
+
+        rank_factor: int = 2  # LoRA of rank factor · r
+
+        def __post_init__(self) -> None:
+            require(self.rank_factor >= 1, "rank_factor", "must be >= 1")
+
+    class WideLoRA:
+        name, uses_budget = "wide-lora", True
+
+        def __init__(self, factor: int):
+            self.factor = factor
+
+        def personalise(self, base, task, budget, settings):
+            return LoRAMethod().personalise(base, task, budget * self.factor, settings)
+
+    register_method(MethodSpec("wide-lora", lambda cfg, resources, seed: WideLoRA(cfg.wide_lora.rank_factor),
+                               section="wide_lora", settings=WideLoRAConfig, recorded=True))
+    try:
+        sets = tiny_overrides(masakhanews_dir, **{**SMALL, "personalise.methods": '["wide-lora"]',
+                                                  "personalise.pools": '["unseen"]', "wide_lora.rank_factor": 3})
+        args = [x for s in sets for x in ("--set", s)]
+        assert main(["run", "configs/quickstart.toml", "--out", str(tmp_path), *args]) == 0
+        runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+        assert [(r["method"], r["settings"]) for r in runs] == [("wide-lora", {"rank_factor": 3})]
+        capsys.readouterr()
+        assert main(["run", "configs/quickstart.toml", "--out", str(tmp_path), *args,
+                     "--set", "wide_lora.rank_factor=0"]) == 2
+        assert "config key wide_lora.rank_factor: must be >= 1" in capsys.readouterr().err
+    finally:
+        unregister_method("wide-lora")
+    with pytest.raises(Exception, match="unknown config section"):
+        load_config(None, ["wide_lora.rank_factor=3"])
