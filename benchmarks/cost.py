@@ -33,7 +33,7 @@ ROUND_CODE = r"""
 import json, resource, sys, time, torch
 torch.set_num_threads(2)
 from fedp2eft.data import load_dataset_by_name, build_federation, FederationSpec
-from fedp2eft.methods import ClientTask, TrainSettings, get_method
+from fedp2eft.methods import ClientTask, TrainSettings
 from fedp2eft.training.batches import encode
 from fedp2eft.methods.bt_training import BTSettings
 from fedp2eft.methods.fedp2eft import PSGSettings, new_psg, psg_client_update

@@ -92,13 +92,21 @@ def new_psg(base: nn.Module, r_init: int, seed: int = 0, head: str = "train", ps
     return PSG(2 * n, n, r_init, init_bias=psg_init)
 
 
+def settings_psg(base: nn.Module, s: PSGSettings, state: dict[str, torch.Tensor] | None = None) -> PSG:
+    """The PSG ``s`` describes (outputs for every adapted module of ``base``, seeded by ``s.bt.seed``),
+    loaded with ``state`` when given: the one place a PSG is built from settings."""
+    psg = new_psg(base, s.bt.r_init, s.bt.seed, s.bt.head, s.psg_init)
+    if state is not None:
+        psg.load_state_dict(state)
+    return psg
+
+
 def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task: ClientTask, s: PSGSettings):
     """One client's FedP²EFT round; returns ``(psg_state, num_examples, metrics)``."""
     head = s.bt.head
     names = feature_modules(base, head)
     feats = meta_features(base, task.train, head=head)
-    psg = new_psg(base, s.bt.r_init, head=head, psg_init=s.psg_init)
-    psg.load_state_dict(psg_state)
+    psg = settings_psg(base, s, psg_state)
     lam_hat = psg.lambdas(feats, names)
     trained, losses = train_lambdas(base, task.train, lam_hat, s.bt, task.kind)
     target = torch.stack([trained[n] for n in names]).float()
@@ -162,7 +170,7 @@ class FedP2EFTMethod:
 
 
 def _new_psg_state(base: nn.Module, s: PSGSettings) -> dict[str, torch.Tensor]:
-    return dict(new_psg(base, s.bt.r_init, s.bt.seed, s.bt.head, s.psg_init).state_dict())
+    return dict(settings_psg(base, s).state_dict())
 
 
 def _psg_update(base: nn.Module, state, task: ClientTask, s: PSGSettings, ctx: StageContext):
@@ -170,9 +178,7 @@ def _psg_update(base: nn.Module, state, task: ClientTask, s: PSGSettings, ctx: S
 
 
 def _trained_psg(base: nn.Module, state, s: PSGSettings, folder: Path) -> PSG:
-    psg = new_psg(base, s.bt.r_init, s.bt.seed, s.bt.head, s.psg_init)
-    psg.load_state_dict(state)
-    return psg
+    return settings_psg(base, s, state)
 
 
 def psg_stage(name: str, section: str) -> FederatedStage:

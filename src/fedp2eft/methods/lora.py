@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
@@ -51,7 +52,9 @@ def split_trainable(model: nn.Module) -> tuple[list, list]:
 
 
 def finetune_lora(base: nn.Module, task: ClientTask, rank: int, settings: TrainSettings) -> nn.Module:
-    """LoRA fine-tuning of one client; returns the merged model."""
+    """LoRA fine-tuning of one client; returns the merged model. The fresh A is drawn from the client's
+    seed, so the result never depends on what ran before in the process."""
+    torch.manual_seed(settings.seed)
     model = lora_model(base, rank, settings, task.kind)
     adapter, head = split_trainable(model)
     train_model(model, settings.param_groups(adapter, head), task.train, settings.epochs, settings.batch_size,
