@@ -22,13 +22,20 @@ from fedp2eft.setup.jobs import Job
 from fl_helpers import run_python, run_standard_fl, tiny_overrides
 
 
-def test_fedavg_equals_hand_computed_weighted_average(tmp_path):
+def seen_clients_app() -> ClientApp:
+    """A ClientApp whose node i answers discovery as seen-pool client ``c<i>`` (tests add ``train``)."""
     app = ClientApp()
 
     @app.query()
     def query(msg: Message, ctx: Context) -> Message:
         pid = ctx.node_config["partition-id"]
         return Message(RecordDict({"client": ConfigRecord({"client-id": f"c{pid}", "pool": "seen"})}), reply_to=msg)
+
+    return app
+
+
+def test_fedavg_equals_hand_computed_weighted_average(tmp_path):
+    app = seen_clients_app()
 
     @app.train()
     def train(msg: Message, ctx: Context) -> Message:
@@ -51,12 +58,7 @@ def test_fedavg_equals_hand_computed_weighted_average(tmp_path):
 
 def test_a_stage_may_bring_its_own_server_aggregation(tmp_path):
     """A stage's ``aggregate`` replaces FedAvg: here an unweighted coordinate-wise median."""
-    app = ClientApp()
-
-    @app.query()
-    def query(msg: Message, ctx: Context) -> Message:
-        pid = ctx.node_config["partition-id"]
-        return Message(RecordDict({"client": ConfigRecord({"client-id": f"c{pid}", "pool": "seen"})}), reply_to=msg)
+    app = seen_clients_app()
 
     @app.train()
     def train(msg: Message, ctx: Context) -> Message:

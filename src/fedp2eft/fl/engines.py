@@ -11,7 +11,6 @@ ClientApp (transport only: what a round computes is the stage's, ``methods.regis
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from ..config import Config
@@ -20,6 +19,7 @@ from ..methods.registry import FederatedStage
 from ..setup.base_models import cached_base
 from ..setup.federation import cached_federation
 from ..setup.jobs import Job, experiment_json
+from ..stages import Runner
 from .server_loop import LoopSettings, run_rounds
 
 
@@ -95,9 +95,6 @@ def train_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_di
     job = stage_job(cfg, stage, base, seed, budget)
     base_model, _ = job_base(job)
     return stage.finalize(base_model, state, stage.settings_from_json(job.settings), Path(out_dir))
-
-
-Runner = Callable[..., dict]
 
 
 def stage_runner(cfg: Config, client_app=None, grid=None, resume: bool = True) -> Runner:
