@@ -21,6 +21,7 @@ from .data.partition import POOLS, SCHEMES
 from .errors import SettingError, UserError, require
 from .methods.registry import get_spec, method_sections  # importing it fills the registry (methods/__init__)
 from .models.classifier import POOLINGS
+from .tasks import TEMPLATES
 
 
 @dataclass
@@ -51,6 +52,8 @@ class DataConfig:
     max_test_per_client: int = 0
     min_train_per_client: int = 2
     max_length: int = 256
+    num_clients: int = 0  # Fed-Aya: clients (0 = all annotators of the file; 38 simulated for rows without ids)
+    unseen_clients: list[int] = field(default_factory=list)  # Fed-Aya: unseen client numbers ([] = 21-27, 34 of 38)
 
     def __post_init__(self) -> None:
         require(self.clients_per_language >= 1, "clients_per_language", "must be >= 1")
@@ -60,6 +63,22 @@ class DataConfig:
             require(getattr(self, k) >= 0, k, "must be >= 0 (0 = no cap)")
         require(self.min_train_per_client >= 1, "min_train_per_client", "must be >= 1")
         require(self.max_length >= 8, "max_length", "must be >= 8")
+        require(self.num_clients >= 0, "num_clients", "must be >= 0 (0 = the dataset's own)")
+        require(all(i >= 0 for i in self.unseen_clients), "unseen_clients", "client numbers are >= 0")
+
+
+@dataclass
+class GenerationConfig:
+    """Instruction-tuned generation (Fed-Aya): the prompt and greedy decoding."""
+
+    template: str = "auto"  # "alpaca" (FedLLM-Bench, the authors), "chat" (the tokenizer's), "auto": chat if it has one
+    max_new_tokens: int = 64  # greedy decoding length (authors: 1024)
+    max_prompt_fraction: float = 0.5  # the instruction is cut to this share of data.max_length tokens
+
+    def __post_init__(self) -> None:
+        require(self.template in TEMPLATES, "template", f"must be one of {list(TEMPLATES)}")
+        require(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        require(0 < self.max_prompt_fraction < 1, "max_prompt_fraction", "must be in (0, 1)")
 
 
 @dataclass
@@ -97,7 +116,8 @@ class FederationConfig:
         require(self.eval_every >= 0, "eval_every", "must be >= 0")
 
 
-CORE_SECTIONS: dict[str, type] = {"experiment": ExperimentConfig, "data": DataConfig, "model": ModelConfig}
+CORE_SECTIONS: dict[str, type] = {"experiment": ExperimentConfig, "data": DataConfig, "model": ModelConfig,
+                                  "generation": GenerationConfig}
 
 
 def _sections() -> dict[str, type]:

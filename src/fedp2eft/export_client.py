@@ -15,7 +15,7 @@ from .errors import UserError
 from .methods.bt_training import finetune_pruned_model, personalisation_settings
 from .methods.fedp2eft import PSG_STAGE
 from .psg import client_lambdas
-from .setup.federation import client_task, load_federation
+from .setup.federation import client_task, load_federation, task_for
 from .setup.layout import RunLayout
 
 
@@ -34,11 +34,11 @@ def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int
     shared = base_source(cfg, layout).open(cfg, len(fed.label_names), seed)
     base = shared.for_client(client_id)
     psg = PSG_STAGE.finalize(base, load_file(str(psg_file)), PSG_STAGE.client_settings(cfg, seed, None), psg_file.parent)
-    task = client_task(client, shared.tokenizer, cfg.data.max_length)
+    task = client_task(client, shared.tokenizer, cfg.data.max_length, task_for(cfg))
     s = personalisation_settings(q.bt_settings(p, seed), p.train_settings(seed))
     model = finetune_pruned_model(base, task.train, client_lambdas(base, psg, task, p.head), budget, s, task.kind)
     folder = export_plain_lora(model, base, out, modules_to_save=task.kind.saved_modules(p.head))
-    scores = task.kind.score(task.kind.predict(model, task.test, p.eval_batch_size), task.test)
+    scores = task.kind.score(task.kind.predict(model, task.test, p.eval_batch_size), task.test)[task.kind.metric]
     acc = sum(scores) / max(len(scores), 1)
     (folder / "fedp2eft_export.json").write_text(json.dumps(
         {"client": client_id, "budget": budget, "seed": seed, "test_accuracy": acc, "run": str(run)}, indent=1))

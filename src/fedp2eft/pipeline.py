@@ -26,7 +26,7 @@ from .methods.base import client_base
 from .methods.registry import method_names
 from .models import resolve
 from .report import add_run, environment, load_results, results_lock, run_key, write_results
-from .setup.federation import client_tasks, load_federation
+from .setup.federation import client_tasks, load_federation, task_for
 from .setup.layout import RunLayout
 from .setup.stage_state import settings_diff
 from .stages import method_resources
@@ -74,9 +74,10 @@ def personalise_pool(
     settings: TrainSettings,
     advance: Callable[[], None] = lambda: None,
     selection: dict | None = None,
-) -> dict[str, dict]:
+) -> LanguageTally:
     """Personalise every client of a pool with ``method`` (each from ``base.for_client(id)`` when ``base``
-    is a base source, else from ``base``); per-language scores from each client's task. A method with a
+    is a base source, else from ``base``); the per-language tally of every metric of the clients' task
+(rows pooled by their language). A method with a
     ``prepare`` step (``*-tuned``) first makes its choice for the pool and reports it into ``selection``."""
     tally = LanguageTally()
     client_settings = lambda i: replace(settings, seed=settings.seed * 100_003 + i)  # noqa: E731
@@ -87,15 +88,34 @@ def personalise_pool(
             outputs = method.personalise(client_base(base, task.client_id), task, budget, client_settings(i))
         except FloatingPointError as exc:
             raise UserError(f"client {task.client_id}, method {method.name}: {exc}") from None
-        tally.add_scores(task.language, task.kind.score(outputs, task.test))
+        tally.add_scores(*task.score(outputs))
         advance()
-    return tally.per_language()
+    return tally
+
+
+def new_results(cfg: Config) -> dict[str, Any]:
+    kind = task_for(cfg)
+    results = {"metric": kind.metric, "config": cfg.to_dict(), "environment": environment(), "runs": []}
+    if len(kind.metrics) > 1:
+        results["metrics"] = list(kind.metrics)
+    return results
+
+
+def run_scores(tally: LanguageTally) -> dict[str, Any]:
+    """A run's ``per_language`` and ``mean`` of the primary (first) metric, and with several metrics
+    ``metrics``: the same for each."""
+    first = tally.per_language()
+    out: dict[str, Any] = {"per_language": first, "mean": mean_over_languages(first)}
+    if len(tally.metrics()) > 1:
+        out["metrics"] = {m: {"per_language": (pl := tally.per_language(m)), "mean": mean_over_languages(pl)}
+                          for m in tally.metrics()}
+    return out
 
 
 def open_results(cfg: Config, out_dir: Path, fresh: bool) -> dict[str, Any]:
     config = cfg.to_dict()
     if fresh:  # drop every run now: later writes merge with the file on disk, which must not bring them back
-        results = {"metric": "accuracy", "config": config, "environment": environment(), "runs": []}
+        results = new_results(cfg)
         with results_lock(out_dir):
             write_results(out_dir, results)
         return results
@@ -114,7 +134,7 @@ def open_results(cfg: Config, out_dir: Path, fresh: bool) -> dict[str, Any]:
         existing["config"] = config
         existing["environment"] = environment()
         return existing
-    return {"metric": "accuracy", "config": config, "environment": environment(), "runs": []}
+    return new_results(cfg)
 
 
 def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, console=None) -> dict[str, Any]:
@@ -132,6 +152,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     fed = load_federation(cfg)
     console.print(f"[bold]{fed.dataset}[/]: {len(fed.clients)} clients in {len(fed.languages)} languages")
     p = cfg.personalise
+    kind = task_for(cfg)
     plan = [
         (seed, pool, m, b)
         for seed in cfg.experiment.seeds
@@ -155,7 +176,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 continue
             base: SharedBase = source.open(cfg, len(fed.label_names), seed)
             check_runs_base(results, base.identity, out_dir)
-            tasks = {pool: client_tasks(fed.pool(pool), base.tokenizer, cfg.data.max_length) for pool in p.pools}
+            tasks = {pool: client_tasks(fed.pool(pool), base.tokenizer, cfg.data.max_length, kind) for pool in p.pools}
             resources = method_resources(cfg, layout, seed, base.model, base.spec, tasks,
                                          [(m, b) for _, _, m, b in seed_todo], runner, fresh, console.print)
             for _, pool, method, budget in seed_todo:
@@ -163,13 +184,12 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 bar = progress.add_task(label, total=len(tasks[pool]))
                 start = time.perf_counter()
                 selection: dict = {}
-                per_language = personalise_pool(
+                tally = personalise_pool(
                     get_method(method, cfg, resources.get(method), seed), base, tasks[pool], budget, p.train_settings(seed),
                     lambda b=bar: progress.advance(b), selection,
                 )
                 run = {
-                    "method": method, "budget": budget, "pool": pool, "seed": seed,
-                    "per_language": per_language, "mean": mean_over_languages(per_language),
+                    "method": method, "budget": budget, "pool": pool, "seed": seed, **run_scores(tally),
                     "clients": len(tasks[pool]), "seconds": round(time.perf_counter() - start, 2),
                 }
                 run["base"] = base.identity

@@ -8,14 +8,20 @@ from .partition import POOLS, Federation
 
 
 def describe(fed: Federation) -> dict:
-    """A JSON-able summary: per language and pool, the clients' sizes and train label histograms."""
+    """A JSON-able summary: per (main) language and pool, the clients' sizes and their train label
+    histograms — or, for instruction data (no labels), their train rows per language."""
     n = len(fed.label_names)
     out: dict = {"dataset": fed.dataset, "labels": fed.label_names, "languages": {}}
+    if fed.source:
+        out["clients_from"] = fed.source
     by_lang: dict[str, dict[str, list]] = defaultdict(lambda: {p: [] for p in POOLS})
     for c in fed.clients:
-        by_lang[c.language][c.pool].append(
-            {"client": c.cid, "train": len(c.train), "test": len(c.test), "train_labels": c.label_histogram(n)}
-        )
+        row = {"client": c.cid, "train": len(c.train), "test": len(c.test)}
+        if n:
+            row["train_labels"] = c.label_histogram(n)
+        else:
+            row["train_languages"] = c.languages()
+        by_lang[c.language][c.pool].append(row)
     for lang in sorted(by_lang):
         out["languages"][lang] = by_lang[lang]
     return out
@@ -25,16 +31,22 @@ def render(summary: dict, console) -> None:
     from rich.table import Table
 
     labels = summary["labels"]
-    table = Table(title=f"{summary['dataset']}: clients, sizes and train label histograms")
+    what = "train label histograms" if labels else "train rows per language"
+    table = Table(title=f"{summary['dataset']}: clients, sizes and {what}")
     for col in ("language", "pool", "client", "train", "test"):
         table.add_column(col, justify="right" if col in ("train", "test") else "left")
-    table.add_column("train labels (" + " ".join(label[:4] for label in labels) + ")", no_wrap=True)
+    if labels:
+        table.add_column("train labels (" + " ".join(label[:4] for label in labels) + ")", no_wrap=True)
+    else:
+        table.add_column("train languages", no_wrap=True)
     total = 0
     for lang, pools in summary["languages"].items():
         for pool, clients in pools.items():
             for c in clients:
-                table.add_row(lang, pool, c["client"], str(c["train"]), str(c["test"]),
-                              " ".join(f"{h:>4}" for h in c["train_labels"]))
+                last = (" ".join(f"{h:>4}" for h in c["train_labels"]) if labels else
+                        " ".join(f"{k}:{v}" for k, v in c["train_languages"].items()))
+                table.add_row(lang, pool, c["client"], str(c["train"]), str(c["test"]), last)
                 total += 1
     console.print(table)
-    console.print(f"{total} clients, {len(summary['languages'])} languages, {len(labels)} labels")
+    tail = f"{len(labels)} labels" if labels else f"clients {summary.get('clients_from', 'given')}"
+    console.print(f"{total} clients, {len(summary['languages'])} main languages, {tail}")

@@ -58,6 +58,13 @@ class Client:
     train: list[Example]
     test: list[Example]
 
+    def languages(self, split: str = "train") -> dict[str, int]:
+        """Rows per language in a split (a Fed-Aya client may speak several)."""
+        out: dict[str, int] = {}
+        for ex in getattr(self, split):
+            out[ex.language] = out.get(ex.language, 0) + 1
+        return dict(sorted(out.items()))
+
     def label_histogram(self, num_labels: int, split: str = "train") -> list[int]:
         hist = [0] * num_labels
         for ex in getattr(self, split):
@@ -71,6 +78,7 @@ class Federation:
     label_names: list[str]
     spec: FederationSpec
     clients: list[Client] = field(default_factory=list)
+    source: str = ""  # how clients were formed, where that varies (Fed-Aya: "annotators" or "simulated")
 
     def pool(self, name: str) -> list[Client]:
         if name not in POOLS:

@@ -15,6 +15,15 @@ class Example:
     text_pair: str | None = None
 
 
+@dataclass(frozen=True)
+class Instruction:
+    """One instruction-tuning row: the instruction (``prompt``), the reference ``response`` and its language."""
+
+    prompt: str
+    response: str
+    language: str
+
+
 @dataclass
 class LanguageData:
     """The labelled rows of one language, by split name (``train``, ``dev``, ``test``); absent splits are absent."""

@@ -17,6 +17,7 @@ from ..methods.registry import StageContext, get_stage
 from ..setup.base_models import cached_base
 from ..setup.federation import cached_federation
 from ..setup.federation import client_task as encode_client
+from ..setup.federation import task_for
 from ..setup.jobs import Job
 
 
@@ -38,7 +39,7 @@ def client_task(job: Job, cid: str) -> ClientTask:
     if client is None:
         raise KeyError(f"unknown client {cid!r}")
     _, tok = base_model(job)
-    return encode_client(client, tok, cfg.data.max_length)
+    return encode_client(client, tok, cfg.data.max_length, task_for(cfg))
 
 
 def _context(job: Job) -> StageContext:

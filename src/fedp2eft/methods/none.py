@@ -5,7 +5,8 @@ client's train split with the same optimiser, batch size and epochs as the other
 the backbone frozen (a linear probe on the base model's pooled features, computed once in eval
 mode, so no dropout) — needed when the base model is off-the-shelf and its head is fresh.
 With ``none_trains_head = false`` the base model predicts untouched (use it when the base
-model's head was trained, e.g. by Standard FL).
+model's head was trained, e.g. by Standard FL). A model without a classifier head (a causal LM)
+predicts untouched either way.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class NoneMethod:
     uses_budget = False
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
-        if not settings.none_trains_head:
-            return task.kind.predict(base, task.test, settings.eval_batch_size)
+        if not settings.none_trains_head or not isinstance(getattr(base, "head", None), nn.Linear):
+            return task.kind.predict(base, task.test, settings.eval_batch_size)  # (a causal LM has no head)
         head = copy.deepcopy(base.head)
         train_head(head, pooled_features(base, task.train, settings.eval_batch_size), task.train.labels, settings)
         with torch.no_grad():

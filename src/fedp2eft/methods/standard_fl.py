@@ -115,10 +115,10 @@ def client_update(base: nn.Module, global_state: dict[str, torch.Tensor], task: 
 
 
 def evaluate_state(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, hp: FedAvgHP) -> tuple[int, int]:
-    """``(correct, n)`` of the global model on the client's test split."""
+    """``(score sum, n)`` of the global model on the client's test split (the task's primary metric)."""
     model = build_trainable(base, hp, task.kind)
     load_state(model, state)
-    scores = task.kind.score(task.kind.predict(model, task.test), task.test)
+    scores = task.kind.score(task.kind.predict(model, task.test), task.test)[task.kind.metric]
     return sum(scores), len(scores)
 
 

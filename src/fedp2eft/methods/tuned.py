@@ -3,8 +3,8 @@ validation data, never on test.
 
 Before personalising a pool, every candidate rate (``personalise.tune_lrs``, default
 {1e-4, 3e-4, 1e-3, 3e-3}) personalises every client of the pool on its train split minus a held-out
-``tune_fraction`` (20 %, seeded per client) and is scored on those held-out rows (accuracy pooled
-per language, then averaged over languages — the benchmark's own metric). The best rate (the
+``tune_fraction`` (20 %, seeded per client) and is scored on those held-out rows (the task's primary
+metric — accuracy, METEOR — pooled per language, then averaged over languages: the benchmark's own). The best rate (the
 smaller one on a tie) then personalises each client on its whole train split, as the method itself
 does, and the test split is predicted. Held-out rows come only from the clients' train splits: an unseen
 client has its train data at personalisation time, so choosing on it uses nothing a user lacks.
@@ -49,8 +49,8 @@ class TunedMethod:
                     continue  # nothing to hold out
                 s = replace(client_settings(i), lr=lr)
                 fit, val = task.train.split(self.fraction, s.seed)
-                held = ClientTask(task.client_id, task.language, fit, val)
-                tally.add(task.language, self.inner.personalise(client_base(base, task.client_id), held, budget, s), val.labels)
+                held = ClientTask(task.client_id, task.language, fit, val, task.kind)
+                tally.add_scores(*held.score(self.inner.personalise(client_base(base, task.client_id), held, budget, s)))
             scores[lr] = mean_over_languages(tally.per_language())
         scores = {lr: v for lr, v in scores.items() if not math.isnan(v)}
         if not scores:
@@ -58,7 +58,8 @@ class TunedMethod:
         best = max(scores.values())
         self.chosen = min(lr for lr, v in scores.items() if v == best)
         self.validation = {f"{lr:g}": v for lr, v in scores.items()}
-        return {"lr": self.chosen, "validation_accuracy": self.validation}
+        metric = tasks[0].kind.metric if tasks else "accuracy"
+        return {"lr": self.chosen, f"validation_{metric}": self.validation}
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
         if self.chosen is None:

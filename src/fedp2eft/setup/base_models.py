@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_folder, save_tensors
-from ..tasks import CLASSIFICATION, Task
+from ..tasks import Task
+from .federation import task_for
 
 OFF_THE_SHELF = "off-the-shelf"
 MODEL_META = "fedp2eft_classifier.json"
@@ -21,10 +22,12 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base(cfg, source: str, num_labels: int, seed: int, kind: Task = CLASSIFICATION):
+def load_base(cfg, source: str, num_labels: int, seed: int, kind: Task | None = None):
     """``(model, tokenizer)``: the configured model off the shelf (``source = "off-the-shelf"``; ``seed``
-    seeds a fresh head) or the base-model folder ``source``, on the default device, in eval mode."""
+    seeds a fresh head) or the base-model folder ``source``, for the config's task (``kind``: default
+    ``task_for(cfg)``), on the default device, in eval mode."""
     torch.manual_seed(seed)  # a fresh head's initialisation
+    kind = kind or task_for(cfg)
     spec = cfg.model.name if source == OFF_THE_SHELF else str(source)
     model, tok = kind.load_model(spec, num_labels, cfg.model.pooling or None)
     return model.to(default_device()).eval(), tok
@@ -41,14 +44,16 @@ def state_fingerprint(model) -> str:
 
 
 def save_base_model(model, tokenizer, folder: Path, meta: dict) -> None:
-    """Write a base-model folder that ``load_classifier`` reads (backbone, tokenizer, head), atomically."""
+    """Write a base-model folder that the task's loader reads (backbone, tokenizer, a classifier's head),
+    atomically."""
     with atomic_folder(folder) as tmp:
         model.backbone.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        save_tensors(tmp / "head.safetensors", model.head.state_dict())
-        (tmp / MODEL_META).write_text(json.dumps(
-            {"num_labels": model.num_labels, "pooling": model.pooling, "fingerprint": state_fingerprint(model),
-             **meta}, indent=1))
+        shape = {"fingerprint": state_fingerprint(model)}
+        if hasattr(model, "num_labels"):  # a classifier: its head and pooling
+            save_tensors(tmp / "head.safetensors", model.head.state_dict())
+            shape.update(num_labels=model.num_labels, pooling=model.pooling)
+        (tmp / MODEL_META).write_text(json.dumps({**shape, **meta}, indent=1))
 
 
 def folder_fingerprint(folder: Path) -> str | None:

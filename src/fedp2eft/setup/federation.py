@@ -6,14 +6,26 @@ import functools
 import json
 
 from ..data import FederationSpec, build_federation, load_dataset_by_name
+from ..data.aya import load_aya_federation
 from ..data.partition import Client, Federation
 from ..methods import ClientTask
-from ..tasks import CLASSIFICATION, Task
+from ..tasks import CLASSIFICATION, GenerationTask, Task
+
+GENERATION_DATASETS = ("aya",)  # instruction-tuning datasets; every other dataset is classification
+
+
+def task_for(cfg) -> Task:
+    """The task a config's dataset poses: instruction-tuned generation (``[generation]`` settings) for
+    Fed-Aya, classification for every other dataset."""
+    if cfg.data.dataset in GENERATION_DATASETS:
+        g = cfg.generation
+        return GenerationTask(template=g.template, max_new_tokens=g.max_new_tokens,
+                              max_prompt_fraction=g.max_prompt_fraction)
+    return CLASSIFICATION
 
 
 def load_federation(cfg) -> Federation:
     d = cfg.data
-    dataset = load_dataset_by_name(d.dataset, d.path or None, d.languages or None)
     spec = FederationSpec(
         clients_per_language=d.clients_per_language,
         alpha=d.dirichlet_alpha,
@@ -23,7 +35,10 @@ def load_federation(cfg) -> Federation:
         min_train_per_client=d.min_train_per_client,
         scheme=d.partition,
     )
-    fed = build_federation(dataset, spec)
+    if d.dataset in GENERATION_DATASETS:
+        fed = load_aya_federation(d.path or None, spec, d.num_clients, d.unseen_clients or None, d.languages or None)
+    else:
+        fed = build_federation(load_dataset_by_name(d.dataset, d.path or None, d.languages or None), spec)
     for c in fed.clients:
         if d.max_train_per_client:
             c.train = c.train[: d.max_train_per_client]

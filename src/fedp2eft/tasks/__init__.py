@@ -1,9 +1,10 @@
-"""Tasks: what methods must not assume about the problem (see ``base``). Classification is the first."""
+"""Tasks: what methods must not assume about the problem (see ``base``): classification and
+instruction-tuned generation."""
 
 from .base import Task
 from .classification import ClassificationTask
+from .generation import TEMPLATES, GenerationTask
 
 CLASSIFICATION = ClassificationTask()
-TASKS: dict[str, Task] = {CLASSIFICATION.name: CLASSIFICATION}
 
-__all__ = ["CLASSIFICATION", "TASKS", "ClassificationTask", "Task"]
+__all__ = ["CLASSIFICATION", "TEMPLATES", "ClassificationTask", "GenerationTask", "Task"]

@@ -3,9 +3,10 @@
 A task says how rows become model inputs (``encode``), which model to build (``load_model``), which
 modules adapters target and which train as themselves (``adapted_modules`` / ``saved_modules``), the
 training loss, how a model's outputs on a split are produced (``predict``) and how they score
-against the split's references, row by row (``score``; a language's score is the mean over all its
-rows in a pool). Methods call these and never look at labels themselves, so a second task (e.g.
-instruction-tuned generation) plugs in without touching them.
+against the split's references, row by row and metric by metric (``score``: ``{metric: [per-row
+score]}``, ``metrics`` in report order, the first the primary one; a language's score is the mean over
+all its rows in a pool). Methods call these and never look at labels themselves: classification and
+instruction-tuned generation (``generation``) plug in alike.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from ..training.batches import EncodedData
 
 class Task(Protocol):
     name: str
-    metric: str  # what ``score`` measures, e.g. "accuracy"
+    metric: str  # the primary metric, e.g. "accuracy" ("meteor" for generation)
+    metrics: tuple[str, ...]  # every metric ``score`` returns, the primary first
 
     def encode(self, tokenizer, examples: list, max_length: int) -> EncodedData: ...
 
@@ -34,4 +36,4 @@ class Task(Protocol):
 
     def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 64) -> list[Any]: ...
 
-    def score(self, outputs: list[Any], data: EncodedData) -> list[float]: ...
+    def score(self, outputs: list[Any], data: EncodedData) -> dict[str, list[float]]: ...

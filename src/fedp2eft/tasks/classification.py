@@ -36,6 +36,7 @@ def predict(model: nn.Module, data: EncodedData, batch_size: int = 64) -> list[i
 class ClassificationTask:
     name = "classification"
     metric = "accuracy"
+    metrics = ("accuracy",)
 
     def encode(self, tokenizer, examples: list, max_length: int) -> EncodedData:
         return encode(tokenizer, examples, max_length)
@@ -57,7 +58,7 @@ class ClassificationTask:
     def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 64) -> list[int]:
         return predict(model, data, batch_size)
 
-    def score(self, outputs: list[Any], data: EncodedData) -> list[int]:
+    def score(self, outputs: list[Any], data: EncodedData) -> dict[str, list[int]]:
         if len(outputs) != len(data.labels):
             raise ValueError(f"{len(outputs)} predictions for {len(data.labels)} labels")
-        return [int(p == y) for p, y in zip(outputs, data.labels, strict=True)]
+        return {"accuracy": [int(p == y) for p, y in zip(outputs, data.labels, strict=True)]}

@@ -19,11 +19,17 @@ def adapted_modules(model: nn.Module, head: str = "train") -> list[str]:
 
     ``head = "train"``: every linear layer of the backbone; the classifier head is trained itself
     (peft ``modules_to_save``). ``head = "adapter"`` (the authors' code): the head is adapted like
-    every other linear layer and its weights stay frozen, so only adapters train."""
+    every other linear layer and its weights stay frozen, so only adapters train.
+
+    A model may name linear layers that are never adapted (``unadapted_modules``: a causal LM's output
+    projection, as peft's all-linear leaves it out), and a model without a linear ``head`` (a causal
+    LM) has no head to adapt in either mode."""
     if head not in HEAD_MODES:
         raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
-    names = linear_module_names(model)
-    return [*names, "head"] if head == "adapter" else names
+    skip = set(getattr(model, "unadapted_modules", ()))
+    names = [n for n in linear_module_names(model) if n not in skip]
+    has_head = isinstance(getattr(model, "head", None), nn.Linear)
+    return [*names, "head"] if head == "adapter" and has_head else names
 
 
 def saved_modules(head: str = "train") -> list[str] | None:
