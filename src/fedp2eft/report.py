@@ -77,32 +77,37 @@ def _fmt(cell: tuple[float, float, int] | None) -> str:
 
 
 def markdown_tables(results: dict[str, Any]) -> str:
-    """One table per (pool, budget); the "none" column (no budget) is repeated in every table."""
-    summary = summarise(results["runs"])
+    """One table per (pool, budget) and metric; the "none" column (no budget) is repeated in every table.
+    Several metrics (generation: METEOR, ROUGE-1, ROUGE-L) give one table each."""
     metric = results.get("metric", "accuracy")
+    metrics = results.get("metrics") or [metric]
     configured = results.get("config", {}).get("personalise", {}).get("methods", [])
     methods = list(dict.fromkeys([*configured, *(r["method"] for r in results["runs"])]))
     pools = list(dict.fromkeys(r["pool"] for r in results["runs"]))
     budgets = sorted({r["budget"] for r in results["runs"] if r["budget"] is not None}) or [None]
     seeds = sorted({r["seed"] for r in results["runs"]})
     lines = [f"# Results: {results.get('config', {}).get('experiment', {}).get('name', '')}", ""]
-    lines.append(f"{metric} (%), mean ± SD over seeds {seeds}; per-language values pool all clients of the language.")
-    for pool in pools:
-        for budget in budgets:
-            cols = []
-            for m in methods:
-                key = (pool, budget, m) if (pool, budget, m) in summary else (pool, None, m)
-                if key in summary:
-                    cols.append((m, summary[key]))
-            if not cols:
-                continue
-            langs = sorted({lang for _, row in cols for lang in row if lang != "mean"})
-            lines += ["", f"## {pool} clients, r = {budget}", ""]
-            lines.append("| lang | " + " | ".join(m for m, _ in cols) + " |")
-            lines.append("|---|" + "---:|" * len(cols))
-            for lang in [*langs, "mean"]:
-                label = "**mean**" if lang == "mean" else lang
-                lines.append(f"| {label} | " + " | ".join(_fmt(row.get(lang)) for _, row in cols) + " |")
+    lines.append(f"{', '.join(metrics)} (%), mean ± SD over seeds {seeds}; per-language values pool all clients "
+                 "of the language.")
+    for name in metrics:
+        summary = summarise(results["runs"], name if len(metrics) > 1 else None)
+        suffix = f": {name}" if len(metrics) > 1 else ""
+        for pool in pools:
+            for budget in budgets:
+                cols = []
+                for m in methods:
+                    key = (pool, budget, m) if (pool, budget, m) in summary else (pool, None, m)
+                    if key in summary:
+                        cols.append((m, summary[key]))
+                if not cols:
+                    continue
+                langs = sorted({lang for _, row in cols for lang in row if lang != "mean"})
+                lines += ["", f"## {pool} clients, r = {budget}{suffix}", ""]
+                lines.append("| lang | " + " | ".join(m for m, _ in cols) + " |")
+                lines.append("|---|" + "---:|" * len(cols))
+                for lang in [*langs, "mean"]:
+                    label = "**mean**" if lang == "mean" else lang
+                    lines.append(f"| {label} | " + " | ".join(_fmt(row.get(lang)) for _, row in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

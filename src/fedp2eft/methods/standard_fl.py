@@ -74,9 +74,10 @@ class BaseModelConfig:
 def build_trainable(base: nn.Module, hp: FedAvgHP, kind: Task = CLASSIFICATION) -> nn.Module:
     """A fresh copy of ``base`` with exactly the federated parameters trainable."""
     model = copy.deepcopy(base)
-    if hp.mode == "lora":
+    if hp.mode == "lora":  # a classifier's head trains and travels; a causal LM has none (its lm_head stays)
+        saved = kind.saved_modules("train") if isinstance(getattr(base, "head", None), nn.Linear) else None
         cfg = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-                         target_modules=kind.adapted_modules(base, "train"), modules_to_save=kind.saved_modules("train"))
+                         target_modules=kind.adapted_modules(base, "train"), modules_to_save=saved)
         return get_peft_model(model, cfg)
     for name, p in model.named_parameters():
         p.requires_grad_(not (hp.freeze_embeddings and ".embeddings." in f".{name}"))
