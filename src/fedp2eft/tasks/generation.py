@@ -11,8 +11,8 @@ token), decoded without special tokens and stripped; they are scored per row wit
 and ROUGE-L over Unicode-aware tokens (``evaluation.text_metrics``), METEOR first (the primary
 metric of the report).
 
-Long rows: the instruction is cut to ``max_prompt_fraction`` of ``max_length`` tokens, the response
-to what remains of ``max_length``.
+Long rows: the instruction is cut so the templated prompt takes at most ``max_prompt_fraction`` of
+``max_length`` tokens (at least one instruction token), the response to what remains of ``max_length``.
 """
 
 from __future__ import annotations
@@ -73,13 +73,20 @@ class GenerationTask:
         body = tokenizer(instruction, add_special_tokens=False)["input_ids"][:limit]
         text = tokenizer.decode(body)
         if self.chat(tokenizer):
-            return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=True,
-                                                      add_generation_prompt=True))
+            chat = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+            return tokenizer(chat, add_special_tokens=False)["input_ids"]  # the template writes its own BOS
         bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
         return bos + tokenizer(ALPACA.format(instruction=text), add_special_tokens=False)["input_ids"]  # no EOS
 
     def encode(self, tokenizer, examples: list, max_length: int) -> EncodedData:
-        limit = max(1, int(self.max_prompt_fraction * max_length))
+        overhead = len(self.prompt_ids(tokenizer, "", 0))  # the template's own tokens
+        limit = max(1, int(self.max_prompt_fraction * max_length) - overhead)
+        if overhead + limit >= max_length:
+            from ..errors import UserError
+
+            raise UserError(f"data.max_length = {max_length} leaves no room for a response after the prompt "
+                            f"template's {overhead} tokens; raise it")
         end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
         if self.chat(tokenizer):
             eot = [i for i in stop_ids(tokenizer) if i != tokenizer.eos_token_id]
