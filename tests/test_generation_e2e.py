@@ -92,10 +92,9 @@ def test_causal_lm_stages_on_the_simulation_engine(tmp_path):
 
 @pytest.mark.integration
 def test_causal_lm_base_and_psg_on_the_deployment_engine(tmp_path):
-    from test_engines import _alive_in_group, _start, _stop, _wait_port
-
     from fedp2eft.config import load_config
     from fedp2eft.setup.federation import load_federation
+    from test_engines import _alive_in_group, _start, _stop, _wait_port
 
     env = python_env(tmp_path)
     env["FEDP2EFT_HOME"] = os.environ.get("FEDP2EFT_HOME", str(Path.home() / ".cache" / "fedp2eft"))

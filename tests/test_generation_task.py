@@ -29,7 +29,7 @@ def tiny():
 def test_encode_scores_the_response_only_and_ends_with_eos(tiny):
     task, _, tok = tiny
     data = task.encode(tok, ROWS, max_length=40)
-    for ids, labels, prompt, row in zip(data.input_ids, data.labels, data.prompt_ids, ROWS):
+    for ids, labels, prompt, _row in zip(data.input_ids, data.labels, data.prompt_ids, ROWS):
         assert ids[: len(prompt)] == prompt and len(ids) <= 40
         assert labels[: len(prompt)] == [IGNORE] * len(prompt)  # the prompt is never a target
         assert labels[len(prompt):] == ids[len(prompt):] and labels[-1] == tok.eos_token_id

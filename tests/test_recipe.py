@@ -251,7 +251,7 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
     method = TunedMethod(Inner(), lrs=(1e-4, 3e-4, 1e-3))
     assert method.name == "fake-tuned"
     selection = {}
-    per_language = personalise_pool(method, None, tasks, 2, TrainSettings(), selection=selection)
+    per_language = personalise_pool(method, None, tasks, 2, TrainSettings(), selection=selection).per_language()
     assert selection["lr"] == 3e-4 and selection["validation_accuracy"]["0.0003"] == 1.0
     assert all(v["value"] == 1.0 for v in per_language.values())
     final = Inner.calls[-2:]

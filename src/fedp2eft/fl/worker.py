@@ -15,9 +15,8 @@ import torch
 from ..methods import ClientTask
 from ..methods.registry import StageContext, get_stage
 from ..setup.base_models import cached_base
-from ..setup.federation import cached_federation
+from ..setup.federation import cached_federation, task_for
 from ..setup.federation import client_task as encode_client
-from ..setup.federation import task_for
 from ..setup.jobs import Job
 
 

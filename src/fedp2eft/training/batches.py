@@ -8,7 +8,6 @@ import torch
 
 from ..data.records import Example
 
-
 IGNORE = -100  # a causal-LM label that is not scored (prompt and padding)
 
 
