@@ -54,15 +54,11 @@ class ClientTask:
     test: EncodedData
     kind: Task = CLASSIFICATION  # the task: encoding, loss, prediction, scoring
 
-    @staticmethod
-    def languages_of(data: EncodedData, language: str) -> str | list[str]:
-        """Each row's language where rows carry one (a Fed-Aya client may speak several), else the client's."""
-        return data.languages if data.languages is not None else language
-
     def score(self, outputs: list, data: EncodedData | None = None) -> tuple[str | list[str], dict[str, list[float]]]:
-        """``(languages, {metric: per-row scores})`` of outputs on ``data`` (default: the test split)."""
+        """``(languages, {metric: per-row scores})`` of outputs on ``data`` (default: the test split); the
+        languages are each row's where rows carry one (a Fed-Aya client may speak several), else the client's."""
         data = self.test if data is None else data
-        return self.languages_of(data, self.language), self.kind.score(outputs, data)
+        return (data.languages if data.languages is not None else self.language), self.kind.score(outputs, data)
 
 
 class Method(Protocol):

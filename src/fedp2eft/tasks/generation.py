@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..errors import UserError
 from ..evaluation.text_metrics import GENERATION_METRICS, generation_scores
 from ..training import device_of
 from ..training.batches import IGNORE, EncodedData
@@ -64,8 +65,6 @@ class GenerationTask:
 
     def chat(self, tokenizer) -> bool:
         if self.template == "chat" and not getattr(tokenizer, "chat_template", None):
-            from ..errors import UserError
-
             raise UserError("generation.template = 'chat' but the model's tokenizer has no chat template")
         return self.template == "chat" or (self.template == "auto" and bool(getattr(tokenizer, "chat_template", None)))
 
@@ -83,8 +82,6 @@ class GenerationTask:
         overhead = len(self.prompt_ids(tokenizer, "", 0))  # the template's own tokens
         limit = max(1, int(self.max_prompt_fraction * max_length) - overhead)
         if overhead + limit >= max_length:
-            from ..errors import UserError
-
             raise UserError(f"data.max_length = {max_length} leaves no room for a response after the prompt "
                             f"template's {overhead} tokens; raise it")
         end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
