@@ -100,8 +100,8 @@ def _stop(procs: list[subprocess.Popen]) -> None:
         p.wait(timeout=10)
 
 
-@pytest.mark.integration
-def test_deployment_engine_on_loopback(tmp_path, masakhanews_dir):
+def loopback_deployment_env(tmp_path) -> tuple[dict, int]:
+    """An environment whose FLWR_HOME names a SuperLink on 127.0.0.1 (``flwr run . loopback``), and its port."""
     env = python_env(tmp_path)
     env["FEDP2EFT_HOME"] = os.environ.get("FEDP2EFT_HOME", str(Path.home() / ".cache" / "fedp2eft"))
     flwr_home = Path(env["FLWR_HOME"])
@@ -109,6 +109,28 @@ def test_deployment_engine_on_loopback(tmp_path, masakhanews_dir):
     link_port = free_port()
     (flwr_home / "config.toml").write_text(
         f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    return env, link_port
+
+
+def start_loopback_federation(tmp_path, env, link_port: int, client_ids: list[str], procs: list) -> None:
+    """A SuperLink and one SuperNode per client id on loopback, each appended to ``procs`` as it starts
+    (so a caller's ``finally: _stop(procs)`` stops whatever did start); returns once all listen."""
+    bindir = Path(sys.executable).parent
+    procs.append(_start([str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
+                         str(link_port), "--database", str(tmp_path / "link.db")], tmp_path / "link.log", env, tmp_path))
+    _wait_port(link_port)
+    node_ports = [free_port() for _ in client_ids]
+    for i, cid in enumerate(client_ids):
+        procs.append(_start([str(bindir / "flower-supernode"), "--insecure", "--superlink",
+                             f"127.0.0.1:{link_port}", "--port", str(node_ports[i]),
+                             "--node-config", f'client-id="{cid}"'], tmp_path / f"node{i}.log", env, tmp_path))
+    for port in node_ports:
+        _wait_port(port)
+
+
+@pytest.mark.integration
+def test_deployment_engine_on_loopback(tmp_path, masakhanews_dir):
+    env, link_port = loopback_deployment_env(tmp_path)
     config = tmp_path / "deploy.toml"
     sets = tiny_overrides(masakhanews_dir, languages=("hau",), clients=2, rounds=2,
                           **{"federation.engine": '"deployment"', "federation.fraction": 1.0,
@@ -119,16 +141,7 @@ def test_deployment_engine_on_loopback(tmp_path, masakhanews_dir):
     bindir = Path(sys.executable).parent
     procs = []
     try:
-        procs.append(_start([str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                             str(link_port), "--database", str(tmp_path / "link.db")], tmp_path / "link.log", env, tmp_path))
-        _wait_port(link_port)
-        node_ports = [free_port(), free_port()]
-        for i, cid in enumerate(["hau-seen-00", "hau-seen-01"]):
-            procs.append(_start([str(bindir / "flower-supernode"), "--insecure", "--superlink",
-                                 f"127.0.0.1:{link_port}", "--port", str(node_ports[i]),
-                                 "--node-config", f'client-id="{cid}"'], tmp_path / f"node{i}.log", env, tmp_path))
-        for port in node_ports:
-            _wait_port(port)
+        start_loopback_federation(tmp_path, env, link_port, ["hau-seen-00", "hau-seen-01"], procs)
         run = subprocess.run([str(bindir / "flwr"), "run", str(REPO), "loopback", "--stream", "--run-config",
                               f'config="{config}" out="{out}"'], capture_output=True, text=True, timeout=600,
                              env=env, cwd=REPO)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import shared_data_dir
-from fl_helpers import REPO, free_port, python_env
+from fl_helpers import REPO, python_env
 
 METHODS = ["none", "lora", "adalora", "bt-lora", "fedl2p", "pf2lora", "fedp2eft", "lora-tuned"]
 
@@ -94,15 +94,9 @@ def test_causal_lm_stages_on_the_simulation_engine(tmp_path):
 def test_causal_lm_base_and_psg_on_the_deployment_engine(tmp_path):
     from fedp2eft.config import load_config
     from fedp2eft.setup.federation import load_federation
-    from test_engines import _alive_in_group, _start, _stop, _wait_port
+    from test_engines import _alive_in_group, _stop, loopback_deployment_env, start_loopback_federation
 
-    env = python_env(tmp_path)
-    env["FEDP2EFT_HOME"] = os.environ.get("FEDP2EFT_HOME", str(Path.home() / ".cache" / "fedp2eft"))
-    flwr_home = Path(env["FLWR_HOME"])
-    flwr_home.mkdir(parents=True)
-    link_port = free_port()
-    (flwr_home / "config.toml").write_text(
-        f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{link_port}"\ninsecure = true\n')
+    env, link_port = loopback_deployment_env(tmp_path)
     cfg = aya_config(tmp_path / "deploy.toml", tmp_path, **{"federation.engine": "deployment",
                                                              "federation.fraction": 1.0, "base_model.rounds": 1,
                                                              "fedp2eft.rounds": 1, "data.num_clients": 4,
@@ -113,16 +107,7 @@ def test_causal_lm_base_and_psg_on_the_deployment_engine(tmp_path):
     bindir = Path(sys.executable).parent
     procs = []
     try:
-        procs.append(_start([str(bindir / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port",
-                             str(link_port), "--database", str(tmp_path / "link.db")], tmp_path / "link.log", env, tmp_path))
-        _wait_port(link_port)
-        node_ports = [free_port(), free_port()]
-        for i, cid in enumerate(seen):
-            procs.append(_start([str(bindir / "flower-supernode"), "--insecure", "--superlink",
-                                 f"127.0.0.1:{link_port}", "--port", str(node_ports[i]),
-                                 "--node-config", f'client-id="{cid}"'], tmp_path / f"node{i}.log", env, tmp_path))
-        for port in node_ports:
-            _wait_port(port)
+        start_loopback_federation(tmp_path, env, link_port, seen, procs)
         for stage, folder in (("base", "base_model"), ("psg", "psg/seed0")):
             run = subprocess.run([str(bindir / "flwr"), "run", str(REPO), "loopback", "--stream", "--run-config",
                                   f'config="{cfg}" out="{out}" stage="{stage}"'], capture_output=True, text=True,
