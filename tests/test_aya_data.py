@@ -91,8 +91,11 @@ def test_jsonl_without_ids_simulates_clients_with_one_to_four_languages(aya_samp
     langs = [set(c.languages("train")) | set(c.languages("test")) for c in fed.clients]
     assert all(1 <= len(x) <= 4 for x in langs)
     assert any(len(x) >= 2 for x in langs) and any(len(x) == 1 for x in langs)
-    assert {lang for x in langs for lang in x} == set(LANGS)  # every language reaches some client
+    for pool in ("seen", "unseen"):  # every language reaches a client of each pool
+        assert {lang for c, x in zip(fed.clients, langs) if c.pool == pool for lang in x} == set(LANGS)
     assert Counter(c.pool for c in fed.clients) == {"seen": 16, "unseen": 4}
+    mixed = next(c for c, x in zip(fed.clients, langs) if len(x) >= 3)
+    assert len({r.language for r in mixed.train[: len(mixed.train) // 2]}) >= 2  # a capped client keeps its mix
     rows = [r for c in fed.clients for r in c.train + c.test]
     assert len(rows) == sum(1 for line in aya_sample.open() if line.strip())  # every row, once
 
@@ -130,3 +133,14 @@ def test_data_describe_works_for_every_aya_format(tmp_path, aya_sample):
         assert len(clients) == 12 and all(c["train_languages"] for c in clients)
         table = subprocess.run([*cli, str(cfg)], capture_output=True, text=True, timeout=300)
         assert table.returncode == 0 and "train languages" in table.stdout + table.stderr
+
+
+def test_row_caps_keep_every_language_of_a_client():
+    from fedp2eft.data.records import Instruction
+    from fedp2eft.setup.federation import cap_rows
+
+    rows = [Instruction(f"p{i}", "r", lang) for i, lang in enumerate("aaaaaabbc")]
+    assert [r.prompt for r in cap_rows(rows, 4)] == ["p0", "p1", "p6", "p8"]  # a, b, c, then a again; row order kept
+    one = [Instruction(f"p{i}", "r", "a") for i in range(5)]
+    assert cap_rows(one, 3) == one[:3]  # one language: the first rows, as before
+    assert cap_rows(one, 9) == one

@@ -156,8 +156,11 @@ def group_by_user(rows: list[AyaRow], num_clients: int = 0, users: list[str] | N
     return [order[u] for u in users]
 
 
-def simulate_clients(rows: list[Instruction], num_clients: int, alpha: float, spec: FederationSpec) -> list[list[Instruction]]:
-    """Simulated annotators for rows without ids (module docstring)."""
+def simulate_clients(rows: list[Instruction], num_clients: int, alpha: float, spec: FederationSpec,
+                     groups: list[set[int]] | None = None) -> list[list[Instruction]]:
+    """Simulated annotators for rows without ids (module docstring). Every language reaches at least one
+    client of each of ``groups`` (the pools; default: all clients as one group). A client's rows come in
+    a seeded random order, so a cap on its rows keeps its language mix."""
     rng = np.random.default_rng(_seed(spec, "aya-simulate"))
     langs = sorted({r.language for r in rows})
     counts = np.array([sum(r.language == lang for r in rows) for lang in langs], dtype=float)
@@ -167,10 +170,12 @@ def simulate_clients(rows: list[Instruction], num_clients: int, alpha: float, sp
         m = int(rng.integers(1, min(4, len(langs)) + 1))
         chosen = rng.choice(len(langs), size=m, replace=False, p=counts / counts.sum())
         share[k, chosen] = rng.dirichlet([alpha] * m)
-    for j in np.flatnonzero(share.sum(0) == 0):  # every language reaches a client that speaks < 4
-        open_ = np.flatnonzero((share > 0).sum(1) < 4)
-        k = int(rng.choice(open_)) if len(open_) else int(rng.integers(num_clients))
-        share[k, j] = share[k].sum() / max(1, (share[k] > 0).sum())
+    for group in [g for g in groups or [set(range(num_clients))] if g]:
+        members = np.array(sorted(group))
+        for j in np.flatnonzero(share[members].sum(0) == 0):  # reach a client of the group that speaks < 4
+            open_ = members[(share[members] > 0).sum(1) < 4]
+            k = int(rng.choice(open_)) if len(open_) else int(rng.choice(members))
+            share[k, j] = share[k].sum() / max(1, (share[k] > 0).sum())
     clients: list[list[Instruction]] = [[] for _ in range(num_clients)]
     for j, lang in enumerate(langs):
         idx = [i for i, r in enumerate(rows) if r.language == lang]
@@ -179,6 +184,8 @@ def simulate_clients(rows: list[Instruction], num_clients: int, alpha: float, sp
         cuts = (np.cumsum(weight / weight.sum())[:-1] * len(idx)).round().astype(int)
         for k, part in enumerate(np.split(np.array(idx, dtype=int), cuts)):
             clients[k].extend(rows[i] for i in part)
+    for client in clients:
+        rng.shuffle(client)
     return clients
 
 
@@ -216,7 +223,10 @@ def build_aya_federation(rows: list[AyaRow], spec: FederationSpec, num_clients: 
         groups = group_by_user(rows, num_clients, users)
         source = "annotators"
     else:
-        groups = simulate_clients([r.instruction for r in rows], num_clients or FEDAYA_CLIENTS, spec.alpha, spec)
+        n = num_clients or FEDAYA_CLIENTS
+        hidden = unseen_indices(n, unseen)
+        groups = simulate_clients([r.instruction for r in rows], n, spec.alpha, spec,
+                                  [set(range(n)) - hidden, hidden])
         source = "simulated"
     pools = unseen_indices(len(groups), unseen)
     fed = Federation(dataset="aya", label_names=[], spec=spec, source=source)

@@ -41,10 +41,28 @@ def load_federation(cfg) -> Federation:
         fed = build_federation(load_dataset_by_name(d.dataset, d.path or None, d.languages or None), spec)
     for c in fed.clients:
         if d.max_train_per_client:
-            c.train = c.train[: d.max_train_per_client]
+            c.train = cap_rows(c.train, d.max_train_per_client)
         if d.max_test_per_client:
-            c.test = c.test[: d.max_test_per_client]
+            c.test = cap_rows(c.test, d.max_test_per_client)
     return fed
+
+
+def cap_rows(rows: list, cap: int) -> list:
+    """At most ``cap`` rows, taken round-robin over the rows' languages in their order (a client of one
+    language keeps its first ``cap`` rows; a Fed-Aya client speaking several keeps some of each)."""
+    if len(rows) <= cap:
+        return rows
+    by_lang: dict[str, list] = {}
+    for r in rows:
+        by_lang.setdefault(r.language, []).append(r)
+    kept: list = []
+    queues = list(by_lang.values())
+    while len(kept) < cap:
+        for q in queues:
+            if q and len(kept) < cap:
+                kept.append(q.pop(0))
+    chosen = {id(r) for r in kept}
+    return [r for r in rows if id(r) in chosen]  # in the rows' own order
 
 
 def client_task(client: Client, tokenizer, max_length: int, kind: Task = CLASSIFICATION) -> ClientTask:
