@@ -31,6 +31,16 @@ def masakhanews_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def xnli_dir() -> Path:
+    path = shared_data_dir() / "xnli"
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"shared XNLI data missing at {path}")
+        pytest.skip(f"shared XNLI data not found at {path}")
+    return path
+
+
 def require_packaged(name: str) -> None:
     from fedp2eft.models import packaged
 

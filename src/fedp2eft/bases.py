@@ -1,14 +1,21 @@
 """Base sources: where the model that personalisation starts from comes from (``base_model.kind``).
 
 A source ``prepare``s itself — possibly as a federated stage — and ``open``s as a :class:`SharedBase`
-whose ``for_client(client_id)`` gives each client its model (the seam for bases that differ per
-client, e.g. FedDPA-T's or DEPT's). The first sources:
+whose ``for_client(client_id)`` gives each client its model. The sources:
 
 - ``off-the-shelf``: the configured model as published (a fresh head seeded per experiment seed);
-- ``standard-fl``: FedAvg of full or LoRA fine-tuning from the off-the-shelf model, trained once as the
-  registered stage ``base_model`` into ``<out>/base_model/model`` (resumable; refused or, with
-  ``--fresh``, retrained when its recorded settings differ);
-- any other value: a base-model folder written by an earlier run.
+- ``standard-fl``: FedAvg of full or LoRA fine-tuning from the off-the-shelf model;
+- the personalised-FL bases, whose clients differ: ``feddpa-t`` (a global LoRA plus each client's local
+  LoRA, ``methods.feddpa``), ``dept`` (DEPT SPEC: each client's own embedding tables, ``methods.dept``),
+  ``pf2lora`` (level 1 plus each client's level 2, ``methods.pf2lora_base``). A client's base is the shared
+  model with its own part applied (``adapters.client_part``), read from that client's storage; a client
+  without one (unseen, or never sampled) gets the shared model, as each module documents;
+- any other value: a base-model folder written by an earlier run (a personalised one keeps serving each
+  client its part).
+
+Every trained kind is one registered stage trained once (``base_model.seed``) into ``<out>/base_model/``,
+its shared model in ``<out>/base_model/model`` (resumable; refused or, with ``--fresh``, retrained when
+its recorded settings differ; the clients' parts in ``<out>/base_model/clients/``).
 """
 
 from __future__ import annotations
@@ -20,28 +27,39 @@ from pathlib import Path
 from torch import nn
 
 from .errors import UserError
+from .methods.dept import DEPT_STAGE
+from .methods.feddpa import FEDDPA_STAGE
+from .methods.pf2lora_base import PF2LORA_BASE_STAGE
+from .methods.registry import BaseWithParts, FederatedStage
 from .methods.standard_fl import STANDARD_FL_STAGE
 from .models import load_tokenizer
-from .setup.base_models import OFF_THE_SHELF, cached_base, folder_fingerprint, load_base, save_base_model
+from .setup.base_models import (OFF_THE_SHELF, TRAINED_KINDS, cached_base, client_parts_dir, folder_fingerprint,
+                                folder_meta, load_base, personal_model, save_base_model)
 from .setup.federation import cached_federation
 from .setup.jobs import experiment_json
 from .setup.layout import RunLayout
 from .setup.stage_state import base_settings, claim_stage
 from .stages import Runner, round_line
 
+BASE_STAGES: dict[str, FederatedStage] = {"standard-fl": STANDARD_FL_STAGE, "feddpa-t": FEDDPA_STAGE,
+                                          "dept": DEPT_STAGE, "pf2lora": PF2LORA_BASE_STAGE}
+assert tuple(BASE_STAGES) == TRAINED_KINDS
+
 
 @dataclass
 class SharedBase:
-    """One base model that every client starts from. ``identity`` names the instance (a fingerprint of
-    a trained base's weights, or ``off-the-shelf:<model>``): runs from different instances never mix."""
+    """The base model clients start from. ``identity`` names the instance (a fingerprint of a trained
+    base's weights, or ``off-the-shelf:<model>``): runs from different instances never mix. ``spec`` is
+    what federated stages start from ("off-the-shelf" or the base-model folder); a personalised base's
+    folder serves each client its own part (``for_client``)."""
 
     model: nn.Module
     tokenizer: object
     identity: str
-    spec: str  # what federated stages start from: "off-the-shelf" or the base-model folder
+    spec: str
 
     def for_client(self, client_id: str) -> nn.Module:
-        return self.model
+        return personal_model(self.model, self.spec, client_id)
 
 
 class OffTheShelf:
@@ -67,22 +85,31 @@ class FolderBase:
         return None
 
     def open(self, cfg, num_labels: int, seed: int) -> SharedBase:
+        parts = client_parts_dir(str(self.folder))
+        if parts is not None and not parts.is_dir():
+            raise UserError(f"base model {self.folder}: its clients' parts folder {parts} is missing")
         model, tok = load_base(cfg, str(self.folder), num_labels, seed)
         return SharedBase(model, tok, folder_fingerprint(self.folder) or f"folder:{self.folder}", str(self.folder))
 
 
 @dataclass
-class StandardFL:
-    """FedAvg's global model (``[base_model]`` mode full or lora), trained as the ``base_model`` stage."""
+class TrainedBase:
+    """A base model trained federatedly as the stage of its kind (``BASE_STAGES``) into
+    ``<out>/base_model/``; a personalised kind's clients keep their parts in ``<out>/base_model/clients/``."""
 
     layout: RunLayout
+    kind: str = "standard-fl"
+
+    @property
+    def stage(self) -> FederatedStage:
+        return BASE_STAGES[self.kind]
 
     @property
     def spec(self) -> str:
         return str(self.layout.base_model.resolve())
 
     def ready(self) -> bool:
-        return (self.layout.base_model / "fedp2eft_classifier.json").is_file()
+        return folder_meta(self.layout.base_model).get("kind") == self.kind
 
     def prepare(self, cfg, layout: RunLayout, runner: Runner | None, fresh: bool, log: Callable = print) -> None:
         claim_stage(layout.base_stage, base_settings(cfg), fresh)
@@ -90,20 +117,31 @@ class StandardFL:
             return
         if runner is None:
             raise UserError(f"{layout.base_model} missing: train the base model first (ServerApp stage 'base')")
-        stage, seed = STANDARD_FL_STAGE, cfg.base_model.seed
-        log(f"standard FL ({cfg.base_model.mode}) base model: {stage.rounds(cfg)} rounds on the "
-            f"{cfg.federation.engine} engine, checkpoints in {layout.base_stage / 'checkpoint'}")
+        stage, seed = self.stage, cfg.base_model.seed
+        what = f"{self.kind} ({cfg.base_model.mode})" if self.kind == "standard-fl" else self.kind
+        log(f"{what} base model: {stage.rounds(cfg)} rounds on the {cfg.federation.engine} engine, "
+            f"checkpoints in {layout.base_stage / 'checkpoint'}")
         state = runner(stage, OFF_THE_SHELF, seed, None, layout.base_stage, lambda r: log(round_line(r)))
         experiment = experiment_json(cfg)
-        base, _ = cached_base(experiment, len(cached_federation(experiment)[1].label_names), seed, OFF_THE_SHELF)
-        model = stage.finalize(base, state, stage.client_settings(cfg, seed, None), layout.base_stage)
-        save_base_model(model, load_tokenizer(cfg.model.name), layout.base_model,
-                        {"kind": "standard-fl", "mode": cfg.base_model.mode, "rounds": cfg.base_model.rounds,
-                         "engine": cfg.federation.engine})
+        fed = cached_federation(experiment)[1]
+        base, _ = cached_base(experiment, len(fed.label_names), seed, OFF_THE_SHELF)
+        final = stage.finalize(base, state, stage.client_settings(cfg, seed, None), layout.base_stage)
+        meta = {"kind": self.kind, "rounds": cfg.base_model.rounds, "engine": cfg.federation.engine}
+        if self.kind == "standard-fl":
+            meta["mode"] = cfg.base_model.mode
+        if isinstance(final, BaseWithParts):
+            trained = sorted(p.name.split(".")[0] for p in final.parts_dir.glob("*.part.safetensors"))
+            seen = [c.cid for c in fed.pool("seen")]
+            meta |= {"client_parts": str(final.parts_dir.resolve()), "unseen": final.unseen,
+                     "clients_with_parts": len(trained), "seen_clients": len(seen)}
+            log(f"{self.kind} base model: {len(trained)} of {len(seen)} seen clients have their own part; "
+                f"every other client gets {final.unseen}")
+            final = final.model
+        save_base_model(final, load_tokenizer(cfg.model.name), layout.base_model, meta)
 
     def open(self, cfg, num_labels: int, seed: int) -> SharedBase:
         if not self.ready():
-            raise UserError(f"no base model in {self.layout.base_model}; run fedp2eft run first")
+            raise UserError(f"no {self.kind} base model in {self.layout.base_model}; run fedp2eft run first")
         return FolderBase(self.layout.base_model).open(cfg, num_labels, seed)
 
 
@@ -112,6 +150,9 @@ def base_source(cfg, layout: RunLayout):
     kind = cfg.base_model.kind
     if kind == OFF_THE_SHELF:
         return OffTheShelf()
-    if kind == "standard-fl":
-        return StandardFL(layout)
+    if kind in BASE_STAGES:
+        return TrainedBase(layout, kind)
+    if not Path(kind).is_dir():
+        raise UserError(f"base_model.kind = {kind!r}: neither a base source {[OFF_THE_SHELF, *BASE_STAGES]} "
+                        "nor a base-model folder")
     return FolderBase(Path(kind))

@@ -54,6 +54,10 @@ class DataConfig:
     max_length: int = 256
     num_clients: int = 0  # Fed-Aya: clients (0 = all annotators of the file; 38 simulated for rows without ids)
     unseen_clients: list[int] = field(default_factory=list)  # Fed-Aya: unseen client numbers ([] = 21-27, 34 of 38)
+    label_column: str = ""  # a local TSV copy's label column ("" = the dataset's: category, label; own data: label)
+    text_columns: list[str] = field(default_factory=list)  # text columns, joined ([] = the dataset's; own: text)
+    pair_column: str = ""  # a second text segment ("" = the dataset's: XNLI hypothesis; own data: none)
+    group_size: int = 0  # consecutive rows kept whole by the pool split (0 = the dataset's: XNLI 3, else 1)
 
     def __post_init__(self) -> None:
         require(self.clients_per_language >= 1, "clients_per_language", "must be >= 1")
@@ -65,6 +69,8 @@ class DataConfig:
         require(self.max_length >= 8, "max_length", "must be >= 8")
         require(self.num_clients >= 0, "num_clients", "must be >= 0 (0 = the dataset's own)")
         require(all(i >= 0 for i in self.unseen_clients), "unseen_clients", "client numbers are >= 0")
+        require(self.group_size >= 0, "group_size", "must be >= 0 (0 = the dataset's)")
+        require(all(isinstance(c, str) and c for c in self.text_columns), "text_columns", "must be column names")
 
 
 @dataclass

@@ -178,7 +178,8 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
             check_runs_base(results, base.identity, out_dir)
             tasks = {pool: client_tasks(fed.pool(pool), base.tokenizer, cfg.data.max_length, kind) for pool in p.pools}
             resources = method_resources(cfg, layout, seed, base.model, base.spec, tasks,
-                                         [(m, b) for _, _, m, b in seed_todo], runner, fresh, console.print)
+                                         [(m, b) for _, _, m, b in seed_todo], runner, fresh, console.print,
+                                         clients_base=base)
             for _, pool, method, budget in seed_todo:
                 label = f"seed {seed} {pool} {method}" + (f" r={budget}" if budget else "")
                 bar = progress.add_task(label, total=len(tasks[pool]))
@@ -193,6 +194,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                     "clients": len(tasks[pool]), "seconds": round(time.perf_counter() - start, 2),
                 }
                 run["base"] = base.identity
+                run["base_kind"] = cfg.base_model.kind
                 if run_settings(cfg, method) is not None:
                     run["settings"] = run_settings(cfg, method)
                 if selection:

@@ -75,9 +75,10 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
 
 def method_resources(cfg, layout: RunLayout, seed: int, base, base_source: str, tasks: dict,
                      runs: list[tuple[str, int | None]], runner: Runner, fresh: bool = False,
-                     log: Callable[[str], None] = print) -> dict[str, dict]:
+                     log: Callable[[str], None] = print, clients_base=None) -> dict[str, dict]:
     """For each method of ``runs`` (``(method, budget)`` pairs) that has a stage: ``{budget or None:
-    resource}``, trained if missing; a stage's ``report`` runs on the pools' tasks."""
+    resource}``, trained if missing; a stage's ``report`` runs on the pools' tasks, each client on its own
+    base (``clients_base.for_client``; default: ``base`` for every client)."""
     out: dict[str, dict] = {}
     trained: dict[tuple[str, int | None], object] = {}
     for method in dict.fromkeys(m for m, _ in runs):
@@ -90,6 +91,7 @@ def method_resources(cfg, layout: RunLayout, seed: int, base, base_source: str, 
                 trained[stage.name, b] = load_or_train(cfg, stage, layout, seed, b, base, base_source, runner,
                                                        fresh, log)
                 if stage.report is not None:
-                    stage.report(base, trained[stage.name, b], tasks, layout.stage(stage.name, seed, b), cfg)
+                    stage.report(clients_base if clients_base is not None else base, trained[stage.name, b], tasks,
+                                 layout.stage(stage.name, seed, b), cfg)
         out[method] = {b: trained[stage.name, b] for b in budgets}
     return out

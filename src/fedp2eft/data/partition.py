@@ -3,7 +3,9 @@
 Per language: the labelled non-test rows (train + dev) are pooled and shuffled, the test
 rows likewise; each is cut in half, one half for the *seen* pool (clients that take part
 in federated training) and one for the *unseen* pool. Optional caps reproduce XNLI's
-"2000 train and 500 test per language per pool". Inside a pool, the language's rows are
+"2000 train and 500 test per language per pool". With ``group_size > 1`` (XNLI: premise groups
+of three rows) whole groups go to each part and training may borrow the first test groups
+(``data.groups``). Inside a pool, the language's rows are
 spread over K clients with latent-Dirichlet label skew (Hsu et al. 2019): for every class
 c a vector p_c ~ Dir(α·1_K) splits that class's rows among the K clients, so client sizes
 differ. The *same* p_c split the pool's test rows, so each client's test split follows its
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import UserError
+from .groups import grouped_halves
 from .records import Example, TextDataset
 
 POOLS = ("seen", "unseen")
@@ -45,6 +48,7 @@ class FederationSpec:
     min_train_per_client: int = 2
     max_resamples: int = 100
     scheme: str = "class-split"  # "class-split" (unequal sizes) | "client-mix" (the authors': equal sizes)
+    group_size: int = 1  # rows come in groups of this many consecutive rows kept whole (XNLI premises: 3)
 
 
 SCHEMES = ("class-split", "client-mix")
@@ -158,6 +162,8 @@ def build_federation(dataset: TextDataset, spec: FederationSpec) -> Federation:
         raise UserError(f"clients_per_language must be >= 1, got {spec.clients_per_language}")
     if spec.alpha <= 0:
         raise UserError(f"dirichlet alpha must be > 0, got {spec.alpha}")
+    if spec.group_size < 1:
+        raise UserError(f"group_size must be >= 1, got {spec.group_size}")
     if spec.scheme not in SCHEMES:
         raise UserError(f"unknown partition scheme {spec.scheme!r}; schemes are {list(SCHEMES)}")
     fed = Federation(dataset=dataset.name, label_names=list(dataset.label_names), spec=spec)
@@ -166,6 +172,12 @@ def build_federation(dataset: TextDataset, spec: FederationSpec) -> Federation:
         pooled = [ex for split, rows in data.splits.items() if split != "test" for ex in rows]
         test = list(data.splits.get("test", []))
         rng = _rng(spec.seed, lang, "pools")
+        if spec.group_size > 1 and test:  # premise groups whole; training may borrow the first test groups
+            (tr_seen, tr_unseen), (te_seen, te_unseen) = grouped_halves(
+                pooled, test, spec.group_size, spec.train_per_pool, spec.test_per_pool, rng, f"{dataset.name} {lang!r}")
+            fed.clients.extend(_partition_pool(lang, "seen", tr_seen, te_seen, spec))
+            fed.clients.extend(_partition_pool(lang, "unseen", tr_unseen, te_unseen, spec))
+            continue
         if not test:
             rng.shuffle(pooled)
             n_test = int(round(len(pooled) * spec.test_fraction))

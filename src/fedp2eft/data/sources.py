@@ -30,6 +30,7 @@ class DatasetInfo:
     pair_column: str | None
     hub_text_fields: tuple[str, ...]
     hub_pair_field: str | None
+    group_size: int = 1  # consecutive rows sharing one premise, kept whole by the pool split (XNLI: 3)
 
 
 KNOWN: dict[str, DatasetInfo] = {
@@ -52,6 +53,7 @@ KNOWN: dict[str, DatasetInfo] = {
         pair_column="hypothesis",
         hub_text_fields=("premise",),
         hub_pair_field="hypothesis",
+        group_size=3,
     ),
 }
 
@@ -77,14 +79,19 @@ def load_dataset_by_name(
     languages: list[str] | None = None,
     label_column: str | None = None,
     text_columns: list[str] | None = None,
+    pair_column: str | None = None,
 ) -> TextDataset:
-    """Load ``name`` from ``path``, ``$FEDP2EFT_DATA/name`` or the hub, for ``languages`` (all if None)."""
+    """Load ``name`` from ``path``, ``$FEDP2EFT_DATA/name`` or the hub, for ``languages`` (all if None).
+
+    ``label_column``, ``text_columns`` (joined with a space) and ``pair_column`` (a second segment, as
+    XNLI's hypothesis) name a local copy's TSV columns; None keeps the dataset's own (for a dataset not
+    known here: ``label``, ``text`` and no pair)."""
     info = KNOWN.get(name)
     local = resolve_local_path(name, path)
     if local is not None:
         if info is None:
             return read_tsv_folder(
-                local, name, languages, label_column or "label", text_columns or ["text"]
+                local, name, languages, label_column or "label", text_columns or ["text"], pair_column=pair_column
             )
         return read_tsv_folder(
             local,
@@ -92,7 +99,7 @@ def load_dataset_by_name(
             languages,
             label_column or info.label_column,
             text_columns or list(info.text_columns),
-            pair_column=info.pair_column,
+            pair_column=pair_column or info.pair_column,
             label_names=_xnli_labels(local, info) if name == "xnli" else None,
         )
     if info is None:
@@ -107,6 +114,12 @@ def load_dataset_by_name(
     return load_hub_dataset(
         name, info.repo, langs, list(info.label_names), list(info.hub_text_fields), info.hub_pair_field
     )
+
+
+def group_size(name: str) -> int:
+    """Rows per premise group of a dataset (1: rows are independent)."""
+    info = KNOWN.get(name)
+    return info.group_size if info is not None else 1
 
 
 def _xnli_labels(root: Path, info: DatasetInfo) -> list[str]:

@@ -4,7 +4,8 @@ Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``, or ``--run-co
 ``config`` — path of the experiment TOML (absolute, or relative to the SuperLink's working
 folder); ``out`` — output folder; ``set`` — optional overrides ``section.key=value`` separated
 by ``;``; ``resume`` — continue from ``out``'s checkpoint; ``stage`` — which federated training to
-run (default ``base``): ``base`` (the Standard-FL base model → ``<out>/base_model/model``) or any
+run (default ``base``): ``base`` (the trained base model of ``base_model.kind`` — Standard FL,
+FedDPA-T, DEPT or PF2LoRA — → ``<out>/base_model/model``, the clients' parts on their machines) or any
 stage a registered method has (``methods.registry``; today ``psg`` → ``<out>/psg/seed<S>/``,
 ``psg-paper`` (method ``fedp2eft-paper``), and per budget ``fedl2p`` / ``pf2lora`` →
 ``<out>/<stage>/seed<S>/r<B>/``; PF2LoRA's clients keep their level 2 under that path on their own
@@ -12,7 +13,7 @@ machines).
 
 ``seed`` (-1 = the config's first seed). The outputs land where ``fedp2eft run --out <out>``
 looks for them, so a run afterwards personalises with the federatedly trained stages. Stages
-after ``base`` start from the base model the config names; with ``kind = "standard-fl"`` that is
+after ``base`` start from the base model the config names; with a trained kind that is
 ``<out>/base_model/model``, which ``stage = "base"`` must have written first.
 """
 
@@ -23,7 +24,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from ..bases import StandardFL, base_source
+from ..bases import TrainedBase, base_source
 from ..config import load_config
 from ..errors import UserError
 from ..methods.registry import federated_stages
@@ -36,8 +37,11 @@ app = ServerApp()
 
 
 def stage_names() -> list[str]:
-    """What ``stage`` may name: ``base`` and every registered method's stage."""
-    return ["base", *(name for name in federated_stages() if name != "base_model")]
+    """What ``stage`` may name: ``base`` (the configured base source's stage) and every registered method's."""
+    from ..bases import BASE_STAGES
+
+    bases = {s.name for s in BASE_STAGES.values()}
+    return ["base", *(name for name in federated_stages() if name not in bases)]
 
 
 @app.main()
@@ -50,8 +54,11 @@ def main(grid: Grid, context: Context) -> None:
     if stage not in stage_names():
         raise UserError(f"run config stage = {stage!r}: stages are {stage_names()}")
     if stage == "base":
-        StandardFL(layout).prepare(cfg, layout, stage_runner(cfg, grid=grid, resume=bool(rc.get("resume", False))),
-                                   fresh=False)
+        source = base_source(cfg, layout)
+        if not isinstance(source, TrainedBase):
+            raise UserError(f"stage = 'base' trains a base model, but base_model.kind = {cfg.base_model.kind!r} "
+                            "is not trained federatedly")
+        source.prepare(cfg, layout, stage_runner(cfg, grid=grid, resume=bool(rc.get("resume", False))), fresh=False)
         return
     seed = int(rc.get("seed", -1))
     seed = cfg.experiment.seeds[0] if seed < 0 else seed
@@ -60,7 +67,7 @@ def main(grid: Grid, context: Context) -> None:
     if spec.per_budget and budget < 1:
         raise UserError(f"stage = {stage!r} needs a rank budget >= 1 (run config budget)")
     source = base_source(cfg, layout)
-    if isinstance(source, StandardFL) and not source.ready():
+    if isinstance(source, TrainedBase) and not source.ready():
         raise UserError(f"{layout.base_model} missing: run stage = 'base' first")
     base = source.open(cfg, len(load_federation(cfg).label_names), seed)
     load_or_train(cfg, spec, layout, seed, budget if spec.per_budget else None, base.model, base.spec,

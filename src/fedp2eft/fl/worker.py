@@ -3,7 +3,7 @@ never per client), run the job's registered stage (``methods.registry``) and ret
 
 The job (``setup.jobs.Job``, sent in every message) names the stage, the sections a node needs to
 load its client (data, model), the base model the clients start from (``off-the-shelf`` or a
-folder), the stage's client settings and, for stages whose clients keep state between rounds, the
+folder; a personalised base's client applies its own part, from its own storage), the stage's client settings and, for stages whose clients keep state between rounds, the
 client-local folder. Per-client state (the trained copy of the model, the client's encoded data)
 exists only for the duration of one call, so memory does not grow with the number of clients.
 """
@@ -14,7 +14,7 @@ import torch
 
 from ..methods import ClientTask
 from ..methods.registry import StageContext, get_stage
-from ..setup.base_models import cached_base
+from ..setup.base_models import cached_base, personal_model
 from ..setup.federation import cached_federation, task_for
 from ..setup.federation import client_task as encode_client
 from ..setup.jobs import Job
@@ -30,6 +30,13 @@ def base_model(job: Job):
     """The base model the job's clients start from; ``job.seed`` seeds an off-the-shelf head."""
     _, fed, _ = cached_federation(job.experiment)
     return cached_base(job.experiment, len(fed.label_names), job.seed, job.base)
+
+
+def client_model(job: Job, cid: str):
+    """Client ``cid``'s own base: the job's base with the client's part when the base is personalised
+    (FedDPA-T, DEPT, PF2LoRA; read from the client's storage), else the shared base itself."""
+    base, _ = base_model(job)
+    return personal_model(base, job.base, cid)
 
 
 def client_task(job: Job, cid: str) -> ClientTask:
@@ -48,7 +55,7 @@ def _context(job: Job) -> StageContext:
 def train(job: Job, cid: str, state: dict[str, torch.Tensor]):
     """One local update of the job's stage; returns ``(state, num_examples, metrics)``."""
     stage = get_stage(job.stage)
-    base, _ = base_model(job)
+    base = client_model(job, cid)
     return stage.client_update(base, state, client_task(job, cid), stage.settings_from_json(job.settings),
                                _context(job))
 
@@ -58,5 +65,5 @@ def evaluate(job: Job, cid: str, state: dict[str, torch.Tensor]) -> tuple[float,
     stage = get_stage(job.stage)
     if stage.evaluate is None:
         raise ValueError(f"federated evaluation is not defined for stage {job.stage!r}")
-    base, _ = base_model(job)
+    base = client_model(job, cid)
     return stage.evaluate(base, state, client_task(job, cid), stage.settings_from_json(job.settings))

@@ -90,6 +90,17 @@ class FederatedStage:
         return build_dataclass(self.settings_type, raw)
 
 
+@dataclass
+class BaseWithParts:
+    """What a personalised-FL base stage (FedDPA-T, DEPT, PF2LoRA) finalizes to: the shared model every
+    client starts from, and the clients' storage folder, where each trained client keeps its own part
+    (``adapters.client_part.client_part_file``) — read there by that client only, never sent."""
+
+    model: nn.Module
+    parts_dir: Path
+    unseen: str  # how a client without a part is served, in words (recorded with the base model)
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """One personalisation method. ``build(cfg, resources, seed)`` makes the method object for a run;

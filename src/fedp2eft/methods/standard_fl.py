@@ -45,16 +45,19 @@ class FedAvgHP:
 class BaseModelConfig:
     """``[base_model]``: how the base model that personalisation starts from is obtained."""
 
-    kind: str = "off-the-shelf"  # "off-the-shelf" | "standard-fl" | a folder written by a previous run
+    # "off-the-shelf" | "standard-fl" | the personalised-FL bases "feddpa-t", "dept", "pf2lora" | a folder
+    # written by a previous run (a personalised base's folder holds each trained client's part in clients/)
+    kind: str = "off-the-shelf"
     mode: str = "full"  # standard-fl: "full" (FedAvg of full fine-tuning) | "lora" (FedAvg of LoRA, merged)
     rounds: int = 100
     local_epochs: int = 2
     batch_size: int = 32
     lr: float = 5e-5
     freeze_embeddings: bool = False  # full mode: embedding tables stay frozen and are never sent
-    lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_rank: int = 16  # standard-fl lora; feddpa-t's global LoRA (authors 8); pf2lora's level 1 (authors 8)
+    lora_alpha: int = 32  # standard-fl lora; feddpa-t's both LoRAs (authors 8)
     lora_dropout: float = 0.05
+    local_rank: int = 0  # feddpa-t's local LoRA (0 = lora_rank); pf2lora's level 2 is [pf2lora] local_rank
     seed: int = 0  # the base model is one artefact shared by every experiment seed
 
     def __post_init__(self) -> None:
@@ -64,6 +67,7 @@ class BaseModelConfig:
             require(getattr(self, k) >= 1, k, "must be >= 1")
         require(self.lr > 0, "lr", "must be > 0")
         require(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
+        require(self.local_rank >= 0, "local_rank", "must be >= 0 (0 = lora_rank)")
 
     def fedavg_hp(self) -> FedAvgHP:
         return FedAvgHP(mode=self.mode, epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,

@@ -156,12 +156,15 @@ def plot_distance(langs: list[str], matrix: np.ndarray, title: str, path: Path) 
 
 
 def write_lambda_report(base, psg, tasks: dict[str, list], folder: Path, head: str = "train") -> dict:
-    """Generate every client's λ, save them (safetensors) and the plots (PNG)."""
+    """Generate every client's λ, save them (safetensors) and the plots (PNG). ``base``: the base model, or
+    a base source whose ``for_client(id)`` gives each client its own (a personalised base)."""
     folder = Path(folder)
-    names = feature_modules(base, head)
+    own = (lambda cid: base.for_client(cid)) if hasattr(base, "for_client") else (lambda cid: base)  # noqa: E731
+    names = feature_modules(own(""), head)
     summary = {}
     for pool, pool_tasks in tasks.items():
-        lams = {t.client_id: torch.stack([v for v in client_lambdas(base, psg, t, head).values()]) for t in pool_tasks}
+        lams = {t.client_id: torch.stack([v for v in client_lambdas(own(t.client_id), psg, t, head).values()])
+                for t in pool_tasks}
         langs = {t.client_id: t.language for t in pool_tasks}
         save_tensors(folder / f"lambdas_{pool}.safetensors", lams)
         mean = torch.stack(list(lams.values())).mean(0).numpy()

@@ -3,6 +3,7 @@ base sources that train (Standard FL) do it as a federated stage (``stages``).""
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import json
@@ -10,12 +11,16 @@ from pathlib import Path
 
 import torch
 
+from ..adapters.client_part import apply_client_part, client_part_file
 from ..atomic import atomic_folder, save_tensors
 from ..tasks import Task
 from .federation import task_for
 
 OFF_THE_SHELF = "off-the-shelf"
 MODEL_META = "fedp2eft_classifier.json"
+# base sources trained federatedly (``bases``): Standard FL's shared model, and the personalised-FL bases
+# whose clients each keep a part of their own
+TRAINED_KINDS = ("standard-fl", "feddpa-t", "dept", "pf2lora")
 
 
 def default_device() -> torch.device:
@@ -56,10 +61,34 @@ def save_base_model(model, tokenizer, folder: Path, meta: dict) -> None:
         (tmp / MODEL_META).write_text(json.dumps({**shape, **meta}, indent=1))
 
 
-def folder_fingerprint(folder: Path) -> str | None:
+def folder_meta(folder: str | Path) -> dict:
     meta_file = Path(folder) / MODEL_META
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    return meta.get("fingerprint")
+    return json.loads(meta_file.read_text()) if meta_file.is_file() else {}
+
+
+def folder_fingerprint(folder: Path) -> str | None:
+    return folder_meta(folder).get("fingerprint")
+
+
+def client_parts_dir(source: str) -> Path | None:
+    """The clients' storage folder of a personalised base-model folder (None: every client shares it)."""
+    if source == OFF_THE_SHELF:
+        return None
+    parts = folder_meta(source).get("client_parts")
+    return Path(parts) if parts else None
+
+
+def personal_model(model, source: str, client_id: str):
+    """Client ``client_id``'s base: ``model`` (the base from ``source``) with the client's own part applied
+    (``adapters.client_part``) when ``source`` is a personalised base and the client has one; else
+    ``model`` itself. The part is read from the client's own storage."""
+    parts = client_parts_dir(source)
+    path = client_part_file(parts, client_id) if parts is not None else None
+    if path is None or not path.is_file():
+        return model
+    from safetensors.torch import load_file
+
+    return apply_client_part(copy.deepcopy(model), load_file(str(path))).eval()
 
 
 @functools.lru_cache(maxsize=1)

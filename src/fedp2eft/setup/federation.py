@@ -7,6 +7,7 @@ import json
 
 from ..data import FederationSpec, build_federation, load_dataset_by_name
 from ..data.aya import load_aya_federation
+from ..data.sources import group_size
 from ..data.partition import Client, Federation
 from ..methods import ClientTask
 from ..tasks import CLASSIFICATION, GenerationTask, Task
@@ -34,11 +35,14 @@ def load_federation(cfg) -> Federation:
         test_per_pool=d.test_per_pool or None,
         min_train_per_client=d.min_train_per_client,
         scheme=d.partition,
+        group_size=d.group_size or group_size(d.dataset),
     )
     if d.dataset in GENERATION_DATASETS:
         fed = load_aya_federation(d.path or None, spec, d.num_clients, d.unseen_clients or None, d.languages or None)
     else:
-        fed = build_federation(load_dataset_by_name(d.dataset, d.path or None, d.languages or None), spec)
+        rows = load_dataset_by_name(d.dataset, d.path or None, d.languages or None, d.label_column or None,
+                                    d.text_columns or None, d.pair_column or None)
+        fed = build_federation(rows, spec)
     for c in fed.clients:
         if d.max_train_per_client:
             c.train = cap_rows(c.train, d.max_train_per_client)

@@ -57,9 +57,15 @@ def claim_stage(folder: Path, settings: dict, fresh: bool = False) -> None:
     write_json(path, settings)
 
 
+# data keys added after stage folders were committed: recorded only when set, so those folders stay valid
+_LATER_DATA_KEYS = ("label_column", "text_columns", "pair_column", "group_size")
+
+
 def data_settings(cfg) -> dict:
     """The data settings a stage depends on: all but ``path`` (a copy elsewhere is the same data)."""
-    return {k: v for k, v in dataclasses.asdict(cfg.data).items() if k != "path"}
+    defaults = dataclasses.asdict(type(cfg.data)())
+    return {k: v for k, v in dataclasses.asdict(cfg.data).items()
+            if k != "path" and not (k in _LATER_DATA_KEYS and v == defaults[k])}
 
 
 def sampling_settings(cfg) -> dict:
@@ -68,9 +74,11 @@ def sampling_settings(cfg) -> dict:
 
 
 def base_settings(cfg) -> dict:
-    """What the base model depends on (for a Standard-FL base: model, data, its training and sampling)."""
+    """What the base model depends on (for a trained base: model, data, its training and sampling)."""
+    from .base_models import TRAINED_KINDS
+
     out = {"kind": cfg.base_model.kind, "model": dataclasses.asdict(cfg.model)}
-    if cfg.base_model.kind == "standard-fl":
+    if cfg.base_model.kind in TRAINED_KINDS:
         out |= {"data": data_settings(cfg), "base_model": dataclasses.asdict(cfg.base_model),
                 "federation": sampling_settings(cfg)}
     return out

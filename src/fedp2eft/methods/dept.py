@@ -1,0 +1,119 @@
+"""DEPT (Iacob et al., 2024), its SPEC variant, as a base model that differs per client: full
+fine-tuning in which the embedding tables (word, position, token type — every ``nn.Embedding`` of the
+backbone) stay on each client and everything else (encoder, embedding LayerNorm, head) is averaged by
+FedAvg (method-facts "Base models").
+
+One round on client k (``dept_client_update``): the server's body is loaded into a copy of the base,
+the client's own embeddings from its storage (the pretrained ones on its first round, as the authors'
+``DEPTSeqClsClient`` keeps them when the client has no file); every parameter trains for
+``local_epochs`` (AdamW, no weight decay); the embeddings are stored on the client as the rows
+that changed (``adapters.client_part``: a row whose token the client never saw keeps its pretrained
+value exactly), and only the body is returned.
+
+The client's base model is the averaged body with its own embeddings. A client with no embeddings — an
+unseen client, or a seen client never sampled — gets the averaged body with the pretrained embeddings:
+the authors' code loads ``{cid}_embeds.pt`` for every client it serves and runs DEPT on the seen pool
+only, so it defines no unseen client; the pretrained tables are what a new client starts DEPT from.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..adapters.client_part import apply_client_part, changed_rows_entries, client_part_file
+from ..atomic import save_tensors
+from ..training import train_model
+from .base import ClientTask
+from .registry import BaseWithParts, FederatedStage, register_stage
+
+UNSEEN = "averaged body + the pretrained embeddings"
+
+
+@dataclass(frozen=True)
+class DEPTSettings:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 5e-5
+    seed: int = 0
+
+
+def embedding_parameters(model: nn.Module) -> list[str]:
+    """The names of the local parameters: the weight of every ``nn.Embedding`` (BERT: word, position and
+    token-type tables)."""
+    return [f"{name}.weight" for name, m in model.named_modules() if isinstance(m, nn.Embedding)]
+
+
+def body_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """What travels: every parameter except the embedding tables."""
+    local = set(embedding_parameters(model))
+    return {n: p.detach().clone() for n, p in model.named_parameters() if n not in local}
+
+
+def load_body(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    unknown = [k for k in state if k not in params]
+    if unknown:
+        raise KeyError(f"DEPT state has unknown parameters {unknown[:3]}")
+    with torch.no_grad():
+        for k, v in state.items():
+            params[k].copy_(v)
+
+
+def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: DEPTSettings,
+                       local_dir: str | Path):
+    """One client's DEPT round; returns ``(body state, num_examples, metrics)``, stores its embeddings."""
+    if len(task.train) == 0:
+        raise ValueError(f"client {task.client_id} has no training data")
+    torch.manual_seed(s.seed)
+    model = copy.deepcopy(base)
+    load_body(model, state)
+    path = client_part_file(local_dir, task.client_id)  # the client's embeddings are its part
+    if path.is_file():
+        apply_client_part(model, load_file(str(path)))
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    losses = train_model(model, [{"params": params, "lr": s.lr}], task.train, s.epochs, s.batch_size, s.seed,
+                         weight_decay=0.0, loss=task.kind.loss)
+    if not all(math.isfinite(x) for x in losses):
+        raise FloatingPointError(f"client {task.client_id}: non-finite DEPT loss")
+    own, pretrained = dict(model.named_parameters()), dict(base.named_parameters())
+    part = {}
+    for name in embedding_parameters(model):
+        part.update(changed_rows_entries(name, own[name], pretrained[name]))
+    save_tensors(path, part)
+    return body_state(model), len(task.train), {"train_loss": sum(losses) / max(len(losses), 1)}
+
+
+def initial_body(base: nn.Module, s: DEPTSettings) -> dict[str, torch.Tensor]:
+    return body_state(base)
+
+
+def dept_base(base: nn.Module, state: dict[str, torch.Tensor], s: DEPTSettings, folder: Path) -> BaseWithParts:
+    """The averaged body with the pretrained embeddings; each trained client's embeddings are its part, in
+    its own storage."""
+    model = copy.deepcopy(base)
+    load_body(model, state)
+    return BaseWithParts(model.eval(), Path(folder) / "clients", UNSEEN)
+
+
+def dept_settings(cfg, seed: int, budget: int | None) -> DEPTSettings:
+    b = cfg.base_model
+    return DEPTSettings(epochs=b.local_epochs, batch_size=b.batch_size, lr=b.lr, seed=b.seed)
+
+
+DEPT_STAGE = register_stage(FederatedStage(
+    name="base_dept", section="base_model", per_budget=False, client_state=True, artifact="body.safetensors",
+    client_settings=dept_settings, settings_type=DEPTSettings, initial_state=initial_body,
+    client_update=lambda base, state, task, s, ctx: dept_client_update(base, state, task, replace(s, seed=ctx.seed),
+                                                                       ctx.client_state_dir),
+    finalize=dept_base,
+))
+"""DEPT's federated training (the stage of base source ``dept``); seeded by ``base_model.seed``."""

@@ -1,0 +1,56 @@
+"""PF2LoRA as a base model that differs per client (base source ``pf2lora``): the federated bilevel
+training of ``pf2lora`` with level-1 rank ``base_model.lora_rank`` and ``base_model.rounds`` rounds,
+every other setting from ``[pf2lora]``. A client's base model is pretrained + level 1 (A, B) + the head
+trained with it + its own level 2 (C_k, D_k), both merged; a client with no level 2 (unseen, or a seen
+client never sampled) gets a fresh level 2, which adds nothing (D = 0): pretrained + level 1."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from ..adapters.client_part import client_part_file
+from ..adapters.two_level import default_local_scaling, local_part, merge_two_level, unwrap_two_level
+from ..atomic import save_tensors
+from .pf2lora import (PF2LoRASettings, initial_shared_state, load_shared_state, local_state_path, pf2lora_client_update,
+                      two_level_model)
+from .registry import BaseWithParts, FederatedStage, register_stage
+
+UNSEEN = "pretrained + level 1 (a fresh level 2 has D = 0)"
+
+
+def pf2lora_base_settings(cfg, seed: int, budget: int | None) -> PF2LoRASettings:
+    return replace(cfg.pf2lora.client_settings(cfg.personalise, cfg.base_model.lora_rank, cfg.base_model.seed),
+                   head="train")
+
+
+def pf2lora_base_update(base: nn.Module, state, task, s: PF2LoRASettings, local_dir):
+    """A PF2LoRA round (``pf2lora_client_update``), then the client's level 2 written as its part."""
+    out = pf2lora_client_update(base, state, task, s, local_dir)
+    stored = load_file(str(local_state_path(local_dir, task.client_id)))
+    save_tensors(client_part_file(local_dir, task.client_id), local_part(stored, default_local_scaling()))
+    return out
+
+
+def pf2lora_base(base: nn.Module, state: dict[str, torch.Tensor], s: PF2LoRASettings, folder: Path) -> BaseWithParts:
+    model, layers = two_level_model(base, s.budget, s.r_local, s.seed, "train")
+    load_shared_state(model, layers, state)
+    merge_two_level(layers, ("shared",))
+    model = unwrap_two_level(model, layers)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return BaseWithParts(model.eval(), Path(folder) / "clients", UNSEEN)
+
+
+PF2LORA_BASE_STAGE = register_stage(FederatedStage(
+    name="base_pf2lora", section="base_model", per_budget=False, client_state=True, artifact="shared.safetensors",
+    client_settings=pf2lora_base_settings, settings_type=PF2LoRASettings, initial_state=initial_shared_state,
+    client_update=lambda base, state, task, s, ctx: pf2lora_base_update(base, state, task, replace(s, seed=ctx.seed),
+                                                                        ctx.client_state_dir),
+    finalize=pf2lora_base,
+))
+"""PF2LoRA's federated training as a base source's stage; seeded by ``base_model.seed``."""
