@@ -10,14 +10,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fedp2eft"
 
 # Lowest first; a module may import its own layer (without cycles) and the layers below it.
 LAYERS = [
-    {"fedp2eft", "errors", "atomic", "offline"},
+    {"fedp2eft", "errors", "atomic", "offline", "memory"},
     {"data", "adapters", "models"},
     {"evaluation", "training"},
     {"tasks", "psg"},
     {"methods"},
     {"config"},
     {"setup"},
-    {"stages", "report"},
+    {"stages", "report", "progress"},
     {"bases"},
     {"fl"},
     {"pipeline", "export_client"},

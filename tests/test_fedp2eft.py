@@ -3,6 +3,9 @@ personalisation at a budget."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
 import torch
 from flwr.app import Context, Message
@@ -109,8 +112,6 @@ def test_personalisation_at_every_budget_uses_the_psg():
 def test_run_stages_then_export_a_client(tmp_path, masakhanews_dir, capsys):
     import json
 
-    from peft import PeftModel
-
     from fedp2eft.cli import main
 
     sets = tiny_overrides(masakhanews_dir, **{
@@ -133,14 +134,42 @@ def test_run_stages_then_export_a_client(tmp_path, masakhanews_dir, capsys):
     assert "resuming: 10 of 10 runs" in capsys.readouterr().err
     assert (out / "psg" / "seed0" / "psg.safetensors").read_bytes() == before
     folder = tmp_path / "adapter"
-    assert main(["export", "configs/quickstart.toml", "--run", str(out), "--client", "yor-unseen-00",
-                 "--budget", "2", "--out", str(folder), *args]) == 0
+    # the run's own settings come from its folder: no config, no --set repeated
+    assert main(["export", "--run", str(out), "--client", "yor-unseen-00", "--budget", "2", "--out", str(folder)]) == 0
     assert "test accuracy" in capsys.readouterr().out
-    base, _ = load_classifier(str(out / "base_model" / "model"), 7)
-    plain = PeftModel.from_pretrained(base, folder)
-    assert not any(type(m).__name__ == "BTLoraLinear" for m in plain.modules())
-    assert main(["export", "configs/quickstart.toml", "--run", str(out), "--client", "zz-unseen-00",
-                 "--out", str(tmp_path / "x"), *args]) == 2
+    check_loads_with_stock_transformers(folder, tmp_path)
+    assert main(["export", "--run", str(out), "--client", "zz-unseen-00", "--out", str(tmp_path / "x")]) == 2
+    assert main(["export", "--run", str(tmp_path / "nothing"), "--client", "yor-unseen-00",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+
+
+def check_loads_with_stock_transformers(folder, tmp_path):
+    """The export loads with transformers + peft alone (no fedp2eft module imported, no missing or
+    unexpected weights, each module's own rank) and predicts what fedp2eft's personalised model did."""
+    import subprocess
+    import sys
+
+    from fl_helpers import python_env
+
+    code = (folder / "LOAD.md").read_text().split("```python\n")[1].split("```")[0]
+    probe = code + (
+        "import json, sys, warnings\n"
+        "assert not [m for m in sys.modules if m.startswith('fedp2eft')]\n"
+        "ranks = {n: m.r['default'] for n, m in model.named_modules() if hasattr(m, 'lora_A') and m.lora_A}\n"
+        "print(json.dumps({'logits': logits[0].tolist(), 'ranks': ranks}))\n")
+    env = python_env(tmp_path)
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", probe], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "missing" not in proc.stderr.lower() and "unexpected" not in proc.stderr.lower()
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    meta = json.loads((folder / "fedp2eft_export.json").read_text())
+    torch.testing.assert_close(torch.tensor(got["logits"]), torch.tensor(meta["probe_logits"]), atol=1e-4, rtol=1e-4)
+    pattern = json.loads((folder / "adapter" / "adapter_config.json").read_text())["rank_pattern"]
+    want = {re.sub(r"\\(.)", r"\1", k): v for k, v in pattern.items()}
+    assert {n.removeprefix("base_model.model."): r for n, r in got["ranks"].items()} == want  # each its own rank
 
 
 def test_mean_one_rescaling_keeps_selection():

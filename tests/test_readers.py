@@ -61,9 +61,15 @@ def test_missing_folder_and_unknown_language(tmp_path):
         read_tsv_folder(tmp_path, "toy", ["zz"])
 
 
-def test_empty_language_is_an_error(tmp_path):
+def test_empty_files_and_rows_without_text_are_errors_naming_file_and_line(tmp_path):
     write_lang(tmp_path, "xx", {"train": HEADER, "test": HEADER})
-    with pytest.raises(UserError, match="'xx'.*has no rows"):
+    with pytest.raises(UserError, match=r"xx/(train|test)\.tsv: a header and no rows"):
+        read_tsv_folder(tmp_path, "toy")
+    write_lang(tmp_path, "xx", {"train": "", "test": HEADER + "sports\th\tt\tu\n"})
+    with pytest.raises(UserError, match=r"xx/train\.tsv: empty file"):
+        read_tsv_folder(tmp_path, "toy")
+    write_lang(tmp_path, "xx", {"train": HEADER + "sports\th\tt\tu\nhealth\t \t\tu\n", "test": HEADER + "sports\th\tt\tu\n"})
+    with pytest.raises(UserError, match=r"xx/train\.tsv: row at line 3 has no text in \['headline', 'text'\]"):
         read_tsv_folder(tmp_path, "toy")
 
 

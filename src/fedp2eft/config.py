@@ -246,10 +246,15 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{path}: invalid TOML ({exc})") from None
-    for item in overrides or []:
+    return from_dict(apply_overrides(raw, overrides or []))
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """``raw`` (a config's dict form) with each ``section.key=value`` override set (in place)."""
+    for item in overrides:
         (section, key), value = parse_override(item)
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
             raise UserError(f"--set {item!r}: [{section}] is not a table")
         raw[section][key] = value
-    return from_dict(raw)
+    return raw

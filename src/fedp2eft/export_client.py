@@ -1,22 +1,41 @@
 """``fedp2eft export``: personalise one client with a finished run's base model and PSG (Alg. 2) and
-write the result as a plain peft LoRA adapter (λ folded into B), loadable without fedp2eft."""
+write the result as a folder stock transformers + peft load without fedp2eft (``adapters.export``).
+The run's own settings come from its ``results.json`` (``run_config``), so the run's ``--set``
+overrides need not be repeated."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file
 
-from .adapters import export_plain_lora
+from .adapters import export_for_transformers
 from .bases import base_source
-from .config import Config
+from .config import Config, from_dict
 from .errors import UserError
 from .methods.bt_training import finetune_pruned_model, personalisation_settings
 from .methods.fedp2eft import PSG_STAGE
 from .psg import client_lambdas
 from .setup.federation import client_task, load_federation, task_for
 from .setup.layout import RunLayout
+
+PROBE = "a text to classify"  # LOAD.md's example input; its logits are recorded to check a load against
+
+
+def run_config(run: Path, overrides: list[str] | None = None) -> Config:
+    """The config a run folder's runs were made with (its ``results.json``), with ``overrides`` on top."""
+    from .config import apply_overrides
+
+    path = Path(run) / "results.json"
+    if not path.is_file():
+        raise UserError(f"{path} missing: --run must be a folder fedp2eft run wrote (or give the CONFIG)")
+    try:
+        raw = json.loads(path.read_text())["config"]
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"{path}: not a results file ({exc})") from None
+    return from_dict(apply_overrides(raw, overrides or []))
 
 
 def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int, out: Path) -> tuple[float, Path]:
@@ -37,9 +56,15 @@ def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int
     task = client_task(client, shared.tokenizer, cfg.data.max_length, task_for(cfg))
     s = personalisation_settings(q.bt_settings(p, seed), p.train_settings(seed))
     model = finetune_pruned_model(base, task.train, client_lambdas(base, psg, task, p.head), budget, s, task.kind)
-    folder = export_plain_lora(model, base, out, modules_to_save=task.kind.saved_modules(p.head))
+    if not hasattr(base, "num_labels"):
+        raise UserError("export writes a personalised classifier; this run's task has no classifier head")
+    folder = export_for_transformers(model, base, shared.tokenizer, out, fed.label_names, cfg.data.max_length)
     scores = task.kind.score(task.kind.predict(model, task.test, p.eval_batch_size), task.test)[task.kind.metric]
     acc = sum(scores) / max(len(scores), 1)
+    probe = shared.tokenizer([PROBE], return_tensors="pt", padding=True, truncation=True, max_length=cfg.data.max_length)
+    with torch.no_grad():
+        logits = model.eval()(**{k: v.to(next(model.parameters()).device) for k, v in probe.items()})[0]
     (folder / "fedp2eft_export.json").write_text(json.dumps(
-        {"client": client_id, "budget": budget, "seed": seed, "test_accuracy": acc, "run": str(run)}, indent=1))
+        {"client": client_id, "budget": budget, "seed": seed, "test_accuracy": acc, "run": str(run),
+         "probe_text": PROBE, "probe_logits": logits.tolist()}, indent=1))
     return acc, folder

@@ -25,6 +25,7 @@ from .methods import ClientTask, TrainSettings, get_method, get_spec
 from .methods.base import client_base
 from .methods.registry import method_names
 from .models import resolve
+from .progress import RunProgress, make_console
 from .report import add_run, environment, load_results, results_lock, run_key, write_results
 from .setup.federation import client_tasks, load_federation, task_for
 from .setup.layout import RunLayout
@@ -138,10 +139,7 @@ def open_results(cfg: Config, out_dir: Path, fresh: bool) -> dict[str, Any]:
 
 
 def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, console=None) -> dict[str, Any]:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     out_dir = Path(out_dir)
     layout = RunLayout(out_dir)
     if cfg.experiment.threads:
@@ -150,9 +148,14 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     results = open_results(cfg, out_dir, fresh)
     done = {run_key(r) for r in results["runs"] if r.get("settings") == run_settings(cfg, r["method"])}
     fed = load_federation(cfg)
-    console.print(f"[bold]{fed.dataset}[/]: {len(fed.clients)} clients in {len(fed.languages)} languages")
+    n_lang = len(fed.languages)
+    console.print(f"[bold]{fed.dataset}[/]: {len(fed.clients)} clients in {n_lang} language{'s' if n_lang != 1 else ''}")
     p = cfg.personalise
     kind = task_for(cfg)
+    if "none" in p.methods and not p.none_trains_head and cfg.base_model.kind == "off-the-shelf" \
+            and isinstance(getattr(kind, "metric", None), str) and kind.metric == "accuracy":
+        console.print("warning: method 'none' with personalise.none_trains_head = false scores an off-the-shelf "
+                      "model's untrained head (about chance or below); set none_trains_head = true or use a trained base")
     plan = [
         (seed, pool, m, b)
         for seed in cfg.experiment.seeds
@@ -167,9 +170,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     runner = stage_runner(cfg)
     if todo:
         source.prepare(cfg, layout, runner, fresh, console.print)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        overall = progress.add_task("runs", total=len(todo))
+    with RunProgress(console, len(todo)) as progress:
         for seed in cfg.experiment.seeds:
             seed_todo = [x for x in todo if x[0] == seed]
             if not seed_todo:
@@ -182,12 +183,12 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                                          clients_base=base)
             for _, pool, method, budget in seed_todo:
                 label = f"seed {seed} {pool} {method}" + (f" r={budget}" if budget else "")
-                bar = progress.add_task(label, total=len(tasks[pool]))
+                advance = progress.task(label, len(tasks[pool]))
                 start = time.perf_counter()
                 selection: dict = {}
                 tally = personalise_pool(
                     get_method(method, cfg, resources.get(method), seed), base, tasks[pool], budget, p.train_settings(seed),
-                    lambda b=bar: progress.advance(b), selection,
+                    advance, selection,
                 )
                 run = {
                     "method": method, "budget": budget, "pool": pool, "seed": seed, **run_scores(tally),
@@ -200,6 +201,6 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 if selection:
                     run["selection"] = selection
                 add_run(out_dir, results, run)
-                progress.advance(overall)
+                progress.done()
             del base, resources
     return results

@@ -70,10 +70,11 @@ def write_results(out_dir: Path, results: dict[str, Any]) -> None:
 
 
 def _fmt(cell: tuple[float, float, int] | None) -> str:
+    """``mean ± SD`` over seeds; a cell of one seed has no SD and shows the mean alone."""
     if cell is None:
         return "–"
-    m, sd, _ = cell
-    return f"{100 * m:.1f} ± {100 * sd:.1f}"
+    m, sd, n = cell
+    return f"{100 * m:.1f} ± {100 * sd:.1f}" if n >= 2 else f"{100 * m:.1f}"
 
 
 def markdown_tables(results: dict[str, Any]) -> str:
@@ -87,8 +88,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
     budgets = sorted({r["budget"] for r in results["runs"] if r["budget"] is not None}) or [None]
     seeds = sorted({r["seed"] for r in results["runs"]})
     lines = [f"# Results: {results.get('config', {}).get('experiment', {}).get('name', '')}", ""]
-    lines.append(f"{', '.join(metrics)} (%), mean ± SD over seeds {seeds}; per-language values pool all clients "
-                 "of the language.")
+    spread = f"mean ± SD over seeds {seeds}" if len(seeds) >= 2 else f"seed {seeds[0]}" if seeds else "no runs"
+    lines.append(f"{', '.join(metrics)} (%), {spread}; per-language values pool all clients of the language.")
     for name in metrics:
         summary = summarise(results["runs"], name if len(metrics) > 1 else None)
         suffix = f": {name}" if len(metrics) > 1 else ""
@@ -102,7 +103,8 @@ def markdown_tables(results: dict[str, Any]) -> str:
                 if not cols:
                     continue
                 langs = sorted({lang for _, row in cols for lang in row if lang != "mean"})
-                lines += ["", f"## {pool} clients, r = {budget}{suffix}", ""]
+                rank = f", r = {budget}" if budget is not None else ""
+                lines += ["", f"## {pool} clients{rank}{suffix}", ""]
                 lines.append("| lang | " + " | ".join(m for m, _ in cols) + " |")
                 lines.append("|---|" + "---:|" * len(cols))
                 for lang in [*langs, "mean"]:

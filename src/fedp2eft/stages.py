@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from .atomic import save_tensors
 from .methods.registry import FederatedStage, get_spec
+from .progress import duration
 from .setup.layout import RunLayout
 from .setup.stage_state import base_settings, claim_stage, data_settings, sampling_settings
 
@@ -43,11 +44,52 @@ def _flat(settings: dict) -> dict:
     return out
 
 
-def round_line(r: dict) -> str:
+def checkpoint_round(folder: Path) -> int | None:
+    """The last round a stage folder's checkpoint holds (None: no checkpoint; training starts at round 1)."""
+    import json
+
+    path = Path(folder) / "checkpoint" / "checkpoint.json"
+    return int(json.loads(path.read_text())["round"]) if path.is_file() else None
+
+
+def training_line(what: str, rounds: int, engine: str, folder: Path) -> str:
+    """What is about to train: from round 1, or resuming from the checkpoint's round."""
+    done = checkpoint_round(folder)
+    start = f"resuming from round {done} of {rounds}" if done else f"{rounds} rounds"
+    return f"{what}: {start} on the {engine} engine, checkpoints in {Path(folder) / 'checkpoint'}"
+
+
+def round_line(r: dict, rounds: int | None = None, elapsed: float | None = None, remaining: float | None = None) -> str:
+    """One line per round: its clients and metrics, the federated evaluation when it ran, the round's
+    time, and (given) the stage's elapsed time and an estimate of what remains."""
     keys = ("train_loss", "l1", "lambda_mean", "val_loss", "lr_mean")
-    parts = [f"  round {r['round']}: {len(r['sampled'])} clients"]
+    of = f"/{rounds}" if rounds else ""
+    n = len(r["sampled"])
+    parts = [f"  round {r['round']}{of}: {n} client{'s' if n != 1 else ''}"]
     parts += [f"{k} {r[k]:.4g}" for k in keys if isinstance(r.get(k), int | float)]
-    return ", ".join(parts) + f", {r['seconds']} s"
+    if isinstance(r.get("eval"), dict):
+        e = r["eval"]
+        parts.append(f"eval ({e['pool']} pool, {e['n']} rows) {100 * e['accuracy']:.1f}%")
+    parts.append(f"{r['seconds']:.1f} s")
+    if elapsed is not None:
+        parts.append(f"elapsed {duration(elapsed)}" + (f", ~{duration(remaining)} left" if remaining else ""))
+    return ", ".join(parts)
+
+
+def round_logger(log: Callable[[str], None], rounds: int) -> Callable[[dict], None]:
+    """``on_round`` for a stage of ``rounds`` rounds: logs each round's line with elapsed time and the
+    remaining time estimated from the rounds run so far in this process."""
+    import time
+
+    start, done = time.perf_counter(), []
+
+    def on_round(r: dict) -> None:
+        done.append(r["round"])
+        elapsed = time.perf_counter() - start
+        left = rounds - r["round"]
+        log(round_line(r, rounds, elapsed, elapsed / len(done) * left if left > 0 else None))
+
+    return on_round
 
 
 def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budget: int | None, base, base_source: str,
@@ -63,9 +105,8 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
         state = load_file(str(final))
     else:
         what = f"{stage.name} (seed {seed}" + (f", r={budget})" if budget is not None else ")")
-        log(f"{what}: {stage.rounds(cfg)} rounds on the {cfg.federation.engine} engine, "
-            f"checkpoints in {folder / 'checkpoint'}")
-        state = runner(stage, base_source, seed, budget, folder, lambda r: log(round_line(r)))
+        log(training_line(what, stage.rounds(cfg), cfg.federation.engine, folder))
+        state = runner(stage, base_source, seed, budget, folder, round_logger(log, stage.rounds(cfg)))
         meta = {"seed": str(seed), **({"budget": str(budget)} if budget is not None else {})}
         save_tensors(final, state, metadata=meta)
         if stage.after is not None:

@@ -1,8 +1,9 @@
 """Reader for folders of ``<lang>/{train,dev,test}.tsv`` (the MasakhaNEWS authors' layout).
 
 Rows are parsed with a real CSV parser so quoted fields may hold tabs and newlines.
-A missing split file is simply absent; a missing folder, a malformed row, an unknown
-label or a language without any rows is a :class:`~fedp2eft.errors.UserError`.
+A missing split file is simply absent; a missing folder, an empty file (or a header without
+rows), a malformed row, a row without text, an unknown label or a language without any rows is a
+:class:`~fedp2eft.errors.UserError` naming the file (and line).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def _read_rows(
             try:
                 header = next(reader)
             except StopIteration:
-                return []
+                raise UserError(f"{path}: empty file (no header row); remove it or fill it") from None
             wanted = [label_column, *text_columns] + ([pair_column] if pair_column else [])
             missing = [c for c in wanted if c not in header]
             if missing:
@@ -45,8 +46,12 @@ def _read_rows(
                         f"{len(row)} fields, expected {len(header)}"
                     )
                 text = " ".join(row[i].strip() for i in tis if row[i].strip())
+                if not text:
+                    raise UserError(f"{path}: row at line {reader.line_num} has no text in {text_columns}")
                 pair = row[pi].strip() if pi is not None else None
                 rows.append((row[li].strip(), text, pair))
+            if not rows:
+                raise UserError(f"{path}: a header and no rows; remove the file or fill it")
             return rows
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None

@@ -12,9 +12,11 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from ..memory import release_freed_memory
 from . import worker
 from .records import from_arrays, read_job, train_reply
 
+release_freed_memory()  # a SuperNode or Ray worker process holds many clients' copies over its life
 app = ClientApp()
 
 

@@ -9,7 +9,6 @@ predicted (merging uses the final, masked rank pattern).
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -17,7 +16,7 @@ from peft import AdaLoraConfig, get_peft_model
 from torch import nn
 
 from ..errors import UserError
-from ..training import train_model
+from ..training import copy_sharing_embeddings, train_model
 from .base import ClientTask, TrainSettings
 from .lora import split_trainable
 from .registry import MethodSpec, register_method
@@ -62,7 +61,7 @@ class AdaLoRAMethod:
             modules_to_save=task.kind.saved_modules(settings.head),
         )
         torch.manual_seed(settings.seed)
-        model = get_peft_model(copy.deepcopy(base), cfg)
+        model = get_peft_model(copy_sharing_embeddings(base), cfg)
         adapter, head = split_trainable(model)
         train_model(
             model, settings.param_groups(adapter, head, adapter_lr=self.lr), task.train,

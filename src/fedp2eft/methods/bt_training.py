@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 
@@ -26,7 +25,7 @@ from ..adapters import apply_fixed_a, bt_penalty, select_ranks
 from ..adapters.bt_lora import bt_lora_config, lambdas_by_module, set_lambdas
 from ..adapters.priors import LAMBDA_MAX, LAMBDA_MIN
 from ..tasks import CLASSIFICATION, Task
-from ..training import train_model
+from ..training import copy_sharing_embeddings, train_model
 from ..training.batches import EncodedData
 
 
@@ -70,7 +69,7 @@ def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSe
     init_value = init if isinstance(init, float) else 1e-4
     cfg = bt_lora_config(targets, r=s.r_init, lora_alpha=s.lora_alpha, init_lambda=init_value,
                          modules_to_save=kind.saved_modules(s.head))
-    model = get_peft_model(copy.deepcopy(base), cfg)
+    model = get_peft_model(copy_sharing_embeddings(base), cfg)
     if s.lora_a_seed >= 0:
         apply_fixed_a(model, s.lora_a_seed)
     if isinstance(init, dict):
@@ -109,7 +108,7 @@ def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int,
         alpha_pattern={re.escape(n): scaling * r for n, r in ranks.items()},
         modules_to_save=kind.saved_modules(s.head),
     )
-    model = get_peft_model(copy.deepcopy(base), cfg)
+    model = get_peft_model(copy_sharing_embeddings(base), cfg)
     if s.lora_a_seed >= 0:
         apply_fixed_a(model, s.lora_a_seed, index)
     set_lambdas(model, kept, requires_grad=False)

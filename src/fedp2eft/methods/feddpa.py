@@ -20,7 +20,6 @@ serves and runs FedDPA-T on the seen pool only, so it defines no unseen client; 
 
 from __future__ import annotations
 
-import copy
 import math
 import zlib
 from dataclasses import dataclass, replace
@@ -31,12 +30,19 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..adapters.client_part import client_part_file
-from ..adapters.two_level import (TwoLevelLinear, attach_two_level, level_state, load_level_state, local_part,
-                                  merge_two_level, unwrap_two_level)
+from ..adapters.two_level import (
+    TwoLevelLinear,
+    attach_two_level,
+    level_state,
+    load_level_state,
+    local_part,
+    merge_two_level,
+    unwrap_two_level,
+)
 from ..atomic import save_tensors
-from ..training import adapted_modules, train_model
+from ..training import adapted_modules, copy_sharing_embeddings, train_model
 from .base import ClientTask
-from .registry import BaseWithParts, FederatedStage, StageContext, register_stage
+from .registry import BaseWithParts, FederatedStage, register_stage
 
 UNSEEN = "pretrained + global adapter (no local adapter: a fresh one has D = 0)"
 
@@ -57,7 +63,7 @@ def dpa_model(base: nn.Module, s: FedDPASettings, seed: int) -> tuple[nn.Module,
     """A copy of ``base`` with a global and a local adapter on every adapted linear layer; the head (a
     classifier's) stays a plain layer that trains with the global adapter."""
     torch.manual_seed(seed)
-    model = copy.deepcopy(base)
+    model = copy_sharing_embeddings(base)
     for p in model.parameters():
         p.requires_grad_(False)
     layers = attach_two_level(model, adapted_modules(base, "train"), s.rank, s.local_rank, s.alpha, s.alpha, s.dropout)

@@ -9,8 +9,6 @@ client's test split predicted.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
@@ -18,7 +16,7 @@ from torch import nn
 from ..adapters import apply_fixed_a
 from ..errors import UserError
 from ..tasks import CLASSIFICATION, Task
-from ..training import train_model
+from ..training import copy_sharing_embeddings, train_model
 from .base import ClientTask, TrainSettings
 from .registry import MethodSpec, register_method
 from .tuned import tuned_spec
@@ -38,7 +36,7 @@ def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "
 
 def lora_model(base: nn.Module, rank: int, settings: TrainSettings, kind: Task = CLASSIFICATION) -> nn.Module:
     """A fresh copy of ``base`` with LoRA of ``rank`` (fixed A when ``settings.lora_a_seed >= 0``)."""
-    model = get_peft_model(copy.deepcopy(base), lora_config(base, rank, head=settings.head, kind=kind))
+    model = get_peft_model(copy_sharing_embeddings(base), lora_config(base, rank, head=settings.head, kind=kind))
     if settings.lora_a_seed >= 0:
         apply_fixed_a(model, settings.lora_a_seed)
     return model

@@ -18,7 +18,6 @@ other method, both levels merged, test split predicted.
 
 from __future__ import annotations
 
-import copy
 import math
 import zlib
 from dataclasses import dataclass, replace
@@ -31,7 +30,7 @@ from torch import nn
 from ..adapters.two_level import TwoLevelLinear, attach_two_level, level_state, load_level_state, merge_two_level
 from ..atomic import save_tensors
 from ..errors import UserError, require
-from ..training import adapted_modules, device_of, model_inputs, to_device, train_model
+from ..training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, to_device, train_model
 from ..training.batches import EncodedData
 from .base import ClientTask, PersonaliseConfig, TrainSettings
 from .pf2lora_bilevel import bilevel_local_steps
@@ -92,7 +91,7 @@ def two_level_model(base: nn.Module, budget: int, r_local: int, seed: int,
     """A copy of ``base`` with both levels on every adapted linear layer (A, C random; B, D zero);
     the head's weights train only in ``head = "train"`` mode."""
     torch.manual_seed(seed)
-    model = copy.deepcopy(base)
+    model = copy_sharing_embeddings(base)
     for p in model.parameters():
         p.requires_grad_(False)
     layers = attach_two_level(model, adapted_modules(base, head), budget, r_local)

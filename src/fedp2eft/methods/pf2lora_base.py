@@ -16,8 +16,14 @@ from torch import nn
 from ..adapters.client_part import client_part_file
 from ..adapters.two_level import default_local_scaling, local_part, merge_two_level, unwrap_two_level
 from ..atomic import save_tensors
-from .pf2lora import (PF2LoRASettings, initial_shared_state, load_shared_state, local_state_path, pf2lora_client_update,
-                      two_level_model)
+from .pf2lora import (
+    PF2LoRASettings,
+    initial_shared_state,
+    load_shared_state,
+    local_state_path,
+    pf2lora_client_update,
+    two_level_model,
+)
 from .registry import BaseWithParts, FederatedStage, register_stage
 
 UNSEEN = "pretrained + level 1 (a fresh level 2 has D = 0)"

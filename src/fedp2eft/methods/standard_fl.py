@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import require
 from ..tasks import CLASSIFICATION, Task
-from ..training import train_model
+from ..training import copy_sharing_embeddings, train_model
 from .base import ClientTask
 from .registry import FederatedStage, StageContext, register_section, register_stage
 
@@ -76,8 +76,9 @@ class BaseModelConfig:
 
 
 def build_trainable(base: nn.Module, hp: FedAvgHP, kind: Task = CLASSIFICATION) -> nn.Module:
-    """A fresh copy of ``base`` with exactly the federated parameters trainable."""
-    model = copy.deepcopy(base)
+    """A fresh copy of ``base`` with exactly the federated parameters trainable (embedding tables shared
+    with ``base``, not copied, wherever they stay frozen: LoRA mode, or ``freeze_embeddings``)."""
+    model = copy_sharing_embeddings(base) if hp.mode == "lora" or hp.freeze_embeddings else copy.deepcopy(base)
     if hp.mode == "lora":  # a classifier's head trains and travels; a causal LM has none (its lm_head stays)
         saved = kind.saved_modules("train") if isinstance(getattr(base, "head", None), nn.Linear) else None
         cfg = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,

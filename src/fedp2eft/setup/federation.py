@@ -7,8 +7,8 @@ import json
 
 from ..data import FederationSpec, build_federation, load_dataset_by_name
 from ..data.aya import load_aya_federation
-from ..data.sources import group_size
 from ..data.partition import Client, Federation
+from ..data.sources import group_size
 from ..methods import ClientTask
 from ..tasks import CLASSIFICATION, GenerationTask, Task
 
