@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
-import shutil
 import socket
 import ssl
 import subprocess
@@ -119,21 +118,6 @@ def start_auth_supernode(tmp_path, env, link_port: int, ca: Path, private_key: P
     return port
 
 
-def staged_app(folder: Path) -> Path:
-    """The Flower app the repository is (pyproject.toml, src/, configs/), copied alone into ``folder``:
-    ``flwr run`` packs every *.py/*.toml/*.md/*.json/*.jsonl/*.yaml file under the app folder that
-    .gitignore does not exclude into the FAB and refuses a FAB over 10 MiB, which the repository root
-    exceeds with its benchmark artefacts (e.g. the 17 MB tokenizer.json files under
-    benchmarks/results/xnli_pfl/*/base_model/model/)."""
-    folder.mkdir(parents=True)
-    for name in ("pyproject.toml", ".gitignore", "README.md"):
-        if (REPO / name).is_file():
-            shutil.copy2(REPO / name, folder / name)
-    for name in ("src", "configs"):
-        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-    return folder
-
-
 def flwr_cli(args: list[str], env, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([str(BINDIR / "flwr"), *args], capture_output=True, text=True, timeout=timeout,
                           env=env, cwd=REPO)
@@ -162,7 +146,7 @@ def test_tls_and_supernode_auth_on_loopback(tmp_path, masakhanews_dir):
     config.write_text(_toml(tiny_overrides(masakhanews_dir, languages=("hau",), clients=2, rounds=1,
                                            **{"federation.engine": '"deployment"', "federation.fraction": 1.0})))
     out = tmp_path / "deploy-out"
-    app = staged_app(tmp_path / "app")
+    app = REPO  # the FAB leaves benchmarks/ and tests/ out (pyproject fab-exclude)
     keys = [make_node_keys(tmp_path / "keys", f"node{i}") for i in range(len(CLIENT_IDS))]
     stranger_key, _ = make_node_keys(tmp_path / "keys", "stranger")  # never registered
     procs: list[subprocess.Popen] = []
