@@ -20,6 +20,7 @@ its recorded settings differ; the clients' parts in ``<out>/base_model/clients/`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,8 @@ class TrainedBase:
         if isinstance(final, BaseWithParts):
             trained = sorted(p.name.split(".")[0] for p in final.parts_dir.glob("*.part.safetensors"))
             seen = [c.cid for c in fed.pool("seen")]
-            meta |= {"client_parts": str(final.parts_dir.resolve()), "unseen": final.unseen,
+            parts = os.path.relpath(final.parts_dir.resolve(), layout.base_model.resolve())  # moves with the run
+            meta |= {"client_parts": parts, "unseen": final.unseen,
                      "clients_with_parts": len(trained), "seen_clients": len(seen)}
             log(f"{self.kind} base model: {len(trained)} of {len(seen)} seen clients have their own part; "
                 f"every other client gets {final.unseen}")

@@ -74,8 +74,8 @@ def client_parts_dir(source: str) -> Path | None:
     """The clients' storage folder of a personalised base-model folder (None: every client shares it)."""
     if source == OFF_THE_SHELF:
         return None
-    parts = folder_meta(source).get("client_parts")
-    return Path(parts) if parts else None
+    parts = folder_meta(source).get("client_parts")  # relative to the base-model folder (or absolute)
+    return (Path(source) / parts).resolve() if parts else None
 
 
 def personal_model(model, source: str, client_id: str):
