@@ -97,3 +97,15 @@ def test_version_resume_refusal_and_the_untrained_head_warning(tmp_path, masakha
                "personalise.none_trains_head=false")
     warned = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert warned.returncode == 0 and "warning: method 'none'" in warned.stderr
+
+
+def test_data_describe_fits_80_columns_without_cutting_anything(tmp_path, masakhanews_dir):
+    env = {**python_env(tmp_path), "COLUMNS": "80"}
+    proc = subprocess.run([sys.executable, "-m", "fedp2eft", "data", "describe", "configs/quickstart.toml",
+                           "--set", data_set(masakhanews_dir)], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines) and "…" not in proc.stdout
+    assert any(line.split()[:2] == ["amh-unseen-00", "unseen"] for line in lines if line.strip())
+    assert "16 clients, 4 main languages, 7 labels" in proc.stdout

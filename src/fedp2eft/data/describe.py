@@ -28,25 +28,33 @@ def describe(fed: Federation) -> dict:
 
 
 def render(summary: dict, console) -> None:
+    """A compact table (fits 80 columns for up to ~9 labels): one row per client — its id, pool and sizes,
+    then one narrow column per label (the label's first four letters) or its train rows per language."""
+    from rich import box
     from rich.table import Table
 
     labels = summary["labels"]
     what = "train label histograms" if labels else "train rows per language"
-    table = Table(title=f"{summary['dataset']}: clients, sizes and {what}")
-    for col in ("language", "pool", "client", "train", "test"):
-        table.add_column(col, justify="right" if col in ("train", "test") else "left")
+    table = Table(title=f"{summary['dataset']}: clients, sizes and {what}", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, padding=(0, 1))
+    table.add_column("client", no_wrap=True)
+    table.add_column("pool", no_wrap=True)
+    for col in ("train", "test"):
+        table.add_column(col, justify="right", no_wrap=True)
     if labels:
-        table.add_column("train labels (" + " ".join(label[:4] for label in labels) + ")", no_wrap=True)
+        for label in labels:
+            table.add_column(label[:4], justify="right", no_wrap=True)
     else:
-        table.add_column("train languages", no_wrap=True)
+        table.add_column("train rows per language", no_wrap=True)
     total = 0
     for lang, pools in summary["languages"].items():
         for pool, clients in pools.items():
             for c in clients:
-                last = (" ".join(f"{h:>4}" for h in c["train_labels"]) if labels else
-                        " ".join(f"{k}:{v}" for k, v in c["train_languages"].items()))
-                table.add_row(lang, pool, c["client"], str(c["train"]), str(c["test"]), last)
+                last = ([str(h) for h in c["train_labels"]] if labels else
+                        [" ".join(f"{k}:{v}" for k, v in c["train_languages"].items())])
+                table.add_row(c["client"], pool, str(c["train"]), str(c["test"]), *last)
                 total += 1
     console.print(table)
     tail = f"{len(labels)} labels" if labels else f"clients {summary.get('clients_from', 'given')}"
-    console.print(f"{total} clients, {len(summary['languages'])} main languages, {tail}")
+    n_lang = len(summary["languages"])
+    console.print(f"{total} clients, {n_lang} main language{'s' if n_lang != 1 else ''}, {tail}")
