@@ -118,3 +118,22 @@ def test_every_method_personalises_each_pfl_base_on_xnli(tmp_path, xnli_dir, kin
         (m, p) for m in ("none", "lora", "fedp2eft", "pf2lora") for p in ("seen", "unseen")}
     assert all(r["base_kind"] == kind and 0 <= r["mean"] <= 1 and r["per_language"].keys() == {"de", "sw"}
                for r in res["runs"])
+
+
+@pytest.mark.parametrize("kind", ["standard-fl", "feddpa-t", "dept", "pf2lora"])
+def test_a_base_folder_records_every_setting_its_stage_trains_with(masakhanews_dir, kind):
+    """Whatever changes a base stage's client settings changes the base's record, so a base-model folder
+    trained otherwise is refused (or retrained under --fresh), never resumed."""
+    from fedp2eft.bases import BASE_STAGES
+    from fedp2eft.setup.stage_state import base_settings
+
+    stage, cfg = BASE_STAGES[kind], pfl_cfg(masakhanews_dir, kind)
+    changed = 0
+    for key, value in (("base_model.lr", 0.5), ("base_model.lora_rank", 3), ("base_model.local_epochs", 3),
+                       ("pf2lora.steps", 7), ("pf2lora.lower_lr", 0.5), ("pf2lora.inner_steps", 2),
+                       ("personalise.head", '"adapter"'), ("fedp2eft.rounds", 3)):
+        other = pfl_cfg(masakhanews_dir, kind, **{key: value})
+        if stage.client_settings(other, 0, None) != stage.client_settings(cfg, 0, None):
+            changed += 1
+            assert base_settings(other) != base_settings(cfg), key
+    assert changed >= 1

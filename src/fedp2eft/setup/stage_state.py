@@ -81,4 +81,6 @@ def base_settings(cfg) -> dict:
     if cfg.base_model.kind in TRAINED_KINDS:
         out |= {"data": data_settings(cfg), "base_model": dataclasses.asdict(cfg.base_model),
                 "federation": sampling_settings(cfg)}
+        if cfg.base_model.kind == "pf2lora":  # its training settings are the [pf2lora] section's
+            out["pf2lora"] = dataclasses.asdict(cfg.pf2lora)
     return out
