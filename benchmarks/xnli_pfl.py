@@ -53,6 +53,27 @@ def merge(root: Path) -> dict:
     return merged
 
 
+def majority_label(config: dict) -> dict[str, float]:
+    """Mean accuracy over languages of predicting, on each client's test rows, its most frequent train
+    label: the label prior the clients' Dirichlet skew gives away (no model)."""
+    from collections import Counter
+
+    from fedp2eft.config import from_dict
+    from fedp2eft.setup.federation import load_federation
+
+    fed = load_federation(from_dict(config))
+    out = {}
+    for pool in ("seen", "unseen"):
+        per: dict[str, list[int]] = {}
+        for c in fed.pool(pool):
+            major = Counter(e.label for e in c.train).most_common(1)[0][0]
+            hit = per.setdefault(c.language, [0, 0])
+            hit[0] += sum(e.label == major for e in c.test)
+            hit[1] += len(c.test)
+        out[pool] = sum(a / b for a, b in per.values()) / len(per)
+    return out
+
+
 def paired(merged: dict, kind: str, pool: str, a: str = "fedp2eft", b: str = "lora") -> str:
     """``a − b`` per language (percentage points): mean, how many languages each way, and the range."""
     runs = {r["method"]: r for r in merged["runs"] if r["base_kind"] == kind and r["pool"] == pool and r["seed"] == 0}
@@ -90,6 +111,11 @@ def table(merged: dict) -> str:
     lines = ["# XNLI, FedP²EFT and the baselines on four base models (r = 2)", "", merged["note"], "",
              "Mean accuracy over languages, % (one seed; with several: ± SD over seeds, n = seeds).", "",
              "| base model | method | seen | unseen |", "|---|---|---:|---:|"]
+    if merged["bases"]:
+        prior = majority_label(next(iter(merged["bases"].values()))["config"])
+        merged["majority_label"] = prior
+        lines.append(f"| (no model) | each client's majority train label | {100 * prior['seen']:.1f} | "
+                     f"{100 * prior['unseen']:.1f} |")
     for kind, label in BASES.items():
         runs = [r for r in merged["runs"] if r["base_kind"] == kind]
         if not runs:
@@ -127,8 +153,8 @@ def main() -> None:
     ROOT_OF[id(merged)] = args.root
     if not merged["runs"]:
         raise SystemExit(f"no runs under {args.root}")
-    write_json(args.root / "results.json", merged)
     text = table(merged)
+    write_json(args.root / "results.json", merged)
     tmp = args.root / "results.md.tmp"
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(args.root / "results.md")
