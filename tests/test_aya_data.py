@@ -132,7 +132,7 @@ def test_data_describe_works_for_every_aya_format(tmp_path, aya_sample):
         clients = [c for pools in summary["languages"].values() for cs in pools.values() for c in cs]
         assert len(clients) == 12 and all(c["train_languages"] for c in clients)
         table = subprocess.run([*cli, str(cfg)], capture_output=True, text=True, timeout=300)
-        assert table.returncode == 0 and "train languages" in table.stdout + table.stderr
+        assert table.returncode == 0 and "train rows per language" in table.stdout + table.stderr
 
 
 def test_row_caps_keep_every_language_of_a_client():
