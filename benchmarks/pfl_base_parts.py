@@ -34,11 +34,11 @@ def main() -> None:
         shared = FolderBase(folder).open(cfg, len(fed.label_names), 0)
         for pool in ("seen", "unseen"):
             tasks = client_tasks(fed.pool(pool), shared.tokenizer, cfg.data.max_length, task)
-            for label, model_of in (("shared model alone", lambda t: shared.model),
-                                    ("each client's own base", lambda t: shared.for_client(t.client_id))):
+            for label, own in (("shared model alone", False), ("each client's own base", True)):
                 tally = LanguageTally()
                 for t in tasks:
-                    tally.add_scores(*t.score(task.predict(model_of(t), t.test)))
+                    model = shared.for_client(t.client_id) if own else shared.model
+                    tally.add_scores(*t.score(task.predict(model, t.test)))
                 print(f"{kind} {pool}: {label} {100 * mean_over_languages(tally.per_language()):.1f}", flush=True)
 
 
