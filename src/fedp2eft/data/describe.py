@@ -47,7 +47,7 @@ def render(summary: dict, console) -> None:
     else:
         table.add_column("train rows per language", no_wrap=True)
     total = 0
-    for lang, pools in summary["languages"].items():
+    for pools in summary["languages"].values():
         for pool, clients in pools.items():
             for c in clients:
                 last = ([str(h) for h in c["train_labels"]] if labels else
