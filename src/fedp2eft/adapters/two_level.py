@@ -117,3 +117,13 @@ def local_part(state: dict[str, torch.Tensor], scaling: float) -> dict[str, torc
             name = key[: -len(".local_C")]
             out.update(lowrank_entries(name, state[key], scaling * state[f"{name}.local_D"]))
     return out
+
+
+def shared_level_model(model: nn.Module, layers: dict[str, TwoLevelLinear]) -> nn.Module:
+    """``model`` with level 1 merged and its two-level layers unwrapped: a plain, trainable model in eval
+    mode (the shared base of FedDPA-T and PF2LoRA; each client's level 2 is its part)."""
+    merge_two_level(layers, ("shared",))
+    model = unwrap_two_level(model, layers)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model.eval()

@@ -32,6 +32,7 @@ from ..atomic import save_tensors
 from ..training import train_model
 from .base import ClientTask
 from .registry import BaseWithParts, FederatedStage, register_stage
+from .standard_fl import load_state
 
 UNSEEN = "averaged body + the pretrained embeddings"
 
@@ -56,16 +57,6 @@ def body_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if n not in local}
 
 
-def load_body(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    params = dict(model.named_parameters())
-    unknown = [k for k in state if k not in params]
-    if unknown:
-        raise KeyError(f"DEPT state has unknown parameters {unknown[:3]}")
-    with torch.no_grad():
-        for k, v in state.items():
-            params[k].copy_(v)
-
-
 def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: DEPTSettings,
                        local_dir: str | Path):
     """One client's DEPT round; returns ``(body state, num_examples, metrics)``, stores its embeddings."""
@@ -73,7 +64,7 @@ def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
         raise ValueError(f"client {task.client_id} has no training data")
     torch.manual_seed(s.seed)
     model = copy.deepcopy(base)
-    load_body(model, state)
+    load_state(model, state)
     path = client_part_file(local_dir, task.client_id)  # the client's embeddings are its part
     if path.is_file():
         apply_client_part(model, load_file(str(path)))
@@ -100,7 +91,7 @@ def dept_base(base: nn.Module, state: dict[str, torch.Tensor], s: DEPTSettings, 
     """The averaged body with the pretrained embeddings; each trained client's embeddings are its part, in
     its own storage."""
     model = copy.deepcopy(base)
-    load_body(model, state)
+    load_state(model, state)
     return BaseWithParts(model.eval(), Path(folder) / "clients", UNSEEN)
 
 

@@ -36,8 +36,7 @@ from ..adapters.two_level import (
     level_state,
     load_level_state,
     local_part,
-    merge_two_level,
-    unwrap_two_level,
+    shared_level_model,
 )
 from ..atomic import save_tensors
 from ..training import adapted_modules, copy_sharing_embeddings, train_model
@@ -137,11 +136,7 @@ def feddpa_base(base: nn.Module, state: dict[str, torch.Tensor], s: FedDPASettin
     adapter is its part, in its own storage."""
     model, layers = dpa_model(base, s, s.seed)
     load_global_state(model, layers, state)
-    merge_two_level(layers, ("shared",))
-    model = unwrap_two_level(model, layers)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return BaseWithParts(model.eval(), Path(folder) / "clients", UNSEEN)
+    return BaseWithParts(shared_level_model(model, layers), Path(folder) / "clients", UNSEEN)
 
 
 def feddpa_settings(cfg, seed: int, budget: int | None) -> FedDPASettings:

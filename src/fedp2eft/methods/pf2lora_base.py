@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..adapters.client_part import client_part_file
-from ..adapters.two_level import default_local_scaling, local_part, merge_two_level, unwrap_two_level
+from ..adapters.two_level import default_local_scaling, local_part, shared_level_model
 from ..atomic import save_tensors
 from .pf2lora import (
     PF2LoRASettings,
@@ -45,11 +45,7 @@ def pf2lora_base_update(base: nn.Module, state, task, s: PF2LoRASettings, local_
 def pf2lora_base(base: nn.Module, state: dict[str, torch.Tensor], s: PF2LoRASettings, folder: Path) -> BaseWithParts:
     model, layers = two_level_model(base, s.budget, s.r_local, s.seed, "train")
     load_shared_state(model, layers, state)
-    merge_two_level(layers, ("shared",))
-    model = unwrap_two_level(model, layers)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    return BaseWithParts(model.eval(), Path(folder) / "clients", UNSEEN)
+    return BaseWithParts(shared_level_model(model, layers), Path(folder) / "clients", UNSEEN)
 
 
 PF2LORA_BASE_STAGE = register_stage(FederatedStage(
