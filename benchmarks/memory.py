@@ -1,12 +1,14 @@
-"""Peak resident memory (RSS) of the quickstart and of one client's round per method, against the
-model's own size, each measured in a fresh process; with glibc's default allocator behaviour as the
-reference measured in the same run (``FEDP2EFT_KEEP_MALLOC=1``, see ``fedp2eft.memory``).
+"""Peak resident memory (RSS) and time of the quickstart and of one client's round per method, against
+the model's own size, each measured in a fresh process: with the allocator the ``fedp2eft`` command
+preloads (tcmalloc, else jemalloc: ``fedp2eft.memory``) and with the system allocator (glibc) as the
+reference measured in the same run.
 
-    .venv/bin/python benchmarks/memory.py [--skip-quickstart | --quickstart-reference] [--threads 1]
+    .venv/bin/python benchmarks/memory.py [--skip-quickstart | --quickstart-reference] [--threads 2]
         [--out benchmarks/results/memory.json]
 
-Prints, per measurement, the peak RSS in MB, its ratio to the model's parameter bytes, and the
-wall time; the quickstart's target is a peak of at most 2 GB.
+Prints, per measurement, the peak RSS in MB, its ratio to the model's parameter bytes, the wall time
+and the time ratio against the reference; the quickstart's target is a peak of at most 2 GB without
+being slower than the reference.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+from fedp2eft.memory import find_allocator  # noqa: E402
+
+PRELOADED, REFERENCE = "preloaded allocator", "system (reference)"
 
 # one client's round of a method: personalisation, or the method's federated stage (FedP²EFT's PSG)
 CLIENT_ROUND = r'''
 import json, sys, time, torch
-from fedp2eft.memory import release_freed_memory
-release_freed_memory()
 torch.set_num_threads(int(sys.argv[2]))
 from fedp2eft.config import load_config
 from fedp2eft.methods import get_method
@@ -86,22 +90,33 @@ def main() -> None:
     ap.add_argument("--skip-quickstart", action="store_true")
     ap.add_argument("--quickstart-reference", action="store_true",
                     help="also run the quickstart with glibc's default allocator behaviour (twice the time)")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory.json")
     args = ap.parse_args()
     size = model_mb()
     print(f"e5-small parameters: {size:.0f} MB (fp32)")
-    results: dict = {"model_mb": size, "threads": args.threads, "client_round": {}, "quickstart": {}}
-    for mode, keep in (("fixed threshold", "0"), ("glibc default (reference)", "1")):
-        env = {**os.environ, "FEDP2EFT_KEEP_MALLOC": keep, "OMP_NUM_THREADS": str(args.threads)}
+    library = find_allocator()
+    results: dict = {"model_mb": size, "threads": args.threads, "allocator_library": library,
+                     "client_round": {}, "quickstart": {}}
+    base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    base_env["OMP_NUM_THREADS"] = str(args.threads)
+    modes = [(REFERENCE, {**base_env, "FEDP2EFT_ALLOCATOR": "system"})]
+    if library is None:
+        print("no tcmalloc or jemalloc installed (Debian: libtcmalloc-minimal4): the system allocator only")
+    else:
+        print(f"preloaded allocator: {library}")
+        modes.insert(0, (PRELOADED, {**base_env, "LD_PRELOAD": library}))
+    for mode, env in modes:
+        reference = mode == REFERENCE
         for method in METHODS:
             peak, secs, rc = peak_of([sys.executable, "-c", CLIENT_ROUND, method, str(args.threads)], env)
             if rc != 0:
                 raise SystemExit(f"{method}: the probe failed (exit {rc})")
             results["client_round"].setdefault(method, {})[mode] = {"peak_mb": round(peak), "seconds": round(secs, 1)}
-            print(f"{mode:>26} | {method:<22} peak {peak:6.0f} MB = {peak / size:4.1f} x model, {secs:5.1f} s")
-        if not args.skip_quickstart and (keep == "0" or args.quickstart_reference):
+            print(f"{mode:>24} | {method:<22} peak {peak:6.0f} MB = {peak / size:4.1f} x model, {secs:5.1f} s")
+        if not args.skip_quickstart and (not reference or args.quickstart_reference or library is None):
             with tempfile.TemporaryDirectory() as tmp:
+                # python -m fedp2eft: the command's own allocator choice (LD_PRELOAD from env, or system)
                 cmd = [sys.executable, "-m", "fedp2eft", "run", "configs/quickstart.toml", "--out", tmp,
                        "--set", f"experiment.threads={args.threads}"]
                 peak, secs, rc = peak_of(cmd, env)
@@ -109,8 +124,16 @@ def main() -> None:
                 raise SystemExit(f"quickstart failed (exit {rc})")
             results["quickstart"][mode] = {"peak_mb": round(peak), "seconds": round(secs, 1)}
             verdict = "<= 2 GB" if peak <= 2048 else "> 2 GB"
-            print(f"{mode:>26} | quickstart             peak {peak:6.0f} MB = {peak / size:4.1f} x model, "
+            print(f"{mode:>24} | quickstart             peak {peak:6.0f} MB = {peak / size:4.1f} x model, "
                   f"{secs:5.0f} s ({verdict})")
+    ratios = {m: round(r[PRELOADED]["seconds"] / r[REFERENCE]["seconds"], 2)
+              for m, r in results["client_round"].items() if PRELOADED in r}
+    if len(results["quickstart"]) == 2:
+        q = results["quickstart"]
+        ratios["quickstart"] = round(q[PRELOADED]["seconds"] / q[REFERENCE]["seconds"], 2)
+    if ratios:
+        results["time_ratio_preloaded_over_reference"] = ratios
+        print("time, preloaded / reference: " + ", ".join(f"{m} {r:.2f}" for m, r in ratios.items()))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp")
     tmp.write_text(json.dumps(results, indent=1))

@@ -43,6 +43,7 @@ from .setup.base_models import (
     folder_meta,
     load_base,
     personal_model,
+    release_cached_base,
     save_base_model,
 )
 from .setup.federation import cached_federation
@@ -148,6 +149,8 @@ class TrainedBase:
                 f"every other client gets {final.unseen}")
             final = final.model
         save_base_model(final, load_tokenizer(cfg.model.name), layout.base_model, meta)
+        del final, base, state
+        release_cached_base()
 
     def open(self, cfg, num_labels: int, seed: int) -> SharedBase:
         if not self.ready():

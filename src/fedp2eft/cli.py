@@ -170,11 +170,17 @@ def _cmd_methods(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .memory import release_freed_memory
+def entry() -> None:
+    """The ``fedp2eft`` command: with a tensor-friendly allocator when one is installed
+    (``memory.preload_allocator``), then ``main``."""
+    from .memory import preload_allocator
 
+    preload_allocator()
+    sys.exit(main())
+
+
+def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    release_freed_memory()
     try:
         if args.command == "run":
             return _cmd_run(args)

@@ -21,6 +21,7 @@ from .config import Config, from_dict
 from .errors import UserError
 from .evaluation import LanguageTally, mean_over_languages
 from .fl.engines import stage_runner
+from .memory import trim_freed_memory
 from .methods import ClientTask, TrainSettings, get_method, get_spec
 from .methods.base import client_base
 from .methods.registry import method_names
@@ -90,6 +91,7 @@ def personalise_pool(
         except FloatingPointError as exc:
             raise UserError(f"client {task.client_id}, method {method.name}: {exc}") from None
         tally.add_scores(*task.score(outputs))
+        trim_freed_memory()  # the client's copies and activations
         advance()
     return tally
 
@@ -176,6 +178,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
             if not seed_todo:
                 continue
             base: SharedBase = source.open(cfg, len(fed.label_names), seed)
+            trim_freed_memory()  # what loading it copied through
             check_runs_base(results, base.identity, out_dir)
             tasks = {pool: client_tasks(fed.pool(pool), base.tokenizer, cfg.data.max_length, kind) for pool in p.pools}
             resources = method_resources(cfg, layout, seed, base.model, base.spec, tasks,

@@ -11,6 +11,7 @@ from typing import Any
 from . import __version__
 from .atomic import write_json, write_text
 from .evaluation.aggregate import summarise
+from .memory import allocator_in_use
 
 
 def environment() -> dict[str, Any]:
@@ -25,7 +26,8 @@ def environment() -> dict[str, Any]:
         except md.PackageNotFoundError:
             versions[pkg] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    return {"packages": versions, "device": device, "torch_threads": torch.get_num_threads(), "platform": platform.platform()}
+    return {"packages": versions, "device": device, "torch_threads": torch.get_num_threads(),
+            "allocator": allocator_in_use(), "platform": platform.platform()}
 
 
 def load_results(path: Path) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from .atomic import save_tensors
 from .methods.registry import FederatedStage, get_spec
 from .progress import duration
+from .setup.base_models import release_cached_base
 from .setup.layout import RunLayout
 from .setup.stage_state import base_settings, claim_stage, data_settings, sampling_settings
 
@@ -107,6 +108,7 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
         what = f"{stage.name} (seed {seed}" + (f", r={budget})" if budget is not None else ")")
         log(training_line(what, stage.rounds(cfg), cfg.federation.engine, folder))
         state = runner(stage, base_source, seed, budget, folder, round_logger(log, stage.rounds(cfg)))
+        release_cached_base()
         meta = {"seed": str(seed), **({"budget": str(budget)} if budget is not None else {})}
         save_tensors(final, state, metadata=meta)
         if stage.after is not None:

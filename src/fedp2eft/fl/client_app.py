@@ -12,11 +12,10 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..memory import release_freed_memory
+from ..memory import trim_freed_memory
 from . import worker
-from .records import from_arrays, read_job, train_reply
+from .records import RecordState, read_job, train_reply
 
-release_freed_memory()  # a SuperNode or Ray worker process holds many clients' copies over its life
 app = ClientApp()
 
 
@@ -44,8 +43,9 @@ def query(msg: Message, context: Context) -> Message:
 def train(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)
-    state = from_arrays(msg.content.array_records["arrays"])
+    state = RecordState(msg.content.array_records["arrays"])
     new_state, n, metrics = worker.train(job, cid, state)
+    trim_freed_memory()  # a SuperNode or Ray worker serves many clients over its life
     return Message(train_reply(new_state, n, metrics), reply_to=msg)
 
 
@@ -53,7 +53,8 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)
-    correct, n = worker.evaluate(job, cid, from_arrays(msg.content.array_records["arrays"]))
+    correct, n = worker.evaluate(job, cid, RecordState(msg.content.array_records["arrays"]))
+    trim_freed_memory()
     metrics = MetricRecord({"num-examples": n, "correct": correct, "accuracy": correct / max(n, 1)})
     reply = RecordDict({"metrics": metrics, "client": ConfigRecord({"client-id": cid})})
     return Message(reply, reply_to=msg)

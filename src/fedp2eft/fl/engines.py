@@ -51,10 +51,11 @@ def job_base(job: Job):
     return cached_base(job.experiment, len(fed.label_names), job.seed, job.base)
 
 
-def run_job(cfg: Config, job: Job, init: dict, settings: LoopSettings, out_dir: Path, resume: bool,
+def run_job(cfg: Config, job: Job, init, settings: LoopSettings, out_dir: Path, resume: bool,
             client_app=None, on_round=None, grid=None, aggregate=None) -> dict:
     """Run any job's rounds on the configured engine (or on ``grid``: the Deployment Engine's,
-    handed in by the ServerApp); returns the final state. ``aggregate``: the stage's server rule
+    handed in by the ServerApp); returns the final state. ``init``: the initial state or a function
+    that makes it (``run_rounds``). ``aggregate``: the stage's server rule
     (None = FedAvg)."""
     from .client_app import app as default_client_app
 
@@ -83,7 +84,7 @@ def run_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir:
     out_dir = Path(out_dir)
     job = stage_job(cfg, stage, base, seed, budget, out_dir / "clients" if stage.client_state else None)
     base_model, _ = job_base(job)
-    init = stage.initial_state(base_model, stage.settings_from_json(job.settings))
+    init = lambda: stage.initial_state(base_model, stage.settings_from_json(job.settings))  # noqa: E731
     return run_job(cfg, job, init, loop_settings(cfg, stage, seed), out_dir, resume, client_app, on_round, grid,
                    stage.aggregate)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
@@ -14,6 +16,24 @@ def to_arrays(state: dict[str, torch.Tensor]) -> ArrayRecord:
 
 def from_arrays(record: ArrayRecord) -> dict[str, torch.Tensor]:
     return dict(record.to_torch_state_dict())
+
+
+class RecordState(Mapping):
+    """A received state, read-only, each tensor converted from the message when read: a client that
+    copies the global state into its model (``load_state``, ``load_state_dict``) then never holds a
+    second whole copy of it beside the message for the length of its training."""
+
+    def __init__(self, record: ArrayRecord):
+        self._record = record
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return torch.from_numpy(self._record[key].numpy())
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._record.keys())
+
+    def __len__(self) -> int:
+        return len(self._record)
 
 
 def job_config(job: Job) -> ConfigRecord:

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from ..atomic import save_tensors
 from ..errors import UserError
+from ..memory import trim_freed_memory
 from ..setup.jobs import Job
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .records import from_arrays, job_config, to_arrays
@@ -89,7 +90,7 @@ def sample(nodes: list[int], settings: LoopSettings, round_: int) -> list[int]:
 def run_rounds(
     grid,
     job: Job,
-    initial_state: dict[str, torch.Tensor],
+    initial_state: dict[str, torch.Tensor] | Callable[[], dict[str, torch.Tensor]],
     settings: LoopSettings,
     out_dir: Path,
     resume: bool = False,
@@ -97,12 +98,15 @@ def run_rounds(
     aggregate: Callable[[list[tuple[dict[str, torch.Tensor], int]]], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run ``settings.rounds`` rounds of ``job`` from ``initial_state`` (or its checkpoint); returns the
-    final global state. ``aggregate`` (a stage's own server rule, ``[(state, num_examples)] -> state``)
+    final global state. ``initial_state`` may be a function that makes it, called only when there is no
+    checkpoint to resume (the loop then holds the only copy). ``aggregate`` (a stage's own server rule, ``[(state, num_examples)] -> state``)
     replaces Flower's FedAvg; client metrics are then averaged weighted by examples as FedAvg does."""
     ckpt_dir = out_dir / "checkpoint"
     metrics_path = out_dir / "rounds.jsonl"
-    state, start = initial_state, 1
+    start = 1
     loaded = load_checkpoint(ckpt_dir) if resume else None
+    state = None if loaded is not None else initial_state() if callable(initial_state) else initial_state
+    del initial_state  # a callable's result is then held only here (and replaced every round)
     if loaded is not None:
         done, state, meta = loaded
         restore_rng(meta["rng"])
@@ -121,26 +125,11 @@ def run_rounds(
         t0 = time.perf_counter()
         chosen = sample(seen, settings, round_)
         content = RecordDict({"arrays": to_arrays(state), "config": job_config(job.for_round(round_))})
-        msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(round_)) for n in chosen]
-        replies = list(grid.send_and_receive(msgs, timeout=settings.client_timeout_s))
-        ok = [r for r in replies if not r.has_error()]
-        ok_nodes = {r.metadata.src_node_id for r in ok}
-        failed = {node_clients[n][0]: _reason(replies, n) for n in chosen if n not in ok_nodes}
-        record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": failed}
-        if len(failed) > settings.max_failure_fraction * len(chosen) or not ok:
-            _append(metrics_path, {**record, "stopped": True})
-            raise UserError(
-                f"round {round_}: {len(failed)} of {len(chosen)} clients failed "
-                f"(max_failure_fraction {settings.max_failure_fraction}): {failed}"
-            )
-        if aggregate is None:
-            with _quiet("flwr"):  # its per-round INFO lines would break the progress display
-                arrays, metrics = strategy.aggregate_train(round_, ok)
-            state = from_arrays(arrays)
-        else:
-            state, metrics = _custom_aggregate(aggregate, ok)
-        record.update({k: float(v) for k, v in (metrics or {}).items()})
-        record["clients"] = {node_clients[r.metadata.src_node_id][0]: _client_metrics(r) for r in ok}
+        state = None  # the round's message now holds the only copy of the global state
+        state, record = _train_round(grid, content, round_, chosen, node_clients, settings, strategy, aggregate,
+                                     metrics_path)
+        del content
+        trim_freed_memory()  # the round's messages and the clients' copies
         if settings.eval_pool and settings.eval_every and round_ % settings.eval_every == 0:
             record["eval"] = evaluate_pool(grid, job, state, node_clients, settings.eval_pool, round_)
         record["seconds"] = round(time.perf_counter() - t0, 3)
@@ -152,6 +141,37 @@ def run_rounds(
             save_checkpoint(ckpt_dir, round_, state, {"job": job.to_dict()})
         on_round(record)
     return state
+
+
+def _train_round(grid, content, round_, chosen, node_clients, settings, strategy, aggregate, metrics_path):
+    """Send ``content`` (the global state and the job) to the ``chosen`` nodes, aggregate their replies:
+    ``(new state, round record)``. Its own function so that the round's messages and replies (a copy of
+    the state each) are gone once it returns, not alive through the next round."""
+    msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(round_)) for n in chosen]
+    replies = list(grid.send_and_receive(msgs, timeout=settings.client_timeout_s))
+    del msgs
+    ok = [r for r in replies if not r.has_error()]
+    ok_nodes = {r.metadata.src_node_id for r in ok}
+    failed = {node_clients[n][0]: _reason(replies, n) for n in chosen if n not in ok_nodes}
+    record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": failed}
+    if len(failed) > settings.max_failure_fraction * len(chosen) or not ok:
+        _append(metrics_path, {**record, "stopped": True})
+        raise UserError(
+            f"round {round_}: {len(failed)} of {len(chosen)} clients failed "
+            f"(max_failure_fraction {settings.max_failure_fraction}): {failed}"
+        )
+    clients = {node_clients[r.metadata.src_node_id][0]: _client_metrics(r) for r in ok}
+    del replies
+    if aggregate is None:
+        with _quiet("flwr"):  # its per-round INFO lines would break the progress display
+            arrays, metrics = strategy.aggregate_train(round_, ok)
+        del ok
+        state = from_arrays(arrays)
+    else:
+        state, metrics = _custom_aggregate(aggregate, ok)
+    record.update({k: float(v) for k, v in (metrics or {}).items()})
+    record["clients"] = clients
+    return state, record
 
 
 def _custom_aggregate(aggregate, replies) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import hashlib
 import json
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from ..adapters.client_part import apply_client_part, client_part_file
 from ..atomic import atomic_folder, save_tensors
+from ..memory import trim_freed_memory
 from ..tasks import Task
 from .federation import task_for
 
@@ -44,7 +46,7 @@ def state_fingerprint(model) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())  # a view, no copy
     return digest.hexdigest()[:16]
 
 
@@ -97,3 +99,11 @@ def cached_base(experiment: str, num_labels: int, seed: int, source: str = OFF_T
     from ..config import from_dict
 
     return load_base(from_dict(json.loads(experiment)), source, num_labels, seed)
+
+
+def release_cached_base() -> None:
+    """Drop the process's cached job base once a federated stage is over: the personalisation that
+    follows opens its own base, and keeping this one would hold a second copy of the model."""
+    cached_base.cache_clear()
+    gc.collect()
+    trim_freed_memory()
