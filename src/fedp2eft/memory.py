@@ -3,17 +3,19 @@ back between clients when it does not.
 
 PyTorch's CPU tensors come from ``malloc``. With glibc's allocator a client's training leaves hundreds
 of MB of freed activation memory fragmented in the heap (measured by ``benchmarks/memory.py``: one
-LoRA client of e5-small peaks at 2.1 GB with glibc, 1.37 GB with tcmalloc, which is also ~20 % faster;
-fixing glibc's mmap threshold at 1 MiB matches tcmalloc's memory but makes training 1.5x slower,
-because every activation then costs fresh page faults). An allocator can only be chosen before the
+LoRA client of e5-small peaks at 2.2 GB with glibc, 1.37 GB with tcmalloc, at about the same speed:
+0.94-1.10x per client, 0.86x for the quickstart; fixing glibc's mmap threshold at 1 MiB matches
+tcmalloc's memory but makes training 1.5x slower, because every activation then costs fresh page
+faults). An allocator can only be chosen before the
 process starts, so the ``fedp2eft`` command re-executes itself once with ``LD_PRELOAD`` naming
 tcmalloc (Debian/Ubuntu ``libtcmalloc-minimal4``) or else jemalloc (``libjemalloc2``) when one is
 installed (``preload_allocator``). ``FEDP2EFT_ALLOCATOR`` = ``auto`` (default) | ``tcmalloc`` |
 ``jemalloc`` | ``system`` (leave the process as started). Processes that fedp2eft does not start
 (SuperNodes, Ray workers) get one through ``LD_PRELOAD`` in their environment (README).
 
-Wherever glibc's allocator stays, ``trim_freed_memory`` (``malloc_trim``) returns the freed heap pages
-between clients, rounds and stages: cheap (once per client), so it never slows training.
+``trim_freed_memory`` gives the freed pages back between clients, rounds and stages, under each of
+the three allocators (once per client, not per step; whether it costs time on glibc is not isolated:
+BENCHMARKS.md, "Memory").
 """
 
 from __future__ import annotations
