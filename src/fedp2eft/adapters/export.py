@@ -34,17 +34,15 @@ def plain_lora_state(model: nn.Module, adapter: str = "default") -> dict[str, di
     return out
 
 
-def export_plain_lora(model: nn.Module, base: nn.Module, folder: str | os.PathLike,
-                      modules_to_save: list[str] | None = None, adapter: str = "default") -> Path:
-    """Write ``folder`` (atomically) as a plain peft LoRA adapter equivalent to ``model``."""
-    parts = plain_lora_state(model, adapter)
-    if not parts:
-        raise ValueError("the model has no BT-LoRA module to export")
+def plain_peft_model(base: nn.Module, parts: dict[str, dict], modules_to_save: list[str] | None = None,
+                     adapter: str = "default") -> nn.Module:
+    """A peft LoRA model on a copy of ``base`` holding ``parts`` (``plain_lora_state``'s, keyed by module
+    names inside ``base``): one rank and alpha per module through ``rank_pattern`` / ``alpha_pattern``."""
     r_max = max(p["r"] for p in parts.values())
-    pattern = {re.escape(n): p["r"] for n, p in parts.items()}
-    alpha = {re.escape(n): p["alpha"] for n, p in parts.items()}
-    cfg = LoraConfig(r=r_max, lora_alpha=r_max, target_modules=list(parts), rank_pattern=pattern,
-                     alpha_pattern=alpha, modules_to_save=modules_to_save, lora_dropout=0.0, bias="none")
+    cfg = LoraConfig(r=r_max, lora_alpha=r_max, target_modules=list(parts),
+                     rank_pattern={re.escape(n): p["r"] for n, p in parts.items()},
+                     alpha_pattern={re.escape(n): p["alpha"] for n, p in parts.items()},
+                     modules_to_save=modules_to_save, lora_dropout=0.0, bias="none")
     plain = get_peft_model(copy.deepcopy(base), cfg)
     named = dict(plain.named_modules())
     with torch.no_grad():
@@ -52,6 +50,17 @@ def export_plain_lora(model: nn.Module, base: nn.Module, folder: str | os.PathLi
             target = named[f"base_model.model.{n}"]
             target.lora_A[adapter].weight.copy_(p["A"])
             target.lora_B[adapter].weight.copy_(p["B"])
+    return plain
+
+
+def export_plain_lora(model: nn.Module, base: nn.Module, folder: str | os.PathLike,
+                      modules_to_save: list[str] | None = None, adapter: str = "default") -> Path:
+    """Write ``folder`` (atomically) as a plain peft LoRA adapter equivalent to ``model``."""
+    parts = plain_lora_state(model, adapter)
+    if not parts:
+        raise ValueError("the model has no BT-LoRA module to export")
+    plain = plain_peft_model(base, parts, modules_to_save, adapter)
+    with torch.no_grad():
         if modules_to_save:
             src = dict(model.named_parameters())
             for k, v in plain.named_parameters():
@@ -102,17 +111,7 @@ def export_for_transformers(model: nn.Module, base: nn.Module, tokenizer, folder
     inner = {n[len("backbone."):]: p for n, p in parts.items() if n.startswith("backbone.")}
     if not inner:
         raise ValueError("the model has no BT-LoRA module on its backbone to export")
-    r_max = max(p["r"] for p in inner.values())
-    cfg = LoraConfig(r=r_max, lora_alpha=r_max, target_modules=list(inner),
-                     rank_pattern={re.escape(n): p["r"] for n, p in inner.items()},
-                     alpha_pattern={re.escape(n): p["alpha"] for n, p in inner.items()}, lora_dropout=0.0, bias="none")
-    plain = get_peft_model(copy.deepcopy(base.backbone), cfg)
-    named = dict(plain.named_modules())
-    with torch.no_grad():
-        for n, p in inner.items():
-            target = named[f"base_model.model.{n}"]
-            target.lora_A[adapter].weight.copy_(p["A"])
-            target.lora_B[adapter].weight.copy_(p["B"])
+    plain = plain_peft_model(base.backbone, inner, None, adapter)
     merged = copy.deepcopy(model).merge_and_unload()  # the head as personalised (trained or adapted)
     head = {"weight": merged.head.weight.detach().clone(), "bias": merged.head.bias.detach().clone()}
     from ..atomic import save_tensors
