@@ -8,6 +8,7 @@ is scored on that held-out part — never on test. The curve chooses the recomme
 
     .venv/bin/python benchmarks/psg_rounds.py benchmarks/masakhanews_paper.toml [--rounds 60]
         [--variant paper] [--variant init1] ... [--seed 0] [--budget 2]
+        [--stage-snapshots fedp2eft-paper]   # score the snapshots a `fedp2eft run` PSG stage kept
 
 Writes ``<output_dir>/psg_rounds/<variant>/`` (the PSG, rounds.jsonl, snapshots, λ trajectory) and
 ``<output_dir>/psg_rounds/accuracy_vs_rounds.{json,png}``; re-running resumes (trained PSGs and
@@ -91,6 +92,9 @@ def main(argv=None) -> int:
     ap.add_argument("--val-fraction", type=float, default=0.2)
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     ap.add_argument("--out", help="default: <experiment.output_dir>/psg_rounds")
+    ap.add_argument("--stage-snapshots", action="append", default=[], metavar="METHOD",
+                    help="also score the snapshots of the PSG a run of the config trained for METHOD "
+                         "(e.g. fedp2eft-paper: <output_dir>/psg-paper/seed<S>/snapshots); trains nothing")
     args = ap.parse_args(argv)
 
     import torch
@@ -103,6 +107,7 @@ def main(argv=None) -> int:
     from fedp2eft.methods import ClientTask
     from fedp2eft.methods.fedp2eft import PSG_STAGE, new_psg
     from fedp2eft.methods.lora import finetune_lora
+    from fedp2eft.methods.registry import get_spec
     from fedp2eft.setup.federation import client_tasks, load_federation
     from fedp2eft.setup.layout import RunLayout
     from fedp2eft.stages import load_or_train
@@ -134,17 +139,9 @@ def main(argv=None) -> int:
             tally.add(task.language, predict(model, val, s.eval_batch_size), val.labels)
         return mean_over_languages(tally.per_language())
 
-    lora = {}
-    for name in args.variant or list(VARIANTS):
-        section = dataclasses.replace(dataclasses.replace(cfg.fedp2eft.__class__()), **VARIANTS[name],
-                                      rounds=args.rounds, snapshot_every=args.every)
-        vcfg = dataclasses.replace(cfg, fedp2eft=section)
-        folder = work / name
-        t0 = time.perf_counter()
-        load_or_train(vcfg, PSG_STAGE, layout, args.seed, None, base, shared.spec, stage_runner(vcfg), folder=folder)
-        entry = curves.setdefault(name, {"overrides": VARIANTS[name], "accuracy": {}, "lora": {}})
-        entry["train_seconds"] = entry.get("train_seconds") or round(time.perf_counter() - t0, 1)
-        bt = section.bt_settings(vcfg.personalise, args.seed)
+    def score_snapshots(name, folder, section, overrides):
+        entry = curves.setdefault(name, {"overrides": overrides, "accuracy": {}, "lora": {}})
+        bt = section.bt_settings(cfg.personalise, args.seed)
         for snap in sorted((folder / "snapshots").glob("round*.safetensors")):
             rnd = str(int(snap.stem[len("round"):]))
             psg = new_psg(base, section.r_init, args.seed, cfg.personalise.head, section.psg_init)
@@ -161,6 +158,29 @@ def main(argv=None) -> int:
                 lora[pool] = lora_reference(pool)
             entry["lora"][pool] = lora[pool]
         write_json(results_path, curves)
+        return entry
+
+    lora = {}
+    for name in args.variant or ([] if args.stage_snapshots else list(VARIANTS)):
+        section = dataclasses.replace(dataclasses.replace(cfg.fedp2eft.__class__()), **VARIANTS[name],
+                                      rounds=args.rounds, snapshot_every=args.every)
+        vcfg = dataclasses.replace(cfg, fedp2eft=section)
+        folder = work / name
+        t0 = time.perf_counter()
+        load_or_train(vcfg, PSG_STAGE, layout, args.seed, None, base, shared.spec, stage_runner(vcfg), folder=folder)
+        entry = curves.setdefault(name, {"overrides": VARIANTS[name], "accuracy": {}, "lora": {}})
+        entry["train_seconds"] = entry.get("train_seconds") or round(time.perf_counter() - t0, 1)
+        score_snapshots(name, folder, section, VARIANTS[name])
+    for method in args.stage_snapshots:  # a PSG the run itself trained (e.g. fedp2eft-paper's psg-paper)
+        spec = get_spec(method)
+        if spec.stage is None or spec.stage.per_budget or not spec.stage.name.startswith("psg"):
+            sys.exit(f"--stage-snapshots {method}: not a method with a PSG stage")
+        folder = layout.stage(spec.stage.name, args.seed)
+        if not any((folder / "snapshots").glob("round*.safetensors")):
+            sys.exit(f"--stage-snapshots {method}: no PSG snapshots in {folder / 'snapshots'} "
+                     f"(train it with {spec.section}.snapshot_every > 0)")
+        section = getattr(cfg, spec.section)
+        score_snapshots(f"{method} (run)", folder, section, {"section": spec.section})
     plot(curves, work / "accuracy_vs_rounds.png", args.budget)
     print(f"wrote {results_path} and {work / 'accuracy_vs_rounds.png'}")
     return 0
