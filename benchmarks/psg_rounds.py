@@ -36,6 +36,11 @@ VARIANTS = {
 }
 
 
+def _correct(predictions, labels) -> list[float]:
+    """1.0 per row predicted right, 0.0 otherwise (the per-row accuracy ``LanguageTally`` sums)."""
+    return [float(int(p) == int(y)) for p, y in zip(predictions, labels, strict=True)]
+
+
 def evaluate_snapshot(base, psg, tasks, budget, settings, bt, val_fraction):
     from fedp2eft.evaluation import LanguageTally, mean_over_languages
     from fedp2eft.methods import ClientTask
@@ -48,8 +53,8 @@ def evaluate_snapshot(base, psg, tasks, budget, settings, bt, val_fraction):
             continue
         s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
         fit, val = task.train.split(val_fraction, s.seed)
-        tally.add(task.language, method.personalise(base, ClientTask(task.client_id, task.language, fit, val), budget, s),
-                  val.labels)
+        preds = method.personalise(base, ClientTask(task.client_id, task.language, fit, val), budget, s)
+        tally.add_scores(task.language, _correct(preds, val.labels))
     return mean_over_languages(tally.per_language())
 
 
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
             s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
             fit, val = task.train.split(args.val_fraction, s.seed)
             model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val), args.budget, s)
-            tally.add(task.language, predict(model, val, s.eval_batch_size), val.labels)
+            tally.add_scores(task.language, _correct(predict(model, val, s.eval_batch_size), val.labels))
         return mean_over_languages(tally.per_language())
 
     def score_snapshots(name, folder, section, overrides):
