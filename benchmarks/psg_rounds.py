@@ -36,15 +36,11 @@ VARIANTS = {
 }
 
 
-def _correct(predictions, labels) -> list[float]:
-    """1.0 per row predicted right, 0.0 otherwise (the per-row accuracy ``LanguageTally`` sums)."""
-    return [float(int(p) == int(y)) for p, y in zip(predictions, labels, strict=True)]
-
-
 def evaluate_snapshot(base, psg, tasks, budget, settings, bt, val_fraction):
     from fedp2eft.evaluation import LanguageTally, mean_over_languages
     from fedp2eft.methods import ClientTask
     from fedp2eft.methods.fedp2eft import FedP2EFTMethod
+    from fedp2eft.tasks import CLASSIFICATION
 
     method = FedP2EFTMethod(psg, bt)
     tally = LanguageTally()
@@ -54,7 +50,7 @@ def evaluate_snapshot(base, psg, tasks, budget, settings, bt, val_fraction):
         s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
         fit, val = task.train.split(val_fraction, s.seed)
         preds = method.personalise(base, ClientTask(task.client_id, task.language, fit, val), budget, s)
-        tally.add_scores(task.language, _correct(preds, val.labels))
+        tally.add_scores(task.language, CLASSIFICATION.score(preds, val))
     return mean_over_languages(tally.per_language())
 
 
@@ -116,6 +112,7 @@ def main(argv=None) -> int:
     from fedp2eft.setup.federation import client_tasks, load_federation
     from fedp2eft.setup.layout import RunLayout
     from fedp2eft.stages import load_or_train
+    from fedp2eft.tasks import CLASSIFICATION
     from fedp2eft.tasks.classification import predict
 
     cfg = load_config(args.config, args.set)
@@ -141,7 +138,7 @@ def main(argv=None) -> int:
             s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
             fit, val = task.train.split(args.val_fraction, s.seed)
             model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val), args.budget, s)
-            tally.add_scores(task.language, _correct(predict(model, val, s.eval_batch_size), val.labels))
+            tally.add_scores(task.language, CLASSIFICATION.score(predict(model, val, s.eval_batch_size), val))
         return mean_over_languages(tally.per_language())
 
     def score_snapshots(name, folder, section, overrides):
@@ -173,9 +170,10 @@ def main(argv=None) -> int:
         folder = work / name
         t0 = time.perf_counter()
         load_or_train(vcfg, PSG_STAGE, layout, args.seed, None, base, shared.spec, stage_runner(vcfg), folder=folder)
-        entry = curves.setdefault(name, {"overrides": VARIANTS[name], "accuracy": {}, "lora": {}})
-        entry["train_seconds"] = entry.get("train_seconds") or round(time.perf_counter() - t0, 1)
-        score_snapshots(name, folder, section, VARIANTS[name])
+        trained_seconds = round(time.perf_counter() - t0, 1)
+        entry = score_snapshots(name, folder, section, VARIANTS[name])
+        entry["train_seconds"] = entry.get("train_seconds") or trained_seconds
+        write_json(results_path, curves)
     for method in args.stage_snapshots:  # a PSG the run itself trained (e.g. fedp2eft-paper's psg-paper)
         spec = get_spec(method)
         if spec.stage is None or spec.stage.per_budget or not spec.stage.name.startswith("psg"):
