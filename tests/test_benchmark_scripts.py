@@ -1,0 +1,110 @@
+"""Benchmark scripts that the suite would otherwise never run (issue 10):
+
+- benchmarks/psg_rounds.py (accuracy against PSG rounds) on a tiny model and real MasakhaNEWS rows: a
+  variant's PSG is trained with snapshots, a run's own PSG snapshots are scored, a LoRA reference sits
+  beside them, and a second call resumes without retraining or rescoring;
+- benchmarks/lambda_client_signal.py on synthetic PSG round logs: a planted per-client λ is found,
+  pure noise is not, and a malformed log is refused by name."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+
+import pytest
+
+from fedp2eft.cli import main as cli_main
+from fl_helpers import REPO, tiny_overrides
+
+
+def load_script(name="psg_rounds"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_psg_rounds_scores_a_variant_and_a_runs_snapshots_then_resumes(tmp_path, masakhanews_dir, capsys):
+    out = tmp_path / "run"
+    sets = tiny_overrides(masakhanews_dir, **{
+        "experiment.output_dir": json.dumps(str(out)), "base_model.kind": '"off-the-shelf"',
+        "personalise.methods": '["fedp2eft-paper"]', "personalise.pools": '["unseen"]',
+        "fedp2eft_paper.rounds": 2, "fedp2eft_paper.snapshot_every": 1, "fedp2eft_paper.r_init": 4,
+        "fedp2eft_paper.lora_alpha": 8, "fedp2eft_paper.local_epochs": 1, "fedp2eft_paper.batch_size": 8})
+    set_args = [x for s in sets for x in ("--set", s)]
+    # the run trains fedp2eft-paper's PSG and keeps a snapshot per round
+    assert cli_main(["run", "configs/quickstart.toml", *set_args]) == 0
+    assert sorted(p.name for p in (out / "psg-paper" / "seed0" / "snapshots").iterdir()) == [
+        "round0001.safetensors", "round0002.safetensors"]
+
+    script = load_script()
+    args = ["configs/quickstart.toml", "--variant", "init1", "--rounds", "2", "--every", "1",
+            "--pools", "unseen", "--stage-snapshots", "fedp2eft-paper", *set_args]
+    assert script.main(args) == 0
+    result_path = out / "psg_rounds" / "accuracy_vs_rounds.json"
+    curves = json.loads(result_path.read_text())
+    assert set(curves) == {"init1", "fedp2eft-paper (run)"}
+    for name, entry in curves.items():
+        assert sorted(entry["accuracy"]["unseen"], key=int) == ["1", "2"], name
+        for acc in [*entry["accuracy"]["unseen"].values(), entry["lora"]["unseen"]]:
+            assert 0.0 <= acc <= 1.0
+    assert curves["init1"]["overrides"] == {"psg_init": 1.0}
+    assert curves["init1"]["lora"] == curves["fedp2eft-paper (run)"]["lora"]  # one reference, same rows
+    assert (out / "psg_rounds" / "init1" / "rounds.jsonl").read_text().count("\n") == 2
+    assert (out / "psg_rounds" / "accuracy_vs_rounds.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "init1 round 2 unseen:" in printed and "fedp2eft-paper (run) round 1 unseen:" in printed
+
+    # resumed: nothing retrained or rescored, the file's scores unchanged
+    psg_bytes = (out / "psg_rounds" / "init1" / "psg.safetensors").read_bytes()
+    assert script.main(args) == 0
+    assert "round 1 unseen:" not in capsys.readouterr().out
+    assert json.loads(result_path.read_text())["init1"]["accuracy"] == curves["init1"]["accuracy"]
+    assert (out / "psg_rounds" / "init1" / "psg.safetensors").read_bytes() == psg_bytes
+
+    # a method without a PSG stage is refused by name
+    with pytest.raises(SystemExit, match="--stage-snapshots lora: not a method with a PSG stage"):
+        script.main(["configs/quickstart.toml", "--pools", "unseen", "--stage-snapshots", "lora", *set_args])
+
+
+def synthetic_rounds(path, client_sd, noise_sd=0.003, rounds=60, clients=16, per_round=4):
+    """A PSG log: λ drifts with the round, each client adds its own offset (SD client_sd) plus noise;
+    the FFN up-projections sit at 1.7x the other modules."""
+    rng = random.Random(0)
+    offset = {f"c{i:02d}": rng.gauss(0, client_sd) for i in range(clients)}
+    lines = []
+    for rnd in range(1, rounds + 1):
+        drift = 1.0 + 0.01 * rnd
+        recs = {}
+        for c in rng.sample(sorted(offset), per_round):
+            lam = drift + offset[c] + rng.gauss(0, noise_sd)
+            recs[c] = {"lambda_hat_mean": drift, "lambda_mean": lam, "lambda_mean_query": lam,
+                       "lambda_mean_ffn_up": 1.7 * lam}
+        lines.append(json.dumps({"round": rnd, "clients": recs}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_lambda_client_signal_finds_a_planted_client_lambda_and_not_noise(tmp_path, capsys):
+    script = load_script("lambda_client_signal")
+    synthetic_rounds(tmp_path / "signal.jsonl", client_sd=0.02)
+    synthetic_rounds(tmp_path / "noise.jsonl", client_sd=0.0)
+    assert script.main([str(tmp_path / "signal.jsonl"), "--json", str(tmp_path / "signal.json")]) == 0
+    assert "client visits" in capsys.readouterr().out
+    signal = json.loads((tmp_path / "signal.json").read_text())
+    s = signal["client_signal"]["lambda_mean"]
+    assert s["clients"] == 16 and s["client_means_sd"] > 4 * s["noise_only_sd"]
+    assert 0.01 < s["client_means_sd"] < 0.04  # the planted 0.02, up to 16 clients' sampling error
+    assert abs(signal["module_type_levels"]["ffn_up"] / signal["module_type_levels"]["query"] - 1.7) < 1e-6
+    noise = script.analyse(script.read_rounds(tmp_path / "noise.jsonl", 1))["client_signal"]["lambda_mean"]
+    assert noise["client_means_sd"] < 2 * noise["noise_only_sd"]
+    assert noise["within_client_sd"] == pytest.approx(0.003, rel=0.25)
+    # the per-visit move is λ − λ̂: the planted offsets plus noise, centred on 0
+    assert abs(signal["per_visit_move"]["mean"]) < 0.01
+    (tmp_path / "bad.jsonl").write_text('{"round": 1}\n')
+    with pytest.raises(SystemExit, match="bad.jsonl:1: not a round record"):
+        script.main([str(tmp_path / "bad.jsonl")])
+    with pytest.raises(SystemExit, match="missing.jsonl: no such rounds file"):
+        script.main([str(tmp_path / "missing.jsonl")])
+    with pytest.raises(SystemExit, match="no rounds with clients from round 99"):
+        script.main([str(tmp_path / "noise.jsonl"), "--from-round", "99"])
