@@ -24,7 +24,10 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-MODULE_KEYS = ("query", "key", "value", "attn_out", "ffn_up", "ffn_down", "pooler", "classifier")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from fedp2eft.psg.module_types import MODULE_TYPES  # noqa: E402  (the types rounds.jsonl records)
 
 
 def read_rounds(path: Path, from_round: int) -> list[dict]:
@@ -70,7 +73,7 @@ def client_signal(rounds: list[dict], key: str) -> dict | None:
 
 def analyse(rounds: list[dict]) -> dict:
     moves = [m["lambda_mean"] - m["lambda_hat_mean"] for rec in rounds for m in rec["clients"].values()]
-    keys = ["lambda_mean"] + [f"lambda_mean_{k}" for k in MODULE_KEYS]
+    keys = ["lambda_mean"] + [f"lambda_mean_{k}" for k in MODULE_TYPES]
     signal = {k: s for k in keys if (s := client_signal(rounds, k)) is not None}
     levels = {k[len("lambda_mean_"):]: s["level"] for k, s in signal.items() if k != "lambda_mean"}
     return {
