@@ -24,15 +24,22 @@ from .models.classifier import POOLINGS
 from .tasks import TEMPLATES
 
 
+REPLICATES = ("personalisation", "federation")  # what a seed varies: setup/replicates.py
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
     seeds: list[int] = field(default_factory=lambda: [0])
     output_dir: str = "runs/experiment"
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    # "personalisation": every seed personalises one federation (one partition, base model, LoRA A);
+    # "federation": seed S draws its own partition, base model, LoRA A and stages, in <out>/federation<S>/
+    replicate: str = "personalisation"
 
     def __post_init__(self) -> None:
         require(len(self.seeds) > 0, "seeds", "needs at least one seed")
+        require(self.replicate in REPLICATES, "replicate", f"must be one of {list(REPLICATES)}")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "seeds repeat")
         require(self.threads >= 0, "threads", "must be >= 0")
 

@@ -20,6 +20,7 @@ from .methods.fedp2eft import PSG_STAGE
 from .psg import client_lambdas
 from .setup.federation import client_task, load_federation, task_for
 from .setup.layout import RunLayout
+from .setup.replicates import replicate_config, replicate_layout
 
 PROBE = "a text to classify"  # LOAD.md's example input; its logits are recorded to check a load against
 
@@ -39,10 +40,11 @@ def run_config(run: Path, overrides: list[str] | None = None) -> Config:
 
 
 def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int, out: Path) -> tuple[float, Path]:
+    layout = replicate_layout(RunLayout(run), cfg, seed)  # federation replicates: the seed's own federation
+    cfg = replicate_config(cfg, seed)
     q, p = cfg.fedp2eft, cfg.personalise
     if budget < 1 or budget > q.r_init:
         raise UserError(f"--budget {budget}: must be between 1 and fedp2eft.r_init = {q.r_init}")
-    layout = RunLayout(run)
     psg_file = layout.stage(PSG_STAGE.name, seed) / PSG_STAGE.artifact
     if not psg_file.is_file():
         raise UserError(f"no trained PSG at {psg_file}; run fedp2eft run first (with method fedp2eft)")

@@ -30,6 +30,7 @@ from .progress import RunProgress, make_console
 from .report import add_run, environment, load_results, results_lock, run_key, write_results
 from .setup.federation import client_tasks, load_federation, task_for
 from .setup.layout import RunLayout
+from .setup.replicates import replicate_config, replicate_layout
 from .setup.stage_state import settings_diff
 from .stages import method_resources
 
@@ -59,10 +60,12 @@ def run_settings(cfg: Config, method: str) -> dict[str, Any] | None:
     return cfg.to_dict()[sections[method]] if method in sections else None
 
 
-def check_runs_base(results: dict[str, Any], base_id: str, out_dir: Path) -> None:
+def check_runs_base(results: dict[str, Any], base_id: str, out_dir: Path, seed: int | None = None) -> None:
     """Refuse to add runs from one base model instance to runs personalised from another (a base model
-    retrained with the same settings on other hardware or library versions can differ)."""
-    other = sorted({r["base"] for r in results["runs"] if r.get("base") not in (None, base_id)})
+    retrained with the same settings on other hardware or library versions can differ). With federation
+    replicates each seed has its own base (``seed``): only that seed's runs must share it."""
+    other = sorted({r["base"] for r in results["runs"] if r.get("base") not in (None, base_id)
+                    and (seed is None or r["seed"] == seed)})
     if other:
         raise UserError(f"{out_dir / 'results.json'} holds runs personalised from another base model instance "
                         f"({', '.join(other)}; this one is {base_id}); use another --out or --fresh")
@@ -76,11 +79,13 @@ def personalise_pool(
     settings: TrainSettings,
     advance: Callable[[], None] = lambda: None,
     selection: dict | None = None,
+    per_client: dict | None = None,
 ) -> LanguageTally:
     """Personalise every client of a pool with ``method`` (each from ``base.for_client(id)`` when ``base``
     is a base source, else from ``base``); the per-language tally of every metric of the clients' task
 (rows pooled by their language). A method with a
-    ``prepare`` step (``*-tuned``) first makes its choice for the pool and reports it into ``selection``."""
+    ``prepare`` step (``*-tuned``) first makes its choice for the pool and reports it into ``selection``.
+    ``per_client`` (given) receives each client's language, rows and score sums (for paired bootstraps)."""
     tally = LanguageTally()
     client_settings = lambda i: replace(settings, seed=settings.seed * 100_003 + i)  # noqa: E731
     if selection is not None and hasattr(method, "prepare"):  # a choice made on the pool's validation data
@@ -90,10 +95,21 @@ def personalise_pool(
             outputs = method.personalise(client_base(base, task.client_id), task, budget, client_settings(i))
         except FloatingPointError as exc:
             raise UserError(f"client {task.client_id}, method {method.name}: {exc}") from None
-        tally.add_scores(*task.score(outputs))
+        languages, scores = task.score(outputs)
+        tally.add_scores(languages, scores)
+        if per_client is not None:
+            per_client[task.client_id] = client_record(task.language, scores)
         trim_freed_memory()  # the client's copies and activations
         advance()
     return tally
+
+
+def client_record(language: str, scores: dict[str, list[float]] | list[float]) -> dict[str, Any]:
+    """One client's entry in a run's ``per_client``: its language, test rows and the sum of each metric."""
+    if not isinstance(scores, dict):
+        scores = {"accuracy": list(scores)}
+    n = len(next(iter(scores.values()))) if scores else 0
+    return {"language": language, "n": n, "sums": {m: float(sum(v)) for m, v in scores.items()}}
 
 
 def new_results(cfg: Config) -> dict[str, Any]:
@@ -168,20 +184,23 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     todo = [x for x in plan if (x[2], x[3], x[1], x[0]) not in done]
     if len(todo) < len(plan):
         console.print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out_dir / 'results.json'}")
-    source = base_source(cfg, layout)
-    runner = stage_runner(cfg)
-    if todo:
-        source.prepare(cfg, layout, runner, fresh, console.print)
     with RunProgress(console, len(todo)) as progress:
         for seed in cfg.experiment.seeds:
             seed_todo = [x for x in todo if x[0] == seed]
             if not seed_todo:
                 continue
-            base: SharedBase = source.open(cfg, len(fed.label_names), seed)
+            # the seed's own federation (partition, base model, LoRA A, stages) under replicate = "federation"
+            seed_cfg, seed_layout = replicate_config(cfg, seed), replicate_layout(layout, cfg, seed)
+            seed_fed = fed if seed_cfg is cfg else load_federation(seed_cfg)
+            source = base_source(seed_cfg, seed_layout)
+            runner = stage_runner(seed_cfg)
+            source.prepare(seed_cfg, seed_layout, runner, fresh, console.print)
+            base: SharedBase = source.open(seed_cfg, len(seed_fed.label_names), seed)
             trim_freed_memory()  # what loading it copied through
-            check_runs_base(results, base.identity, out_dir)
-            tasks = {pool: client_tasks(fed.pool(pool), base.tokenizer, cfg.data.max_length, kind) for pool in p.pools}
-            resources = method_resources(cfg, layout, seed, base.model, base.spec, tasks,
+            check_runs_base(results, base.identity, out_dir, seed if seed_cfg is not cfg else None)
+            tasks = {pool: client_tasks(seed_fed.pool(pool), base.tokenizer, cfg.data.max_length, kind)
+                     for pool in p.pools}
+            resources = method_resources(seed_cfg, seed_layout, seed, base.model, base.spec, tasks,
                                          [(m, b) for _, _, m, b in seed_todo], runner, fresh, console.print,
                                          clients_base=base)
             for _, pool, method, budget in seed_todo:
@@ -189,9 +208,10 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 advance = progress.task(label, len(tasks[pool]))
                 start = time.perf_counter()
                 selection: dict = {}
+                per_client: dict = {}
                 tally = personalise_pool(
-                    get_method(method, cfg, resources.get(method), seed), base, tasks[pool], budget, p.train_settings(seed),
-                    advance, selection,
+                    get_method(method, seed_cfg, resources.get(method), seed), base, tasks[pool], budget,
+                    seed_cfg.personalise.train_settings(seed), advance, selection, per_client,
                 )
                 run = {
                     "method": method, "budget": budget, "pool": pool, "seed": seed, **run_scores(tally),
@@ -199,6 +219,8 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 }
                 run["base"] = base.identity
                 run["base_kind"] = cfg.base_model.kind
+                run["replicate"] = cfg.experiment.replicate
+                run["per_client"] = per_client
                 if run_settings(cfg, method) is not None:
                     run["settings"] = run_settings(cfg, method)
                 if selection:

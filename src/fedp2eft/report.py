@@ -11,7 +11,9 @@ from typing import Any
 from . import __version__
 from .atomic import write_json, write_text
 from .evaluation.aggregate import summarise
+from .evaluation.paired import paired_difference
 from .memory import allocator_in_use
+from .setup.replicates import replicate_label
 
 
 def environment() -> dict[str, Any]:
@@ -90,7 +92,9 @@ def markdown_tables(results: dict[str, Any]) -> str:
     budgets = sorted({r["budget"] for r in results["runs"] if r["budget"] is not None}) or [None]
     seeds = sorted({r["seed"] for r in results["runs"]})
     lines = [f"# Results: {results.get('config', {}).get('experiment', {}).get('name', '')}", ""]
-    spread = f"mean ± SD over seeds {seeds}" if len(seeds) >= 2 else f"seed {seeds[0]}" if seeds else "no runs"
+    replicate = results.get("config", {}).get("experiment", {}).get("replicate", "personalisation")
+    spread = f"mean ± SD over {replicate_label(replicate, seeds)}" if len(seeds) >= 2 else \
+        f"one replicate ({replicate_label(replicate, seeds)})" if seeds else "no runs"
     lines.append(f"{', '.join(metrics)} (%), {spread}; per-language values pool all clients of the language.")
     for name in metrics:
         summary = summarise(results["runs"], name if len(metrics) > 1 else None)
@@ -112,17 +116,55 @@ def markdown_tables(results: dict[str, Any]) -> str:
                 for lang in [*langs, "mean"]:
                     label = "**mean**" if lang == "mean" else lang
                     lines.append(f"| {label} | " + " | ".join(_fmt(row.get(lang)) for _, row in cols) + " |")
+                lines += paired_table(results["runs"], [m for m, _ in cols], pool, budget,
+                                      name if len(metrics) > 1 else None, replicate)
     return "\n".join(lines) + "\n"
 
 
+REFERENCES = ("lora", "lora-tuned")  # every method is compared with LoRA at the set rate and at a validated rate
+
+
+def _interval(low: float | None, high: float | None) -> str:
+    return "–" if low is None else f"[{100 * low:+.1f}, {100 * high:+.1f}]"
+
+
+def paired_table(runs: list[dict], methods: list[str], pool: str, budget: int | None, metric: str | None,
+                 replicate: str) -> list[str]:
+    """Markdown lines: each method's paired difference to ``lora`` and ``lora-tuned`` (points), with a 95 %
+    t interval over replicates and a paired bootstrap interval over clients (``evaluation.paired``)."""
+    rows = []
+    for ref in REFERENCES:
+        if ref not in methods:
+            continue
+        for m in methods:
+            if m == ref:
+                continue
+            d = paired_difference(runs, m, ref, pool, budget, metric)
+            if d is None:
+                continue
+            rows.append(f"| {m} − {ref} | {d['n']} | {100 * d['mean']:+.1f} | {_interval(d['t_low'], d['t_high'])} | "
+                        f"{_interval(d['boot_low'], d['boot_high'])} |")
+    if not rows:
+        return []
+    what = "federations" if replicate == "federation" else "personalisation seeds"
+    return ["", f"Paired differences (points; the same {what} and clients): mean over replicates, 95 % t interval "
+            "over replicates, 95 % paired bootstrap over clients (resampled within language, 2000 draws).", "",
+            "| difference | replicates | mean | t interval | bootstrap over clients |", "|---|---:|---:|---:|---:|",
+            *rows]
+
+
 def console_table(results: dict[str, Any]):
-    """The same tables as rich Tables, for the terminal."""
+    """The same tables as rich Tables, for the terminal (each block's first table: the scores; the paired
+    differences stay in ``results.md``)."""
+    from itertools import dropwhile, takewhile
+
     from rich.table import Table
 
     tables = []
     md = markdown_tables(results).split("\n## ")[1:]
     for block in md:
-        rows = [line for line in block.splitlines() if line.startswith("|")]
+        body = dropwhile(lambda line: not line.startswith("|"), block.splitlines())
+        rows = list(takewhile(lambda line: line.startswith("|"), body))
         title = block.splitlines()[0]
         header = [c.strip() for c in rows[0].strip("|").split("|")]
         table = Table(title=title)

@@ -11,7 +11,8 @@ stage a registered method has (``methods.registry``; today ``psg`` → ``<out>/p
 ``<out>/<stage>/seed<S>/r<B>/``; PF2LoRA's clients keep their level 2 under that path on their own
 machines).
 
-``seed`` (-1 = the config's first seed). The outputs land where ``fedp2eft run --out <out>``
+``seed`` (-1 = the config's first seed; with ``experiment.replicate = "federation"`` it picks the
+federation too, whose base model and stages lie in ``<out>/federation<S>/``). The outputs land where ``fedp2eft run --out <out>``
 looks for them, so a run afterwards personalises with the federatedly trained stages. Stages
 after ``base`` start from the base model the config names; with a trained kind that is
 ``<out>/base_model/model``, which ``stage = "base"`` must have written first.
@@ -30,6 +31,7 @@ from ..errors import UserError
 from ..methods.registry import federated_stages
 from ..setup.federation import load_federation
 from ..setup.layout import RunLayout
+from ..setup.replicates import replicate_config, replicate_layout
 from ..stages import load_or_train
 from .engines import stage_runner
 
@@ -49,10 +51,14 @@ def main(grid: Grid, context: Context) -> None:
     rc = context.run_config
     overrides = [s.strip() for s in str(rc.get("set", "")).split(";") if s.strip()]
     cfg = load_config(str(rc["config"]), overrides)
-    layout = RunLayout(Path(str(rc.get("out", "runs/deployment"))))
     stage = str(rc.get("stage", "base"))
     if stage not in stage_names():
         raise UserError(f"run config stage = {stage!r}: stages are {stage_names()}")
+    seed = int(rc.get("seed", -1))
+    seed = cfg.experiment.seeds[0] if seed < 0 else seed
+    # federation replicates: the seed's own partition, base model and stages, in <out>/federation<S>/
+    layout = replicate_layout(RunLayout(Path(str(rc.get("out", "runs/deployment")))), cfg, seed)
+    cfg = replicate_config(cfg, seed)
     if stage == "base":
         source = base_source(cfg, layout)
         if not isinstance(source, TrainedBase):
@@ -60,8 +66,6 @@ def main(grid: Grid, context: Context) -> None:
                             "is not trained federatedly")
         source.prepare(cfg, layout, stage_runner(cfg, grid=grid, resume=bool(rc.get("resume", False))), fresh=False)
         return
-    seed = int(rc.get("seed", -1))
-    seed = cfg.experiment.seeds[0] if seed < 0 else seed
     spec = federated_stages()[stage]
     budget = int(rc.get("budget", 0))
     if spec.per_budget and budget < 1:
