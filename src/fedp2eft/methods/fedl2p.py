@@ -31,6 +31,8 @@ from torch import nn
 
 from ..errors import UserError, require
 from ..psg import LRGenerator, feature_modules, meta_features
+from ..psg.lr_generator import PARAMETERISATIONS
+from ..psg.rate_report import rates_by_type, write_rate_report
 from ..tasks import CLASSIFICATION, Task
 from ..training import device_of, model_inputs, to_device, train_model
 from ..training.batches import EncodedData
@@ -47,13 +49,16 @@ class FedL2PConfig:
     learns the rates of exactly the fine-tuning it is evaluated with."""
 
     rounds: int = 150
+    # "linear" (authors): multiplier × base rate, Adam on both; "log": log-multiplier + log base rate, so
+    # Adam's steps are relative and the rate can move by constant factors (psg/lr_generator.py)
+    parameterisation: str = "linear"
     base_lr: float = 0.0  # initial per-matrix base rate; 0 = personalise.lr
     outer_steps: int = 3  # hypergradient steps per client round
     batch_pairs: int = 16  # (train, val) batch pairs per hypergradient
     neumann_terms: int = 3
     neumann_lr: float = 0.1
-    net_lr: float = 1e-4  # the generator MLP's Adam rate
-    base_lr_lr: float = 1e-6  # the base rates' Adam rate
+    net_lr: float = 1e-4  # the generator MLP's Adam rate (authors 1e-4; "log": a rate for log-multipliers)
+    base_lr_lr: float = 1e-6  # the base rates' Adam rate (authors 1e-6; "log": on log η_base, e.g. 0.1)
     val_fraction: float = 0.2  # of each client's train split held out for the hypergradient
 
     def __post_init__(self) -> None:
@@ -63,6 +68,8 @@ class FedL2PConfig:
             require(getattr(self, k) > 0, k, "must be > 0")
         require(self.base_lr >= 0, "base_lr", "must be >= 0 (0 = personalise.lr)")
         require(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)")
+        require(self.parameterisation in PARAMETERISATIONS, "parameterisation",
+                f"must be one of {list(PARAMETERISATIONS)}")
 
     def client_settings(self, p: PersonaliseConfig, budget: int, seed: int) -> FedL2PSettings:
         return FedL2PSettings(
@@ -70,7 +77,7 @@ class FedL2PConfig:
             outer_steps=self.outer_steps, batch_pairs=self.batch_pairs, neumann_terms=self.neumann_terms,
             neumann_lr=self.neumann_lr, net_lr=self.net_lr, base_lr_lr=self.base_lr_lr,
             val_fraction=self.val_fraction, seed=seed, head=p.head, weight_decay=p.weight_decay,
-            max_grad_norm=p.max_grad_norm, lora_a_seed=p.lora_a_seed)
+            max_grad_norm=p.max_grad_norm, lora_a_seed=p.lora_a_seed, parameterisation=self.parameterisation)
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,7 @@ class FedL2PSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 0.0
     lora_a_seed: int = -1
+    parameterisation: str = "linear"
 
     def inner(self, seed: int) -> TrainSettings:
         """The inner fine-tuning's settings (the rates come from the generator)."""
@@ -100,10 +108,40 @@ class FedL2PSettings:
                              max_grad_norm=self.max_grad_norm, lora_a_seed=self.lora_a_seed)
 
 
-def new_lr_generator(base: nn.Module, base_lr: float, seed: int = 0, head: str = "train") -> LRGenerator:
+def new_lr_generator(base: nn.Module, base_lr: float, seed: int = 0, head: str = "train",
+                     parameterisation: str = "linear") -> LRGenerator:
     torch.manual_seed(seed)
     n = len(feature_modules(base, head))
-    return LRGenerator(2 * n, 2 * n, base_lr=base_lr)
+    return LRGenerator(2 * n, 2 * n, base_lr=base_lr, parameterisation=parameterisation)
+
+
+def settings_generator(base: nn.Module, s: FedL2PSettings, state: dict[str, torch.Tensor] | None = None,
+                       seed: int | None = None) -> LRGenerator:
+    """The generator ``s`` describes, loaded with ``state`` when given."""
+    generator = new_lr_generator(base, s.base_lr, s.seed if seed is None else seed, s.head, s.parameterisation)
+    if state is not None:
+        generator.load_state_dict(state)
+    return generator
+
+
+def meta_optimisers(generator: LRGenerator, s: FedL2PSettings) -> list[torch.optim.Optimizer]:
+    """Adam on the MLP at ``net_lr`` and on the base rates at ``base_lr_lr`` (a round's client starts both afresh)."""
+    return [torch.optim.Adam(generator.net.parameters(), lr=s.net_lr),
+            torch.optim.Adam(generator.base_parameters(), lr=s.base_lr_lr)]
+
+
+def meta_step(rates: torch.Tensor, hyper: torch.Tensor, optimisers: list[torch.optim.Optimizer]) -> None:
+    """One outer step: the hypergradient dL_V/dη chained into the generator that made ``rates``."""
+    for opt in optimisers:
+        opt.zero_grad(set_to_none=True)
+    rates.backward(hyper)
+    for opt in optimisers:
+        opt.step()
+
+
+def matrix_labels(base: nn.Module, head: str) -> list[str]:
+    """The generator's outputs by name: ``<module>#A``, ``<module>#B`` per adapted module."""
+    return [f"{n}#{m}" for n in feature_modules(base, head) for m in ("A", "B")]
 
 
 def lora_matrices(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
@@ -174,10 +212,8 @@ def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
     if len(task.train) < 2:
         raise ValueError(f"client {task.client_id}: FedL2P needs at least 2 training rows (train/val split)")
     feats = meta_features(base, task.train, head=s.head)
-    generator = new_lr_generator(base, s.base_lr, head=s.head)
-    generator.load_state_dict(state)
-    net_opt = torch.optim.Adam(generator.net.parameters(), lr=s.net_lr)
-    base_opt = torch.optim.Adam([generator.base_lr], lr=s.base_lr_lr)
+    generator = settings_generator(base, s, state, seed=0)
+    optimisers = meta_optimisers(generator, s)
     train, val = task.train.split(s.val_fraction, s.seed)
     val_losses = []
     for step in range(s.outer_steps):
@@ -186,11 +222,7 @@ def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
         hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, s.seed + step, task.kind)
         if not torch.isfinite(hyper).all():
             raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
-        net_opt.zero_grad(set_to_none=True)
-        base_opt.zero_grad(set_to_none=True)
-        rates.backward(hyper)
-        net_opt.step()
-        base_opt.step()
+        meta_step(rates, hyper, optimisers)
         val_losses.append(val_loss)
         del model
     with torch.no_grad():
@@ -206,12 +238,13 @@ class FedL2PMethod:
     name = "fedl2p"
     uses_budget = True
 
-    def __init__(self, generators: dict[int, LRGenerator] | None = None):
+    def __init__(self, generators: dict[int, LRGenerator] | None = None, name: str = "fedl2p"):
         self.generators = generators or {}
+        self.name = name
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         if budget not in self.generators:
-            raise UserError(f"fedl2p has no trained learning-rate generator for budget {budget}")
+            raise UserError(f"{self.name} has no trained learning-rate generator for budget {budget}")
         with torch.no_grad():
             rates = self.generators[budget](meta_features(base, task.train, head=settings.head))
         model, _, _ = finetune_with_rates(base, task.train, rates, budget, settings, task.kind)
@@ -219,23 +252,46 @@ class FedL2PMethod:
 
 
 def _initial_generator(base: nn.Module, s: FedL2PSettings) -> dict[str, torch.Tensor]:
-    return dict(new_lr_generator(base, s.base_lr, s.seed, s.head).state_dict())
+    return dict(settings_generator(base, s).state_dict())
 
 
 def _trained_generator(base: nn.Module, state, s: FedL2PSettings, folder: Path) -> LRGenerator:
-    generator = new_lr_generator(base, s.base_lr, s.seed, s.head)
-    generator.load_state_dict(state)
-    return generator
+    return settings_generator(base, s, state)
 
 
-FEDL2P_STAGE = FederatedStage(
-    name="fedl2p", section="fedl2p", per_budget=True, artifact="generator.safetensors",
-    client_settings=lambda cfg, seed, budget: cfg.fedl2p.client_settings(cfg.personalise, budget, seed),
-    settings_type=FedL2PSettings, initial_state=_initial_generator,
-    client_update=lambda base, state, task, s, ctx: fedl2p_client_update(base, state, task, replace(s, seed=ctx.seed)),
-    finalize=_trained_generator,
-)
+def write_fedl2p_rates(base, generator: LRGenerator, tasks: dict, folder: Path, head: str) -> dict:
+    """Every client's generated rates by module type and matrix (``psg.rate_report``)."""
+    own = (lambda cid: base.for_client(cid)) if hasattr(base, "for_client") else (lambda cid: base)  # noqa: E731
+    labels = matrix_labels(own(""), head)
+    pools = {}
+    for pool, pool_tasks in tasks.items():
+        with torch.no_grad():
+            pools[pool] = {t.client_id: rates_by_type(labels, generator(meta_features(own(t.client_id), t.train, head=head)))
+                           for t in pool_tasks}
+    return write_rate_report(folder, pools, "FedL2P per-matrix rates (geometric mean per module type and matrix)")
+
+
+def fedl2p_stage(name: str, section: str) -> FederatedStage:
+    """FedL2P's federated generator training (one per budget) with the settings of ``section``."""
+    return FederatedStage(
+        name=name, section=section, per_budget=True, artifact="generator.safetensors",
+        client_settings=lambda cfg, seed, budget: getattr(cfg, section).client_settings(cfg.personalise, budget, seed),
+        settings_type=FedL2PSettings, initial_state=_initial_generator,
+        client_update=lambda base, state, task, s, ctx: fedl2p_client_update(base, state, task,
+                                                                             replace(s, seed=ctx.seed)),
+        finalize=_trained_generator,
+        report=lambda base, generator, tasks, folder, cfg: write_fedl2p_rates(base, generator, tasks, folder,
+                                                                              cfg.personalise.head),
+    )
+
+
+FEDL2P_STAGE = fedl2p_stage("fedl2p", "fedl2p")
+FEDL2P_PAPER_STAGE = fedl2p_stage("fedl2p-paper", "fedl2p_paper")
 
 register_method(MethodSpec(
     "fedl2p", lambda cfg, resources, seed: FedL2PMethod(resources), section="fedl2p", settings=FedL2PConfig,
     stage=FEDL2P_STAGE, recorded=True, summary="LoRA with per-matrix rates from FedL2P's federated generator"))
+register_method(MethodSpec(
+    "fedl2p-paper", lambda cfg, resources, seed: FedL2PMethod(resources, name="fedl2p-paper"), section="fedl2p_paper",
+    settings=FedL2PConfig, stage=FEDL2P_PAPER_STAGE, recorded=True,
+    summary="FedL2P with a second generator trained with [fedl2p_paper] (defaults: the authors' settings)"))
