@@ -11,7 +11,7 @@ import torch
 from fedp2eft.config import load_config
 from fedp2eft.fl.engines import run_stage
 from fedp2eft.methods import get_method, get_spec, method_names
-from fedp2eft.methods.registry import federated_stages
+from fedp2eft.methods.registry import federated_stages, get_stage, prior_key
 from fedp2eft.setup.base_models import load_base
 from fedp2eft.setup.federation import client_task, load_federation
 from fl_helpers import tiny_overrides
@@ -32,6 +32,15 @@ def setting(masakhanews_dir):
     return cfg, base, task
 
 
+def prior_state(cfg, base, stage) -> dict:
+    """For a stage that ``needs`` another: that stage's initial state under its prefix (else nothing)."""
+    if stage.needs is None:
+        return {}
+    needed = get_stage(stage.needs)
+    init = needed.initial_state(base, needed.client_settings(cfg, 0, None))
+    return {prior_key(needed.name, k): v for k, v in init.items()}
+
+
 def untrained_resources(cfg, base, spec, folder) -> dict:
     """The method's stage resource at its initial state (the contract is about personalisation)."""
     if spec.stage is None:
@@ -39,7 +48,8 @@ def untrained_resources(cfg, base, spec, folder) -> dict:
     out = {}
     for budget in ([2] if spec.stage.per_budget else [None]):
         settings = spec.stage.client_settings(cfg, 0, budget)
-        out[budget] = spec.stage.finalize(base, spec.stage.initial_state(base, settings), settings, folder)
+        state = {**spec.stage.initial_state(base, settings), **prior_state(cfg, base, spec.stage)}
+        out[budget] = spec.stage.finalize(base, state, settings, folder)
     return out
 
 
@@ -76,12 +86,13 @@ def test_every_stage_resumed_equals_uninterrupted(name, masakhanews_dir, tmp_pat
         return load_config(None, tiny_overrides(masakhanews_dir, **{**SMALL, f"{stage.section}.rounds": rounds,
                                                                    "federation.checkpoint_every": 1}))
 
-    full = run_stage(cfg(3), stage, "off-the-shelf", 0, tmp_path / "full", budget, resume=False)
-    run_stage(cfg(1), stage, "off-the-shelf", 0, tmp_path / "cut", budget, resume=False)
-    resumed = run_stage(cfg(3), stage, "off-the-shelf", 0, tmp_path / "cut", budget, resume=True)
+    prior = prior_state(cfg(3), _base_and_settings(cfg(3), stage, budget)[0], stage) or None
+    full = run_stage(cfg(3), stage, "off-the-shelf", 0, tmp_path / "full", budget, resume=False, prior=prior)
+    run_stage(cfg(1), stage, "off-the-shelf", 0, tmp_path / "cut", budget, resume=False, prior=prior)
+    resumed = run_stage(cfg(3), stage, "off-the-shelf", 0, tmp_path / "cut", budget, resume=True, prior=prior)
     assert full.keys() == resumed.keys()
     assert all(torch.equal(full[k], resumed[k]) for k in full), name
-    init = stage.initial_state(*_base_and_settings(cfg(3), stage, budget))
+    init = {**stage.initial_state(*_base_and_settings(cfg(3), stage, budget)), **(prior or {})}
     assert full.keys() == init.keys()  # the global state keeps its keys
     assert any(not torch.equal(full[k], init[k].to(full[k].device)) for k in full)  # and moves
 

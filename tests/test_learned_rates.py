@@ -56,3 +56,90 @@ def test_rate_report_groups_by_module_type_and_matrix():
     assert math.isclose(got["ffn_up.A"], 1e-2, rel_tol=1e-9)  # geometric mean
     summary = pool_summary({"c1": {"x": 1e-3}, "c2": {"x": 1e-1}})
     assert math.isclose(summary["x"]["geomean"], 1e-2) and math.isclose(summary["x"]["sd_log10"], 2 ** 0.5)
+
+
+def test_step_head_fits_per_client_target_rates_in_a_few_federated_rounds():
+    """Each round both clients regress the head onto their own target log rates (as the sweep gives them)
+    and the server averages: after a few rounds each client gets its own rate per module type."""
+    from fedp2eft.methods.fedp2eft_step import StepHead, regress_head
+
+    torch.manual_seed(0)
+    feats = {"a": torch.tensor([1.0, 0.5, -0.3, 0.8]), "b": torch.tensor([0.2, 1.5, 0.4, -0.6])}
+    targets = {"a": {"ffn_up": 3e-3, "query": 1e-3}, "b": {"ffn_up": 3e-4, "query": 2e-3}}
+    state = StepHead(4, step_init=1e-4).state_dict()
+    for _ in range(20):
+        new = []
+        for c in ("a", "b"):
+            head = StepHead(4, 1e-4)
+            head.load_state_dict(state)
+            regress_head(head, feats[c], targets[c], steps=10, lr=0.01)
+            new.append(head.state_dict())
+        state = {k: (new[0][k] + new[1][k]) / 2 for k in state}
+    head = StepHead(4, 1e-4)
+    head.load_state_dict(state)
+    for c in ("a", "b"):
+        got = head.rates(feats[c])
+        for t, want in targets[c].items():
+            assert abs(math.log(got[t] / want)) < math.log(1.5), (c, t, got[t], want)
+        assert math.isclose(got["key"], 1e-4, rel_tol=0.5)  # a type without targets stays near its start
+
+
+def test_linearised_sweep_finds_a_larger_rate_when_the_update_was_too_short():
+    """On a toy adapter whose held-out loss is lowest at 4x the trained update, the sweep says 4x."""
+    from types import SimpleNamespace
+
+    from fedp2eft.methods.fedp2eft_step import linearised_sweep
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = torch.nn.Module()
+            self.q.lora_A = torch.nn.ParameterDict({"default": torch.nn.Parameter(torch.zeros(2))})
+
+        def forward(self, **_):
+            return self.q.lora_A["default"]
+
+    model = Toy()
+    model.q.lora_A["default"].data = torch.tensor([0.5, 0.5])  # trained from 0; the optimum is 2.0
+    init = {"other": [torch.zeros(2)]}
+    kind = SimpleNamespace(loss=lambda out, batch: ((out - 2.0) ** 2).sum())
+    val = SimpleNamespace(batches=lambda bs: iter([{"input_ids": torch.zeros(1, 1)}]))
+    scale, seen = linearised_sweep(model, init, val, kind, (0.5, 1.0, 2.0, 4.0, 8.0), (0.5, 1.0, 2.0), 8)
+    assert scale == {"other": 4.0} and seen["multiplier"] == 4.0
+    assert torch.equal(model.q.lora_A["default"].detach(), torch.tensor([0.5, 0.5]))  # trained weights restored
+
+
+def test_fedp2eft_step_trains_after_the_psg_keeps_it_frozen_and_personalises(tmp_path, capsys, masakhanews_dir):
+    import json
+
+    from safetensors.torch import load_file
+
+    from fedp2eft.cli import main
+    from fl_helpers import tiny_overrides
+
+    out = tmp_path / "run"
+    sets = {"personalise.methods": '["fedp2eft-step", "fedl2p"]', "personalise.budgets": "[1]",
+            "personalise.pools": '["seen", "unseen"]', "fedp2eft.rounds": 1, "fedp2eft.r_init": 2,
+            "fedp2eft.lora_alpha": 4, "fedp2eft.batch_size": 8, "fedp2eft_step.rounds": 2,
+            "fedl2p.rounds": 1, "fedl2p.parameterisation": '"log"', "fedl2p.base_lr_lr": 0.1,
+            "fedl2p.batch_pairs": 1, "fedl2p.outer_steps": 1}
+    args = []
+    for item in tiny_overrides(masakhanews_dir, rounds=1, **sets):
+        args += ["--set", item]
+    assert main(["run", "configs/quickstart.toml", "--out", str(out), *args]) == 0, capsys.readouterr().err
+    psg = load_file(str(out / "psg" / "seed0" / "psg.safetensors"))
+    step_dir = out / "fedp2eft-step" / "seed0" / "r1"
+    step = load_file(str(step_dir / "step.safetensors"))
+    assert all(torch.equal(step[f"psg.{k}"], v) for k, v in psg.items())  # the PSG travelled frozen
+    assert any(k.startswith("step.") for k in step)
+    record = json.loads((step_dir / "settings.json").read_text())
+    assert record["needs"]["rounds"] == 1 and "psg" in record["needs"]
+    rounds = [json.loads(x) for x in (step_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2] and all("target_lr_mean" in r for r in rounds)
+    for folder in (step_dir, out / "fedl2p" / "seed0" / "r1"):
+        report = json.loads((folder / "rate_report.json").read_text())
+        assert set(report["pools"]) == {"seen", "unseen"}
+        assert all(v["geomean"] > 0 for v in report["pools"]["seen"]["summary"].values())
+    res = json.loads((out / "results.json").read_text())
+    assert {(r["method"], r["pool"]) for r in res["runs"]} == {
+        (m, p) for m in ("fedp2eft-step", "fedl2p") for p in ("seen", "unseen")}

@@ -18,7 +18,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from .atomic import save_tensors
-from .methods.registry import FederatedStage, get_spec
+from .methods.registry import FederatedStage, get_spec, get_stage, prior_key
 from .progress import duration
 from .setup.base_models import release_cached_base
 from .setup.layout import RunLayout
@@ -31,9 +31,12 @@ Runner = Callable[..., dict]
 def stage_record(cfg, stage: FederatedStage, seed: int, budget: int | None) -> dict:
     """What a stage folder records: a change to any of it means the stage must be trained again."""
     settings = _flat(stage.settings_json(stage.client_settings(cfg, seed, budget)))
-    return {stage.name: settings, "rounds": stage.rounds(cfg),
-            "snapshot_every": stage.snapshot_every(cfg), "base": base_settings(cfg), "data": data_settings(cfg),
-            "federation": sampling_settings(cfg)}
+    record = {stage.name: settings, "rounds": stage.rounds(cfg),
+              "snapshot_every": stage.snapshot_every(cfg), "base": base_settings(cfg), "data": data_settings(cfg),
+              "federation": sampling_settings(cfg)}
+    if stage.needs is not None:  # retraining the stage it starts from invalidates it
+        record["needs"] = stage_record(cfg, get_stage(stage.needs), seed, None)
+    return record
 
 
 def _flat(settings: dict) -> dict:
@@ -105,9 +108,16 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
     if final.is_file():
         state = load_file(str(final))
     else:
+        prior = {}
+        if stage.needs is not None:  # the stage it starts from: trained (or read) first
+            needed = get_stage(stage.needs)
+            load_or_train(cfg, needed, layout, seed, None, base, base_source, runner, fresh, log)
+            prior = {prior_key(needed.name, k): v
+                     for k, v in load_file(str(layout.stage(needed.name, seed) / needed.artifact)).items()}
         what = f"{stage.name} (seed {seed}" + (f", r={budget})" if budget is not None else ")")
         log(training_line(what, stage.rounds(cfg), cfg.federation.engine, folder))
-        state = runner(stage, base_source, seed, budget, folder, round_logger(log, stage.rounds(cfg)))
+        state = runner(stage, base_source, seed, budget, folder, round_logger(log, stage.rounds(cfg)),
+                       **({"prior": prior} if prior else {}))
         release_cached_base()
         meta = {"seed": str(seed), **({"budget": str(budget)} if budget is not None else {})}
         save_tensors(final, state, metadata=meta)

@@ -78,13 +78,17 @@ def run_job(cfg: Config, job: Job, init, settings: LoopSettings, out_dir: Path, 
 
 
 def run_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir: Path, budget: int | None = None,
-              resume: bool = True, client_app=None, on_round=None, grid=None) -> dict:
+              resume: bool = True, client_app=None, on_round=None, grid=None, prior: dict | None = None) -> dict:
     """Train ``stage`` federatedly from ``base`` (checkpoints and ``rounds.jsonl`` in ``out_dir``; clients
-    that keep state keep it in ``out_dir/clients``); returns the final global state."""
+    that keep state keep it in ``out_dir/clients``); returns the final global state. ``prior``: the final
+    state of the stage it ``needs``, already under its prefix, added to the initial state."""
     out_dir = Path(out_dir)
     job = stage_job(cfg, stage, base, seed, budget, out_dir / "clients" if stage.client_state else None)
     base_model, _ = job_base(job)
-    init = lambda: stage.initial_state(base_model, stage.settings_from_json(job.settings))  # noqa: E731
+    if stage.needs is not None and not prior:
+        raise UserError(f"stage {stage.name} starts from stage {stage.needs}'s final state; none was given")
+    init = lambda: {**stage.initial_state(base_model, stage.settings_from_json(job.settings)),  # noqa: E731
+                    **(prior or {})}
     return run_job(cfg, job, init, loop_settings(cfg, stage, seed), out_dir, resume, client_app, on_round, grid,
                    stage.aggregate)
 
@@ -102,9 +106,9 @@ def stage_runner(cfg: Config, client_app=None, grid=None, resume: bool = True) -
     """``runner(stage, base, seed, budget, folder, on_round) -> state`` for ``stages.load_or_train``: the
     configured engine, or the Deployment Engine's ``grid``."""
 
-    def run(stage, base, seed, budget, folder, on_round=None):
+    def run(stage, base, seed, budget, folder, on_round=None, prior=None):
         return run_stage(cfg, stage, base, seed, folder, budget, resume=resume, client_app=client_app,
-                         on_round=on_round, grid=grid)
+                         on_round=on_round, grid=grid, prior=prior)
 
     return run
 

@@ -60,6 +60,9 @@ class FederatedStage:
     after training (e.g. λ plots); ``report(base, resource, tasks by pool, folder, cfg)`` each time a
     run uses it (e.g. every client's λ). ``evaluate(base, state, task, settings) -> (score sum, n)`` enables
     federated evaluation. ``aggregate`` (None = FedAvg weighted by examples) is the server's rule.
+    ``needs``: a stage trained once per seed (e.g. ``psg``) that is trained first; its final state travels
+    inside this stage's global state under the prefix ``"<needs>."`` (``prior_key``), frozen: the stage's
+    ``aggregate`` must keep it as it is (``keep_prior``), and its record includes the needed stage's.
     """
 
     name: str
@@ -76,6 +79,7 @@ class FederatedStage:
     report: Callable[[nn.Module, Any, dict, Path, Any], None] | None = None
     evaluate: Callable[[nn.Module, State, Any, Any], tuple[float, int]] | None = None
     aggregate: Callable[[list[tuple[State, int]]], State] | None = None
+    needs: str | None = None
 
     def rounds(self, cfg) -> int:
         return getattr(cfg, self.section).rounds
@@ -88,6 +92,34 @@ class FederatedStage:
 
     def settings_from_json(self, raw: dict):
         return build_dataclass(self.settings_type, raw)
+
+
+def prior_key(needs: str, key: str) -> str:
+    """Where a needed stage's tensor ``key`` lies in the global state of the stage that needs it."""
+    return f"{needs}.{key}"
+
+
+def split_prior(state: State, needs: str) -> tuple[State, State]:
+    """``(prior, own)``: the needed stage's state (prefix removed) and the stage's own tensors."""
+    prefix = f"{needs}."
+    prior = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return prior, {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
+def keep_prior(needs: str) -> Callable[[list[tuple[State, int]]], State]:
+    """FedAvg (weighted by examples) of a stage's own tensors; the needed stage's tensors are kept exactly
+    as the first reply returns them (every client got and returns the same frozen copy)."""
+    def aggregate(pairs: list[tuple[State, int]]) -> State:
+        total = sum(n for _, n in pairs) or 1
+        first = pairs[0][0]
+        out = {}
+        for key, value in first.items():
+            if key.startswith(f"{needs}."):
+                out[key] = value.clone()
+            else:
+                out[key] = sum(s[key].double() * (n / total) for s, n in pairs).to(value.dtype)
+        return out
+    return aggregate
 
 
 @dataclass

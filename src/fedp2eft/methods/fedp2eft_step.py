@@ -1,0 +1,300 @@
+"""``fedp2eft-step``: FedP²EFT whose generator also gives each client its fine-tuning step.
+
+The PSG's λ (eq. 6) fixes which ranks a client keeps and scales them; the rate those ranks are then
+fine-tuned at is the one thing a validated sweep (``lora-tuned``) chooses that FedP²EFT does not learn.
+Here a second head on the same client features, the *step head*, outputs a log rate per module type
+(``psg.module_types``: query, key, value, attention out, FFN up, FFN down, pooler, classifier):
+
+    log η_t = StepHead(features)_t,    η for the A and B of every kept module of type t.
+
+Federated training (one per budget r, after the PSG: the stage ``needs`` it and keeps it frozen), one
+client's round — a short local sweep, made cheap by linearising it, then a regression onto its best
+rate, as stage 2 regresses the PSG onto stage 1's λ:
+
+  1. λ = PSG(features) pruned to the budget; the client's train rows split into fit and a held-out
+     ``val_fraction`` (validation from train rows only, never test);
+  2. fine-tune the pruned BT-LoRA on fit at the head's rates η (the personalisation's epochs, batch,
+     clipping): Δ = w_T − w_0 for the adapter weights;
+  3. the sweep: the held-out loss of w_0 + c·Δ for every c in ``grid`` (to first order, fine-tuning at
+     rate c·η moves the weights by c·Δ), c* the best; then per module type t, w_0 + c*·m·Δ_t for every m
+     in ``type_grid`` with the other types at c*·Δ, m*_t the best. Each candidate costs one forward pass
+     over the held-out rows, not a fine-tuning;
+  4. targets log η_t + log(c*·m*_t) for the types that kept ranks (the others keep their prediction);
+     ``regress_steps`` Adam steps of the head onto them (L1 in log space);
+  5. the head's weights return; the server averages them (FedAvg) and keeps the PSG as it was.
+
+Personalisation fine-tunes once: λ and η from the client's features, the pruned BT-LoRA trained on
+the whole train split at η, merged, predicted (``lora-tuned`` fine-tunes once per candidate rate and
+once more).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import UserError, require
+from ..psg import feature_modules, meta_features
+from ..psg.module_types import MODULE_TYPES, module_type
+from ..psg.rate_report import write_rate_report
+from ..tasks import CLASSIFICATION, Task
+from ..training import model_inputs, to_device, train_model
+from ..training.batches import EncodedData
+from .base import ClientTask, TrainSettings
+from .bt_training import BTSettings, personalisation_settings, pruned_model
+from .fedp2eft import PSG_STAGE, new_psg
+from .registry import FederatedStage, MethodSpec, keep_prior, register_method, split_prior
+
+LOG_RATE_RANGE = (math.log(1e-7), math.log(1.0))
+
+
+class StepHead(nn.Module):
+    """log η per module type from the client features: Linear(in, hidden) → PReLU → Linear(hidden, T), the
+    last layer zero with bias log(step_init), so every client starts at ``step_init``."""
+
+    def __init__(self, num_features: int, step_init: float, hidden: int = 64):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(num_features, hidden), nn.PReLU(), nn.Linear(hidden, len(MODULE_TYPES)))
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.constant_(self.net[2].bias, math.log(step_init))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``features`` [2L] → log η [T] (``MODULE_TYPES`` order), clamped to [1e-7, 1] straight-through."""
+        out = self.net(features)
+        return out + (out.clamp(*LOG_RATE_RANGE) - out).detach()
+
+    def rates(self, features: torch.Tensor) -> dict[str, float]:
+        with torch.no_grad():
+            return {t: math.exp(float(v)) for t, v in zip(MODULE_TYPES, self(features), strict=True)}
+
+
+@dataclass
+class FedP2EFTStepConfig:
+    """``[fedp2eft_step]``: the step head's federated training (one per budget, after the ``[fedp2eft]`` PSG,
+    which it uses frozen). Fine-tuning itself follows ``[personalise]`` (epochs, batch, clipping, head)."""
+
+    rounds: int = 30
+    step_init: float = 0.0  # the head's first rate for every type; 0 = personalise.lr
+    grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0, 8.0])  # global multipliers
+    type_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # per-type refinement ([] = none)
+    regress_steps: int = 10  # Adam steps of the head onto the sweep's log rates
+    regress_lr: float = 0.01  # (Adam steps are ~this in log η per parameter; 0.05 oscillated between clients)
+    val_fraction: float = 0.2  # of each client's train rows held out for the sweep
+    hidden: int = 64
+    snapshot_every: int = 0
+
+    def __post_init__(self) -> None:
+        for k in ("rounds", "regress_steps", "hidden"):
+            require(getattr(self, k) >= 1, k, "must be >= 1")
+        require(self.step_init >= 0, "step_init", "must be >= 0 (0 = personalise.lr)")
+        require(len(self.grid) > 0 and all(c > 0 for c in self.grid), "grid", "needs multipliers > 0")
+        require(all(c > 0 for c in self.type_grid), "type_grid", "multipliers must be > 0")
+        require(self.regress_lr > 0, "regress_lr", "must be > 0")
+        require(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)")
+        require(self.snapshot_every >= 0, "snapshot_every", "must be >= 0 (0 = none)")
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    budget: int = 2
+    bt: BTSettings = field(default_factory=BTSettings)  # the personalisation's fine-tuning (rates: the head's)
+    step_init: float = 1e-4
+    grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    type_grid: tuple[float, ...] = (0.5, 1.0, 2.0)
+    regress_steps: int = 10
+    regress_lr: float = 0.01
+    val_fraction: float = 0.2
+    hidden: int = 64
+
+
+def step_settings(cfg, seed: int, budget: int) -> StepSettings:
+    q, p = cfg.fedp2eft_step, cfg.personalise
+    bt = personalisation_settings(cfg.fedp2eft.bt_settings(p, seed), p.train_settings(seed))
+    return StepSettings(budget=budget, bt=bt, step_init=q.step_init or p.lr, grid=tuple(q.grid),
+                        type_grid=tuple(q.type_grid), regress_steps=q.regress_steps, regress_lr=q.regress_lr,
+                        val_fraction=q.val_fraction, hidden=q.hidden)
+
+
+def new_step_head(base: nn.Module, s: StepSettings, seed: int = 0) -> StepHead:
+    torch.manual_seed(seed)
+    return StepHead(2 * len(feature_modules(base, s.bt.head)), s.step_init, s.hidden)
+
+
+def adapter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The trainable LoRA matrices of a peft model by module type."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and ("lora_A" in name or "lora_B" in name):
+            groups.setdefault(module_type(name.split(".lora_")[0].removeprefix("base_model.model.")), []).append(p)
+    return groups
+
+
+def train_at_rates(model: nn.Module, train: EncodedData, rates: dict[str, float], s: BTSettings,
+                   kind: Task = CLASSIFICATION) -> nn.Module:
+    """AdamW at each module type's rate (a trained head at ``head_lr``), in place; returns ``model``."""
+    head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    groups = [{"params": ps, "lr": rates[t]} for t, ps in adapter_groups(model).items()]
+    train_model(model, [*groups, {"params": head, "lr": s.head_lr}], train, s.epochs, s.batch_size, s.seed,
+                s.weight_decay, max_grad_norm=s.max_grad_norm, loss=kind.loss)
+    return model
+
+
+def finetune_at_rates(base: nn.Module, train: EncodedData, lambdas: dict[str, torch.Tensor], budget: int,
+                      rates: dict[str, float], s: BTSettings, kind: Task = CLASSIFICATION) -> nn.Module:
+    """The pruned BT-LoRA (Alg. 2) fine-tuned at each module type's rate; the unmerged peft model."""
+    torch.manual_seed(s.seed)
+    return train_at_rates(pruned_model(base, lambdas, budget, s, kind), train, rates, s, kind)
+
+
+@torch.no_grad()
+def held_out_loss(model: nn.Module, data: EncodedData, kind: Task, batch_size: int) -> float:
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    for batch in data.batches(batch_size):
+        batch = to_device(batch, device)
+        rows = len(batch["input_ids"])
+        total += float(kind.loss(model(**model_inputs(batch)), batch)) * rows
+        n += rows
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def linearised_sweep(model: nn.Module, init: dict[str, list[torch.Tensor]], val: EncodedData, kind: Task,
+                     grid: tuple[float, ...], type_grid: tuple[float, ...], batch_size: int) -> tuple[dict[str, float], dict]:
+    """Steps 3-4: the multiplier of each module type's rate whose linearised update w_0 + c·Δ gives the
+    lowest held-out loss (global c first, then a per-type factor); also the losses it saw."""
+    groups = adapter_groups(model)
+    trained = {t: [p.detach().clone() for p in ps] for t, ps in groups.items()}
+
+    def place(scale: dict[str, float]) -> float:
+        for t, ps in groups.items():
+            for p, w0, w in zip(ps, init[t], trained[t], strict=True):
+                p.copy_(w0 + scale[t] * (w - w0))
+        return held_out_loss(model, val, kind, batch_size)
+
+    model.eval()
+    losses = {c: place(dict.fromkeys(groups, c)) for c in grid}
+    best = min(grid, key=lambda c: (losses[c], abs(math.log(c))))
+    scale = dict.fromkeys(groups, best)
+    for t in groups:
+        tried = {m: place({**scale, t: best * m}) for m in type_grid}
+        if tried:
+            scale[t] = best * min(type_grid, key=lambda m: (tried[m], abs(math.log(m))))
+    place(dict.fromkeys(groups, 1.0))  # the trained weights back
+    return scale, {"val_loss": losses.get(1.0, float("nan")), "val_loss_best": losses[best], "multiplier": best}
+
+
+def regress_head(head: StepHead, feats: torch.Tensor, targets: dict[str, float], steps: int, lr: float) -> float:
+    """Adam steps of the L1 loss between the head's log η and the target log η of the types given; returns
+    the last mean absolute error (in log η)."""
+    idx = torch.tensor([MODULE_TYPES.index(t) for t in targets])
+    goal = torch.tensor([math.log(v) for v in targets.values()]).clamp(*LOG_RATE_RANGE)
+    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    err = torch.zeros(())
+    for _ in range(steps):
+        err = (head(feats)[idx] - goal).abs()
+        opt.zero_grad(set_to_none=True)
+        err.sum().backward()
+        opt.step()
+    return float(err.detach().mean())
+
+
+def step_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: StepSettings):
+    """One client's round (steps 1-5 above); returns ``(state, num_examples, metrics)``."""
+    if len(task.train) < 2:
+        raise ValueError(f"client {task.client_id}: the step head needs at least 2 training rows (fit/held-out)")
+    psg_state, own = split_prior(state, PSG_STAGE.name)
+    psg = new_psg(base, s.bt.r_init, 0, s.bt.head)
+    psg.load_state_dict(psg_state)
+    head = new_step_head(base, s)
+    head.load_state_dict({k.removeprefix("step."): v for k, v in own.items()})
+    feats = meta_features(base, task.train, head=s.bt.head)
+    lambdas = psg.lambdas(feats, feature_modules(base, s.bt.head))
+    fit, val = task.train.split(s.val_fraction, s.bt.seed)
+    rates = head.rates(feats)
+    torch.manual_seed(s.bt.seed)
+    model = pruned_model(base, lambdas, s.budget, s.bt, task.kind)
+    init = {t: [p.detach().clone() for p in ps] for t, ps in adapter_groups(model).items()}
+    train_at_rates(model, fit, rates, s.bt, task.kind)
+    scale, seen = linearised_sweep(model, init, val, task.kind, s.grid, s.type_grid, s.bt.batch_size)
+    del model
+    targets = {t: rates[t] * scale[t] for t in scale}
+    err = regress_head(head, feats, targets, s.regress_steps, s.regress_lr)
+    kept = list(scale)
+    metrics = {**seen, "l1": err, "lr_mean": math.exp(sum(math.log(rates[t]) for t in kept) / max(len(kept), 1)),
+               "target_lr_mean": math.exp(sum(math.log(targets[t]) for t in kept) / max(len(kept), 1))}
+    new_state = {**{f"{PSG_STAGE.name}.{k}": v for k, v in psg_state.items()},
+                 **{f"step.{k}": v.detach().clone() for k, v in head.state_dict().items()}}
+    return new_state, len(task.train), metrics
+
+
+@dataclass
+class StepResource:
+    """A trained step stage: the PSG it used (frozen) and the step head."""
+
+    psg: nn.Module
+    head: StepHead
+
+
+class FedP2EFTStepMethod:
+    """Alg. 2 with the rate from the step head: one fine-tuning per client."""
+
+    name = "fedp2eft-step"
+    uses_budget = True
+
+    def __init__(self, resources: dict[int, StepResource] | None = None, bt: BTSettings | None = None):
+        self.resources = resources or {}
+        self.bt = bt or BTSettings()
+
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
+        if budget not in self.resources:
+            raise UserError(f"{self.name} has no trained step head for budget {budget}")
+        r = self.resources[budget]
+        s = personalisation_settings(self.bt, settings)
+        feats = meta_features(base, task.train, head=settings.head)
+        lambdas = r.psg.lambdas(feats, feature_modules(base, settings.head))
+        model = finetune_at_rates(base, task.train, lambdas, budget, r.head.rates(feats), s, task.kind)
+        return task.kind.predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
+
+
+def _initial_head(base: nn.Module, s: StepSettings) -> dict[str, torch.Tensor]:
+    return {f"step.{k}": v for k, v in new_step_head(base, s).state_dict().items()}
+
+
+def _trained(base: nn.Module, state, s: StepSettings, folder: Path) -> StepResource:
+    psg_state, own = split_prior(state, PSG_STAGE.name)
+    psg = new_psg(base, s.bt.r_init, 0, s.bt.head)
+    psg.load_state_dict(psg_state)
+    head = new_step_head(base, s)
+    head.load_state_dict({k.removeprefix("step."): v for k, v in own.items()})
+    return StepResource(psg, head)
+
+
+def write_step_rates(base, resource: StepResource, tasks: dict, folder: Path, head_mode: str) -> dict:
+    """Every client's rate per module type from the trained head (``psg.rate_report``)."""
+    own = (lambda cid: base.for_client(cid)) if hasattr(base, "for_client") else (lambda cid: base)  # noqa: E731
+    pools = {pool: {t.client_id: resource.head.rates(meta_features(own(t.client_id), t.train, head=head_mode))
+                    for t in pool_tasks} for pool, pool_tasks in tasks.items()}
+    return write_rate_report(folder, pools, "step head: rate per module type (types without kept ranks unused)")
+
+
+STEP_STAGE = FederatedStage(
+    name="fedp2eft-step", section="fedp2eft_step", per_budget=True, artifact="step.safetensors",
+    client_settings=step_settings, settings_type=StepSettings, initial_state=_initial_head,
+    client_update=lambda base, state, task, s, ctx: step_client_update(base, state, task,
+                                                                       replace(s, bt=replace(s.bt, seed=ctx.seed))),
+    finalize=_trained, aggregate=keep_prior(PSG_STAGE.name), needs=PSG_STAGE.name,
+    report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,
+                                                                       cfg.personalise.head),
+)
+
+register_method(MethodSpec(
+    "fedp2eft-step",
+    lambda cfg, resources, seed: FedP2EFTStepMethod(resources, cfg.fedp2eft.bt_settings(cfg.personalise, seed)),
+    section="fedp2eft_step", settings=FedP2EFTStepConfig, stage=STEP_STAGE, recorded=True,
+    max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.r_init),
+    summary="FedP²EFT with a per-client rate per module type from a federated step head; one fine-tuning"))
