@@ -277,3 +277,29 @@ def test_pf2lora_with_the_head_as_adapter_keeps_level2_and_head_weights_home(tmp
     preds = PF2LoRAMethod({2: (new, str(tmp_path))}, s).personalise(
         base, toy_task(tok), 2, TrainSettings(head="adapter", epochs=1, batch_size=8))
     assert len(preds) == 16
+
+
+def test_width_free_selection_ranks_a_narrow_module_first_where_plain_lambda_picks_the_wide_one():
+    """Issue 26, item 4: on the toy whose stage 1 ranks the 4x wider module first (above), the ranks of
+    largest λ·√(d̄/d_out) go to a narrow module: width is out of the selection, λ's own order within a
+    width is kept."""
+    from fedp2eft.methods.bt_training import module_widths, width_free_scores
+    from fedp2eft.training.batches import EncodedData
+
+    torch.manual_seed(0)
+    base = SequenceClassifier(_WideBackbone(), num_labels=3)
+    g = torch.Generator().manual_seed(0)
+    ids = [torch.randint(5, 300, (12,), generator=g).tolist() for _ in range(32)]
+    data = EncodedData(ids, [i % 3 for i in range(32)], pad_id=0)
+    lam, _ = train_lambdas(base, data, 1e-4, BTSettings(r_init=4, lora_alpha=8, epochs=40, batch_size=8,
+                                                        lambda_lr=0.01, lr=1e-3, lora_a_seed=42))
+    widths = module_widths(base, list(lam))
+    assert widths["backbone.wide"] == 64 and widths["backbone.a"] == 16
+    plain = select_ranks(lam, 1)
+    free = select_ranks(width_free_scores(lam, widths), 1)
+    first = lambda index: max(index, key=lambda n: len(index[n]))  # noqa: E731
+    assert first(plain) == "backbone.wide"
+    assert first(free) != "backbone.wide" and widths[first(free)] == 16
+    # equal widths: the selection is λ's own
+    same = {n: v for n, v in lam.items() if widths[n] == 16}
+    assert select_ranks(width_free_scores(same, {n: 16 for n in same}), 1).keys() == select_ranks(same, 1).keys()

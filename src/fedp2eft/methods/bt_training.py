@@ -94,10 +94,11 @@ def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tens
 
 
 def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int, s: BTSettings,
-                 kind: Task = CLASSIFICATION) -> nn.Module:
+                 kind: Task = CLASSIFICATION, select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """BT-LoRA at the budget: the kept λ frozen, B = 0, A fresh or the kept rows of the fixed A,
-    only on modules that keep ranks; scaling lora_alpha / r_init everywhere."""
-    index = select_ranks(lambdas, budget)
+    only on modules that keep ranks; scaling lora_alpha / r_init everywhere. ``select_by`` (default λ):
+    the scores whose global top-(r·L) decide which ranks are kept (e.g. ``width_free_scores``)."""
+    index = select_ranks(lambdas if select_by is None else select_by, budget)
     kept = {n: lambdas[n].detach().flatten().cpu()[ids] for n, ids in index.items()}
     ranks = {n: int(v.numel()) for n, v in kept.items()}
     scaling = s.lora_alpha / s.r_init
@@ -116,10 +117,11 @@ def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int,
 
 
 def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str, torch.Tensor], budget: int,
-                          s: BTSettings, kind: Task = CLASSIFICATION) -> nn.Module:
+                          s: BTSettings, kind: Task = CLASSIFICATION,
+                          select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Alg. 2 steps 2-3: prune λ to the budget and fine-tune the resulting LoRA (unmerged peft model)."""
     torch.manual_seed(s.seed)
-    model = pruned_model(base, lambdas, budget, s, kind)
+    model = pruned_model(base, lambdas, budget, s, kind, select_by)
     _, ab, head = _split_params(model)
     train_model(model, [{"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
                 train, s.epochs, s.batch_size, s.seed, s.weight_decay, max_grad_norm=s.max_grad_norm, loss=kind.loss)
@@ -127,10 +129,24 @@ def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str
 
 
 def finetune_pruned(base: nn.Module, train: EncodedData, test: EncodedData, lambdas: dict[str, torch.Tensor],
-                    budget: int, s: BTSettings, eval_batch_size: int = 64, kind: Task = CLASSIFICATION) -> list:
+                    budget: int, s: BTSettings, eval_batch_size: int = 64, kind: Task = CLASSIFICATION,
+                    select_by: dict[str, torch.Tensor] | None = None) -> list:
     """Fine-tune at the budget, merge, and predict the test split."""
-    model = finetune_pruned_model(base, train, lambdas, budget, s, kind)
+    model = finetune_pruned_model(base, train, lambdas, budget, s, kind, select_by)
     return kind.predict(model.merge_and_unload(), test, eval_batch_size)
+
+
+def module_widths(base: nn.Module, names: list[str]) -> dict[str, int]:
+    """Each adapted module's output width d_out."""
+    return {n: int(base.get_submodule(n).weight.shape[0]) for n in names}
+
+
+def width_free_scores(lambdas: dict[str, torch.Tensor], widths: dict[str, int]) -> dict[str, torch.Tensor]:
+    """λ_l · √(d̄ / d_out,l): λ's fixed point grows like √d_out (method-facts, "λ dynamics": ||B_i||_1 grows
+    with the output width under Adam), so this score ranks ranks by what λ says beyond the module's width;
+    a module of the mean width d̄ keeps its λ."""
+    mean = sum(widths.values()) / len(widths)
+    return {n: v * (mean / widths[n]) ** 0.5 for n, v in lambdas.items()}
 
 
 def personalisation_settings(bt: BTSettings, ts) -> BTSettings:

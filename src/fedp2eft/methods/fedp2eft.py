@@ -26,7 +26,8 @@ from ..psg import PSG, client_lambdas, feature_modules, meta_features
 from ..psg.module_types import lambda_statistics
 from ..psg.report import write_lambda_report, write_lambda_trajectory
 from .base import ClientTask, PersonaliseConfig, TrainSettings
-from .bt_training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
+from .bt_training import (BTSettings, finetune_pruned, module_widths, personalisation_settings, train_lambdas,
+                          width_free_scores)
 from .registry import FederatedStage, MethodSpec, StageContext, register_method
 from .tuned import tuned_spec
 
@@ -147,15 +148,19 @@ class FedP2EFTMethod:
     ``fedp2eft-mean1`` is a diagnostic variant, not the paper's method: the PSG's λ are rescaled
     so the kept ones average 1, which keeps the learned rank selection and relative scales but
     removes the global scale of λ (with frozen λ ≪ 1 the LoRA update is scaled down by λ).
+    ``fedp2eft-widthfree`` keeps the ranks with the largest λ·√(d̄/d_out) instead of the largest λ
+    (``width_free_scores``: module width taken out of the selection); the kept ranks keep their λ.
     """
 
     name = "fedp2eft"
     uses_budget = True
 
-    def __init__(self, psg: PSG | None = None, bt: BTSettings | None = None, mean_one: bool = False):
+    def __init__(self, psg: PSG | None = None, bt: BTSettings | None = None, mean_one: bool = False,
+                 width_free: bool = False):
         self.psg = psg
         self.bt = bt or BTSettings()
         self.mean_one = mean_one
+        self.width_free = width_free
         if mean_one:
             self.name = "fedp2eft-mean1"
 
@@ -166,7 +171,9 @@ class FedP2EFTMethod:
         if self.mean_one:
             lambdas = rescale_to_mean_one(lambdas, budget)
         s = personalisation_settings(self.bt, settings)
-        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size, task.kind)
+        select_by = width_free_scores(lambdas, module_widths(base, list(lambdas))) if self.width_free else None
+        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size, task.kind,
+                               select_by)
 
 
 def _new_psg_state(base: nn.Module, s: PSGSettings) -> dict[str, torch.Tensor]:
@@ -200,10 +207,10 @@ def _budget_limit(section: str):
     return lambda cfg: (f"{section}.r_init", getattr(cfg, section).r_init)
 
 
-def _fedp2eft(section: str, mean_one: bool = False, name: str = "fedp2eft"):
+def _fedp2eft(section: str, mean_one: bool = False, name: str = "fedp2eft", width_free: bool = False):
     def build(cfg, resources: dict, seed: int) -> FedP2EFTMethod:
         method = FedP2EFTMethod(resources.get(None), getattr(cfg, section).bt_settings(cfg.personalise, seed),
-                                mean_one=mean_one)
+                                mean_one=mean_one, width_free=width_free)
         method.name = name
         return method
     return build
@@ -217,6 +224,10 @@ register_method(MethodSpec(
     "fedp2eft-mean1", _fedp2eft("fedp2eft", mean_one=True, name="fedp2eft-mean1"), section="fedp2eft",
     settings=FedP2EFTConfig, stage=PSG_STAGE, max_budget=_budget_limit("fedp2eft"),
     summary="diagnostic: FedP²EFT with the kept λ rescaled to mean 1"))
+register_method(MethodSpec(
+    "fedp2eft-widthfree", _fedp2eft("fedp2eft", name="fedp2eft-widthfree", width_free=True), section="fedp2eft",
+    settings=FedP2EFTConfig, stage=PSG_STAGE, max_budget=_budget_limit("fedp2eft"),
+    summary="FedP²EFT keeping the ranks of largest λ·√(d̄/d_out): module width out of the selection"))
 register_method(MethodSpec(
     "fedp2eft-paper", _fedp2eft("fedp2eft_paper", name="fedp2eft-paper"), section="fedp2eft_paper",
     settings=FedP2EFTConfig, stage=PSG_PAPER_STAGE, recorded=True, max_budget=_budget_limit("fedp2eft_paper"),
