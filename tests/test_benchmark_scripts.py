@@ -108,3 +108,40 @@ def test_lambda_client_signal_finds_a_planted_client_lambda_and_not_noise(tmp_pa
         script.main([str(tmp_path / "missing.jsonl")])
     with pytest.raises(SystemExit, match="no rounds with clients from round 99"):
         script.main([str(tmp_path / "noise.jsonl"), "--from-round", "99"])
+
+
+def test_width_free_structure_compares_selections_on_a_psg_report(tmp_path, capsys):
+    """benchmarks/width_free_structure.py (issue 26, item 4) on a synthetic λ report for tiny-bert: λ that
+    grows with width keeps the widest modules; the width-free selection finds the ranks each language's
+    clients share; a folder without a report is refused by name."""
+    import torch
+    from safetensors.torch import save_file
+
+    from fedp2eft.models import load_classifier
+    from fedp2eft.psg import feature_modules
+
+    script = load_script("width_free_structure")
+    base, _ = load_classifier("tiny-bert", 7)
+    names = feature_modules(base, "adapter")
+    widths = {n: base.get_submodule(n).weight.shape[0] for n in names}
+    wide = max(widths.values())
+    narrow = [n for n in names if widths[n] < wide]
+    folder = tmp_path / "psg" / "seed0"
+    folder.mkdir(parents=True)
+    (folder / "lambda_report.json").write_text(json.dumps({"modules": names}))
+    lams = {}
+    for lang, favoured in (("aa", narrow[0]), ("bb", narrow[1])):
+        for k in range(3):
+            lam = torch.stack([torch.full((4,), 0.5 * (widths[n] / wide) ** 0.5) for n in names])
+            lam[names.index(favoured)] = 0.6 * (widths[favoured] / wide) ** 0.5 * 4  # the language's own module
+            lam += 1e-3 * torch.rand(lam.shape, generator=torch.Generator().manual_seed(k))
+            lams[f"{lang}-seen-{k:02d}"] = lam
+    save_file(lams, str(folder / "lambdas_seen.safetensors"))
+    out = tmp_path / "structure.json"
+    assert script.main([str(folder), "--budget", "1", "--model", "tiny-bert", "--out", str(out)]) == 0
+    seen = json.loads(out.read_text())["results"][0]["pools"]["seen"]
+    assert seen["width-free"]["jaccard_within_language"] > seen["width-free"]["jaccard_between_languages"]
+    assert seen["lambda"]["clients"] == 6 and sum(seen["lambda"]["type_share"].values()) == pytest.approx(1.0)
+    assert "width-free" in capsys.readouterr().out
+    assert script.main([str(tmp_path / "nothing"), "--model", "tiny-bert"]) == 2
+    assert "lambda_report.json: missing" in capsys.readouterr().err
