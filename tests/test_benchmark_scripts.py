@@ -145,3 +145,22 @@ def test_width_free_structure_compares_selections_on_a_psg_report(tmp_path, caps
     assert "width-free" in capsys.readouterr().out
     assert script.main([str(tmp_path / "nothing"), "--model", "tiny-bert"]) == 2
     assert "lambda_report.json: missing" in capsys.readouterr().err
+
+
+def test_round_cost_times_every_named_stage_against_the_psg(tmp_path, masakhanews_dir, capsys):
+    """benchmarks/round_cost.py on tiny-bert and real rows: every named stage (a stage that needs the PSG
+    included) runs one client round; ratios are to the PSG's; an unknown stage is refused by name."""
+    script = load_script("round_cost")
+    sets = tiny_overrides(masakhanews_dir, **{"fedp2eft.r_init": 2, "fedp2eft.lora_alpha": 4,
+                                               "fedp2eft.batch_size": 8, "fedl2p.batch_pairs": 1,
+                                               "fedl2p.outer_steps": 1, "fedl2p.parameterisation": '"log"'})
+    args = [x for s in sets for x in ("--set", s)]
+    out = tmp_path / "cost.json"
+    assert script.main(["configs/quickstart.toml", "--stages", "psg,fedp2eft-step,fedl2p", "--clients", "1",
+                        "--budget", "1", "--out", str(out), *args]) == 0
+    stages = json.loads(out.read_text())["stages"]
+    assert set(stages) == {"psg", "fedp2eft-step", "fedl2p"}
+    assert stages["psg"]["ratio_to_psg"] == 1.0 and all(s["seconds_per_client"] > 0 for s in stages.values())
+    assert "x the PSG's" in capsys.readouterr().out
+    assert script.main(["configs/quickstart.toml", "--stages", "psg,nope", *args]) == 2
+    assert "unknown federated stage 'nope'" in capsys.readouterr().err
