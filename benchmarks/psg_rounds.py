@@ -37,12 +37,17 @@ VARIANTS = {
 
 
 def evaluate_snapshot(base, psg, tasks, budget, settings, bt, val_fraction):
+    from fedp2eft.methods.fedp2eft import FedP2EFTMethod
+
+    return evaluate_method(FedP2EFTMethod(psg, bt), base, tasks, budget, settings, val_fraction)
+
+
+def evaluate_method(method, base, tasks, budget, settings, val_fraction):
+    """``method`` personalising every client on its train split minus a held-out part, scored there."""
     from fedp2eft.evaluation import LanguageTally, mean_over_languages
     from fedp2eft.methods import ClientTask
-    from fedp2eft.methods.fedp2eft import FedP2EFTMethod
     from fedp2eft.tasks import CLASSIFICATION
 
-    method = FedP2EFTMethod(psg, bt)
     tally = LanguageTally()
     for i, task in enumerate(tasks):
         if len(task.train) < 2:
@@ -95,7 +100,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="default: <experiment.output_dir>/psg_rounds")
     ap.add_argument("--stage-snapshots", action="append", default=[], metavar="METHOD",
                     help="also score the snapshots of the PSG a run of the config trained for METHOD "
-                         "(e.g. fedp2eft-paper: <output_dir>/psg-paper/seed<S>/snapshots); trains nothing")
+                         "(e.g. fedp2eft-paper: <output_dir>/psg-paper/seed<S>/snapshots), or of any other "
+                         "stage with snapshots (e.g. fedp2eft-step: <...>/fedp2eft-step/seed<S>/r<B>/); trains "
+                         "nothing. With experiment.replicate = 'federation', the seed's own federation")
     args = ap.parse_args(argv)
 
     import torch
@@ -115,14 +122,18 @@ def main(argv=None) -> int:
     from fedp2eft.tasks import CLASSIFICATION
     from fedp2eft.tasks.classification import predict
 
+    from fedp2eft.methods.registry import get_method
+    from fedp2eft.setup.replicates import replicate_config, replicate_layout
+
     cfg = load_config(args.config, args.set)
     if cfg.experiment.threads:
         torch.set_num_threads(cfg.experiment.threads)
     out_dir = Path(cfg.experiment.output_dir)
     work = Path(args.out) if args.out else out_dir / "psg_rounds"
     pools = [p for p in args.pools.split(",") if p]
+    layout = replicate_layout(RunLayout(out_dir), cfg, args.seed)  # the seed's own federation, if so
+    cfg = replicate_config(cfg, args.seed)
     fed = load_federation(cfg)
-    layout = RunLayout(out_dir)
     shared = base_source(cfg, layout).open(cfg, len(fed.label_names), args.seed)
     base, tok = shared.model, shared.tokenizer
     tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in pools}
@@ -174,9 +185,40 @@ def main(argv=None) -> int:
         entry = score_snapshots(name, folder, section, VARIANTS[name])
         entry["train_seconds"] = entry.get("train_seconds") or trained_seconds
         write_json(results_path, curves)
-    for method in args.stage_snapshots:  # a PSG the run itself trained (e.g. fedp2eft-paper's psg-paper)
+    def score_stage_snapshots(method, spec, folder):  # any stage: its snapshot → the method's resource
+        name = f"{method} (run)"
+        entry = curves.setdefault(name, {"overrides": {"section": spec.section}, "accuracy": {}, "lora": {}})
+        stage = spec.stage
+        stage_settings = stage.client_settings(cfg, args.seed, args.budget)
+        for snap in sorted((folder / "snapshots").glob("round*.safetensors")):
+            rnd = str(int(snap.stem[len("round"):]))
+            resource = stage.finalize(base, load_file(str(snap)), stage_settings, folder)
+            obj = get_method(method, cfg, {args.budget: resource}, args.seed)
+            for pool in pools:
+                if rnd in entry["accuracy"].get(pool, {}):
+                    continue
+                acc = evaluate_method(obj, base, tasks[pool], args.budget, settings, args.val_fraction)
+                entry["accuracy"].setdefault(pool, {})[rnd] = acc
+                print(f"{name} round {rnd} {pool}: {100 * acc:.1f}", flush=True)
+                write_json(results_path, curves)
+        for pool in pools:
+            if pool not in lora:
+                lora[pool] = lora_reference(pool)
+            entry["lora"][pool] = lora[pool]
+        write_json(results_path, curves)
+
+    for method in args.stage_snapshots:  # a stage the run itself trained (e.g. fedp2eft-paper's psg-paper)
         spec = get_spec(method)
-        if spec.stage is None or spec.stage.per_budget or not spec.stage.name.startswith("psg"):
+        if spec.stage is None:
+            sys.exit(f"--stage-snapshots {method}: not a method with a federated stage")
+        if spec.stage.per_budget:
+            folder = layout.stage(spec.stage.name, args.seed, args.budget)
+            if not any((folder / "snapshots").glob("round*.safetensors")):
+                sys.exit(f"--stage-snapshots {method}: no snapshots in {folder / 'snapshots'} "
+                         f"(train it with {spec.section}.snapshot_every > 0)")
+            score_stage_snapshots(method, spec, folder)
+            continue
+        if not spec.stage.name.startswith("psg"):
             sys.exit(f"--stage-snapshots {method}: not a method with a PSG stage")
         folder = layout.stage(spec.stage.name, args.seed)
         if not any((folder / "snapshots").glob("round*.safetensors")):

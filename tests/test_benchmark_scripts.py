@@ -64,7 +64,7 @@ def test_psg_rounds_scores_a_variant_and_a_runs_snapshots_then_resumes(tmp_path,
     assert (out / "psg_rounds" / "init1" / "psg.safetensors").read_bytes() == psg_bytes
 
     # a method without a PSG stage is refused by name
-    with pytest.raises(SystemExit, match="--stage-snapshots lora: not a method with a PSG stage"):
+    with pytest.raises(SystemExit, match="--stage-snapshots lora: not a method with a federated stage"):
         script.main(["configs/quickstart.toml", "--pools", "unseen", "--stage-snapshots", "lora", *set_args])
 
 
@@ -164,3 +164,23 @@ def test_round_cost_times_every_named_stage_against_the_psg(tmp_path, masakhanew
     assert "x the PSG's" in capsys.readouterr().out
     assert script.main(["configs/quickstart.toml", "--stages", "psg,nope", *args]) == 2
     assert "unknown federated stage 'nope'" in capsys.readouterr().err
+
+
+def test_psg_rounds_scores_the_step_heads_snapshots(tmp_path, masakhanews_dir):
+    """psg_rounds.py --stage-snapshots on a per-budget stage (fedp2eft-step, issue 26): each snapshot of the
+    step head a run kept is scored on held-out train rows, beside the LoRA reference."""
+    out = tmp_path / "run"
+    sets = tiny_overrides(masakhanews_dir, **{
+        "experiment.output_dir": json.dumps(str(out)), "base_model.kind": '"off-the-shelf"',
+        "personalise.methods": '["fedp2eft-step"]', "personalise.pools": '["unseen"]', "personalise.budgets": "[1]",
+        "fedp2eft.rounds": 1, "fedp2eft.r_init": 2, "fedp2eft.lora_alpha": 4, "fedp2eft.batch_size": 8,
+        "fedp2eft_step.rounds": 2, "fedp2eft_step.snapshot_every": 1})
+    set_args = [x for s in sets for x in ("--set", s)]
+    assert cli_main(["run", "configs/quickstart.toml", *set_args]) == 0
+    script = load_script()
+    assert script.main(["configs/quickstart.toml", "--pools", "unseen", "--budget", "1",
+                        "--stage-snapshots", "fedp2eft-step", *set_args]) == 0
+    curves = json.loads((out / "psg_rounds" / "accuracy_vs_rounds.json").read_text())
+    entry = curves["fedp2eft-step (run)"]
+    assert sorted(entry["accuracy"]["unseen"], key=int) == ["1", "2"]
+    assert 0 <= entry["lora"]["unseen"] <= 1
