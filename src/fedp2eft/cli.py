@@ -163,10 +163,11 @@ def _cmd_methods(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
+    width = max(len(r["method"]) for r in rows)
     for r in rows:
         where = ", ".join(x for x in (f"[{r['section']}]" if r["section"] else "",
                                        f"stage {r['stage']}" if r["stage"] else "") if x)
-        print(f"{r['method']:<16} {r['summary']}" + (f"  ({where})" if where else ""))
+        print(f"{r['method']:<{width}} {r['summary']}" + (f"  ({where})" if where else ""))
     return 0
 
 
