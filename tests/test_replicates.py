@@ -97,3 +97,21 @@ def test_paired_difference_intervals():
     assert paired_difference(runs, "m", "adalora", "seen", 2) is None
     old = [{k: v for k, v in r.items() if k != "per_client"} for r in runs]  # runs from before per_client
     assert paired_difference(old, "m", "lora", "seen", 2)["boot_low"] is None
+
+
+def test_results_md_gives_the_cost_per_client_and_fine_tunings():
+    from fedp2eft.report import console_table, markdown_tables
+
+    ref = {"a": ("x", 10, 5.0), "b": ("x", 10, 6.0)}
+    runs = [{**_run(m, s, ref), "seconds": 40.0 + s, "clients": 2} for m in ("lora", "lora-tuned", "none")
+            for s in (0, 1)]
+    for r in runs:
+        if r["method"] == "none":
+            r["budget"] = None
+    results = {"config": {"experiment": {"replicate": "federation"},
+                          "personalise": {"tune_lrs": [1e-3, 3e-3, 1e-2], "none_trains_head": False}}, "runs": runs}
+    md = markdown_tables(results)
+    assert "2 federations" in md and "| lora-tuned | 20.2 | 4 |" in md and "| none | 20.2 | 0 |" in md
+    assert "| lora | 20.2 | 1 |" in md and "lora-tuned − lora | 2 | +0.0" in md
+    titles = [t.title for t in console_table(results)]
+    assert titles[-1] == "Cost of personalisation" and len(titles) == 2

@@ -118,7 +118,38 @@ def markdown_tables(results: dict[str, Any]) -> str:
                     lines.append(f"| {label} | " + " | ".join(_fmt(row.get(lang)) for _, row in cols) + " |")
                 lines += paired_table(results["runs"], [m for m, _ in cols], pool, budget,
                                       name if len(metrics) > 1 else None, replicate)
+    lines += cost_table(results)
     return "\n".join(lines) + "\n"
+
+
+def fine_tunings_per_client(method: str, config: dict) -> int:
+    """How many times a method fine-tunes each client: a ``*-tuned`` method once per candidate rate (on the
+    train rows minus the held-out part) and once more; ``none`` only when it trains the head."""
+    p = config.get("personalise", {})
+    if method.endswith("-tuned"):
+        return len(p.get("tune_lrs", [])) + 1
+    if method == "none":
+        return int(bool(p.get("none_trains_head", True)))
+    return 1
+
+
+def cost_table(results: dict[str, Any]) -> list[str]:
+    """Per method: seconds of personalisation per client (mean over its runs; federated stages not
+    included) and fine-tunings per client."""
+    per: dict[str, list[float]] = {}
+    for r in results["runs"]:
+        if r.get("seconds") is not None and r.get("clients"):
+            per.setdefault(r["method"], []).append(r["seconds"] / r["clients"])
+    if not per:
+        return []
+    config = results.get("config", {})
+    lines = ["", "## Cost of personalisation", "",
+             "Seconds per client (mean over the runs above, on the machine that ran them; federated stages not "
+             "included) and fine-tunings per client.", "",
+             "| method | seconds per client | fine-tunings per client |", "|---|---:|---:|"]
+    for m, xs in per.items():
+        lines.append(f"| {m} | {sum(xs) / len(xs):.1f} | {fine_tunings_per_client(m, config)} |")
+    return lines
 
 
 REFERENCES = ("lora", "lora-tuned")  # every method is compared with LoRA at the set rate and at a validated rate
