@@ -118,11 +118,11 @@ def test_fedp2eft_step_trains_after_the_psg_keeps_it_frozen_and_personalises(tmp
     from fl_helpers import tiny_overrides
 
     out = tmp_path / "run"
-    sets = {"personalise.methods": '["fedp2eft-step", "fedl2p"]', "personalise.budgets": "[1]",
+    sets = {"personalise.methods": '["fedp2eft-step", "fedl2p", "lora-step"]', "personalise.budgets": "[1]",
             "personalise.pools": '["seen", "unseen"]', "fedp2eft.rounds": 1, "fedp2eft.r_init": 2,
             "fedp2eft.lora_alpha": 4, "fedp2eft.batch_size": 8, "fedp2eft_step.rounds": 2,
             "fedl2p.rounds": 1, "fedl2p.parameterisation": '"log"', "fedl2p.base_lr_lr": 0.1,
-            "fedl2p.batch_pairs": 1, "fedl2p.outer_steps": 1}
+            "fedl2p.batch_pairs": 1, "fedl2p.outer_steps": 1, "lora_step.rounds": 1}
     args = []
     for item in tiny_overrides(masakhanews_dir, rounds=1, **sets):
         args += ["--set", item]
@@ -140,6 +140,9 @@ def test_fedp2eft_step_trains_after_the_psg_keeps_it_frozen_and_personalises(tmp
         report = json.loads((folder / "rate_report.json").read_text())
         assert set(report["pools"]) == {"seen", "unseen"}
         assert all(v["geomean"] > 0 for v in report["pools"]["seen"]["summary"].values())
+    lora_step = load_file(str(out / "lora-step" / "seed0" / "r1" / "step.safetensors"))
+    assert lora_step and all(k.startswith("step.") for k in lora_step)  # plain LoRA: no PSG in its state
+    assert "needs" not in json.loads((out / "lora-step" / "seed0" / "r1" / "settings.json").read_text())
     res = json.loads((out / "results.json").read_text())
     assert {(r["method"], r["pool"]) for r in res["runs"]} == {
-        (m, p) for m in ("fedp2eft-step", "fedl2p") for p in ("seen", "unseen")}
+        (m, p) for m in ("fedp2eft-step", "fedl2p", "lora-step") for p in ("seen", "unseen")}

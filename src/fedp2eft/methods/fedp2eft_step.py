@@ -26,6 +26,9 @@ rate, as stage 2 regresses the PSG onto stage 1's λ:
 Personalisation fine-tunes once: λ and η from the client's features, the pruned BT-LoRA trained on
 the whole train split at η, merged, predicted (``lora-tuned`` fine-tunes once per candidate rate and
 once more).
+
+``lora-step`` is the same step head on plain LoRA (rank r on every adapted module, no PSG, no λ): it asks
+whether a learned per-client rate helps where the structure is LoRA's own. Its stage needs no PSG.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ..training.batches import EncodedData
 from .base import ClientTask, TrainSettings
 from .bt_training import BTSettings, personalisation_settings, pruned_model
 from .fedp2eft import PSG_STAGE, new_psg
+from .lora import lora_model
 from .registry import FederatedStage, MethodSpec, keep_prior, register_method, split_prior
 
 LOG_RATE_RANGE = (math.log(1e-7), math.log(1.0))
@@ -74,8 +78,9 @@ class StepHead(nn.Module):
 
 @dataclass
 class FedP2EFTStepConfig:
-    """``[fedp2eft_step]``: the step head's federated training (one per budget, after the ``[fedp2eft]`` PSG,
-    which it uses frozen). Fine-tuning itself follows ``[personalise]`` (epochs, batch, clipping, head)."""
+    """``[fedp2eft_step]`` / ``[lora_step]``: the step head's federated training (one per budget; for
+    ``fedp2eft-step`` after the ``[fedp2eft]`` PSG, which it uses frozen). Fine-tuning itself follows
+    ``[personalise]`` (epochs, batch, clipping, head)."""
 
     rounds: int = 30
     step_init: float = 0.0  # the head's first rate for every type; 0 = personalise.lr
@@ -109,14 +114,43 @@ class StepSettings:
     regress_lr: float = 0.01
     val_fraction: float = 0.2
     hidden: int = 64
+    structure: str = "psg"  # "psg": the PSG's pruned BT-LoRA (fedp2eft-step); "lora": rank r everywhere (lora-step)
 
 
-def step_settings(cfg, seed: int, budget: int) -> StepSettings:
-    q, p = cfg.fedp2eft_step, cfg.personalise
-    bt = personalisation_settings(cfg.fedp2eft.bt_settings(p, seed), p.train_settings(seed))
-    return StepSettings(budget=budget, bt=bt, step_init=q.step_init or p.lr, grid=tuple(q.grid),
-                        type_grid=tuple(q.type_grid), regress_steps=q.regress_steps, regress_lr=q.regress_lr,
-                        val_fraction=q.val_fraction, hidden=q.hidden)
+def step_settings(section: str, structure: str):
+    """``client_settings`` of a step stage from config section ``section``."""
+    def settings(cfg, seed: int, budget: int) -> StepSettings:
+        q, p = getattr(cfg, section), cfg.personalise
+        bt = personalisation_settings(cfg.fedp2eft.bt_settings(p, seed), p.train_settings(seed))
+        return StepSettings(budget=budget, bt=bt, step_init=q.step_init or p.lr, grid=tuple(q.grid),
+                            type_grid=tuple(q.type_grid), regress_steps=q.regress_steps, regress_lr=q.regress_lr,
+                            val_fraction=q.val_fraction, hidden=q.hidden, structure=structure)
+    return settings
+
+
+def adapter_model(base: nn.Module, s: StepSettings, lambdas: dict[str, torch.Tensor] | None,
+                  kind: Task = CLASSIFICATION) -> nn.Module:
+    """The adapter the step is learned for, before training: the PSG's pruned BT-LoRA, or plain LoRA."""
+    torch.manual_seed(s.bt.seed)
+    if s.structure == "lora":
+        return lora_model(base, s.budget, TrainSettings(head=s.bt.head, lora_a_seed=s.bt.lora_a_seed), kind)
+    return pruned_model(base, lambdas, s.budget, s.bt, kind)
+
+
+def load_psg(base: nn.Module, s: StepSettings, state: dict[str, torch.Tensor]) -> nn.Module | None:
+    """The frozen PSG travelling in a step stage's state (None for ``lora-step``)."""
+    psg_state, _ = split_prior(state, PSG_STAGE.name)
+    if s.structure == "lora":
+        return None
+    psg = new_psg(base, s.bt.r_init, 0, s.bt.head)
+    psg.load_state_dict(psg_state)
+    return psg
+
+
+def load_head(base: nn.Module, s: StepSettings, state: dict[str, torch.Tensor]) -> StepHead:
+    head = new_step_head(base, s)
+    head.load_state_dict({k.removeprefix("step."): v for k, v in state.items() if k.startswith("step.")})
+    return head
 
 
 def new_step_head(base: nn.Module, s: StepSettings, seed: int = 0) -> StepHead:
@@ -141,13 +175,6 @@ def train_at_rates(model: nn.Module, train: EncodedData, rates: dict[str, float]
     train_model(model, [*groups, {"params": head, "lr": s.head_lr}], train, s.epochs, s.batch_size, s.seed,
                 s.weight_decay, max_grad_norm=s.max_grad_norm, loss=kind.loss)
     return model
-
-
-def finetune_at_rates(base: nn.Module, train: EncodedData, lambdas: dict[str, torch.Tensor], budget: int,
-                      rates: dict[str, float], s: BTSettings, kind: Task = CLASSIFICATION) -> nn.Module:
-    """The pruned BT-LoRA (Alg. 2) fine-tuned at each module type's rate; the unmerged peft model."""
-    torch.manual_seed(s.seed)
-    return train_at_rates(pruned_model(base, lambdas, budget, s, kind), train, rates, s, kind)
 
 
 @torch.no_grad()
@@ -207,17 +234,12 @@ def step_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
     """One client's round (steps 1-5 above); returns ``(state, num_examples, metrics)``."""
     if len(task.train) < 2:
         raise ValueError(f"client {task.client_id}: the step head needs at least 2 training rows (fit/held-out)")
-    psg_state, own = split_prior(state, PSG_STAGE.name)
-    psg = new_psg(base, s.bt.r_init, 0, s.bt.head)
-    psg.load_state_dict(psg_state)
-    head = new_step_head(base, s)
-    head.load_state_dict({k.removeprefix("step."): v for k, v in own.items()})
+    psg, head = load_psg(base, s, state), load_head(base, s, state)
     feats = meta_features(base, task.train, head=s.bt.head)
-    lambdas = psg.lambdas(feats, feature_modules(base, s.bt.head))
+    lambdas = psg.lambdas(feats, feature_modules(base, s.bt.head)) if psg is not None else None
     fit, val = task.train.split(s.val_fraction, s.bt.seed)
     rates = head.rates(feats)
-    torch.manual_seed(s.bt.seed)
-    model = pruned_model(base, lambdas, s.budget, s.bt, task.kind)
+    model = adapter_model(base, s, lambdas, task.kind)
     init = {t: [p.detach().clone() for p in ps] for t, ps in adapter_groups(model).items()}
     train_at_rates(model, fit, rates, s.bt, task.kind)
     scale, seen = linearised_sweep(model, init, val, task.kind, s.grid, s.type_grid, s.bt.batch_size)
@@ -227,17 +249,19 @@ def step_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
     kept = list(scale)
     metrics = {**seen, "l1": err, "lr_mean": math.exp(sum(math.log(rates[t]) for t in kept) / max(len(kept), 1)),
                "target_lr_mean": math.exp(sum(math.log(targets[t]) for t in kept) / max(len(kept), 1))}
-    new_state = {**{f"{PSG_STAGE.name}.{k}": v for k, v in psg_state.items()},
+    prior, _ = split_prior(state, PSG_STAGE.name)
+    new_state = {**{f"{PSG_STAGE.name}.{k}": v for k, v in prior.items()},
                  **{f"step.{k}": v.detach().clone() for k, v in head.state_dict().items()}}
     return new_state, len(task.train), metrics
 
 
 @dataclass
 class StepResource:
-    """A trained step stage: the PSG it used (frozen) and the step head."""
+    """A trained step stage: the PSG it used (frozen; None for ``lora-step``) and the step head."""
 
-    psg: nn.Module
+    psg: nn.Module | None
     head: StepHead
+    settings: StepSettings
 
 
 class FedP2EFTStepMethod:
@@ -246,18 +270,21 @@ class FedP2EFTStepMethod:
     name = "fedp2eft-step"
     uses_budget = True
 
-    def __init__(self, resources: dict[int, StepResource] | None = None, bt: BTSettings | None = None):
+    def __init__(self, resources: dict[int, StepResource] | None = None, bt: BTSettings | None = None,
+                 name: str = "fedp2eft-step"):
         self.resources = resources or {}
         self.bt = bt or BTSettings()
+        self.name = name
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
         if budget not in self.resources:
             raise UserError(f"{self.name} has no trained step head for budget {budget}")
         r = self.resources[budget]
-        s = personalisation_settings(self.bt, settings)
+        s = replace(r.settings, budget=budget, bt=personalisation_settings(self.bt, settings))
         feats = meta_features(base, task.train, head=settings.head)
-        lambdas = r.psg.lambdas(feats, feature_modules(base, settings.head))
-        model = finetune_at_rates(base, task.train, lambdas, budget, r.head.rates(feats), s, task.kind)
+        lambdas = r.psg.lambdas(feats, feature_modules(base, settings.head)) if r.psg is not None else None
+        model = train_at_rates(adapter_model(base, s, lambdas, task.kind), task.train, r.head.rates(feats), s.bt,
+                               task.kind)
         return task.kind.predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
 
 
@@ -266,12 +293,7 @@ def _initial_head(base: nn.Module, s: StepSettings) -> dict[str, torch.Tensor]:
 
 
 def _trained(base: nn.Module, state, s: StepSettings, folder: Path) -> StepResource:
-    psg_state, own = split_prior(state, PSG_STAGE.name)
-    psg = new_psg(base, s.bt.r_init, 0, s.bt.head)
-    psg.load_state_dict(psg_state)
-    head = new_step_head(base, s)
-    head.load_state_dict({k.removeprefix("step."): v for k, v in own.items()})
-    return StepResource(psg, head)
+    return StepResource(load_psg(base, s, state), load_head(base, s, state), s)
 
 
 def write_step_rates(base, resource: StepResource, tasks: dict, folder: Path, head_mode: str) -> dict:
@@ -282,19 +304,34 @@ def write_step_rates(base, resource: StepResource, tasks: dict, folder: Path, he
     return write_rate_report(folder, pools, "step head: rate per module type (types without kept ranks unused)")
 
 
-STEP_STAGE = FederatedStage(
-    name="fedp2eft-step", section="fedp2eft_step", per_budget=True, artifact="step.safetensors",
-    client_settings=step_settings, settings_type=StepSettings, initial_state=_initial_head,
-    client_update=lambda base, state, task, s, ctx: step_client_update(base, state, task,
-                                                                       replace(s, bt=replace(s.bt, seed=ctx.seed))),
-    finalize=_trained, aggregate=keep_prior(PSG_STAGE.name), needs=PSG_STAGE.name,
-    report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,
-                                                                       cfg.personalise.head),
-)
+def step_stage(name: str, section: str, structure: str) -> FederatedStage:
+    """A step head's federated training (per budget) with the settings of ``section``; on the PSG's
+    structure it needs the PSG stage."""
+    on_psg = structure == "psg"
+    return FederatedStage(
+        name=name, section=section, per_budget=True, artifact="step.safetensors",
+        client_settings=step_settings(section, structure), settings_type=StepSettings, initial_state=_initial_head,
+        client_update=lambda base, state, task, s, ctx: step_client_update(
+            base, state, task, replace(s, bt=replace(s.bt, seed=ctx.seed))),
+        finalize=_trained, aggregate=keep_prior(PSG_STAGE.name) if on_psg else None,
+        needs=PSG_STAGE.name if on_psg else None,
+        report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,
+                                                                           cfg.personalise.head),
+    )
+
+
+def _step_method(name: str):
+    return lambda cfg, resources, seed: FedP2EFTStepMethod(
+        resources, cfg.fedp2eft.bt_settings(cfg.personalise, seed), name=name)
+
+
+STEP_STAGE = step_stage("fedp2eft-step", "fedp2eft_step", "psg")
+LORA_STEP_STAGE = step_stage("lora-step", "lora_step", "lora")
 
 register_method(MethodSpec(
-    "fedp2eft-step",
-    lambda cfg, resources, seed: FedP2EFTStepMethod(resources, cfg.fedp2eft.bt_settings(cfg.personalise, seed)),
-    section="fedp2eft_step", settings=FedP2EFTStepConfig, stage=STEP_STAGE, recorded=True,
-    max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.r_init),
+    "fedp2eft-step", _step_method("fedp2eft-step"), section="fedp2eft_step", settings=FedP2EFTStepConfig,
+    stage=STEP_STAGE, recorded=True, max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.r_init),
     summary="FedP²EFT with a per-client rate per module type from a federated step head; one fine-tuning"))
+register_method(MethodSpec(
+    "lora-step", _step_method("lora-step"), section="lora_step", settings=FedP2EFTStepConfig, stage=LORA_STEP_STAGE,
+    recorded=True, summary="LoRA with a per-client rate per module type from a federated step head; one fine-tuning"))
