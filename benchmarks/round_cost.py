@@ -54,7 +54,7 @@ def measure(cfg, base, tasks, names: list[str], budget: int) -> dict:
         out[name] = {"seconds_per_client": sum(seconds) / len(seconds), "clients": len(seconds),
                      "rows": [len(t.train) for t in tasks]}
     if "psg" in out:
-        for name, r in out.items():
+        for r in out.values():
             r["ratio_to_psg"] = r["seconds_per_client"] / out["psg"]["seconds_per_client"]
     return out
 

@@ -23,7 +23,6 @@ from .methods.registry import get_spec, method_sections  # importing it fills th
 from .models.classifier import POOLINGS
 from .tasks import TEMPLATES
 
-
 REPLICATES = ("personalisation", "federation")  # what a seed varies: setup/replicates.py
 
 

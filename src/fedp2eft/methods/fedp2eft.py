@@ -26,8 +26,14 @@ from ..psg import PSG, client_lambdas, feature_modules, meta_features
 from ..psg.module_types import lambda_statistics
 from ..psg.report import write_lambda_report, write_lambda_trajectory
 from .base import ClientTask, PersonaliseConfig, TrainSettings
-from .bt_training import (BTSettings, finetune_pruned, module_widths, personalisation_settings, train_lambdas,
-                          width_free_scores)
+from .bt_training import (
+    BTSettings,
+    finetune_pruned,
+    module_widths,
+    personalisation_settings,
+    train_lambdas,
+    width_free_scores,
+)
 from .registry import FederatedStage, MethodSpec, StageContext, register_method
 from .tuned import tuned_spec
 
