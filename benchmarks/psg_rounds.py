@@ -115,15 +115,13 @@ def main(argv=None) -> int:
     from fedp2eft.methods import ClientTask
     from fedp2eft.methods.fedp2eft import PSG_STAGE, new_psg
     from fedp2eft.methods.lora import finetune_lora
-    from fedp2eft.methods.registry import get_spec
+    from fedp2eft.methods.registry import get_method, get_spec
     from fedp2eft.setup.federation import client_tasks, load_federation
     from fedp2eft.setup.layout import RunLayout
+    from fedp2eft.setup.replicates import replicate_config, replicate_layout
     from fedp2eft.stages import load_or_train
     from fedp2eft.tasks import CLASSIFICATION
     from fedp2eft.tasks.classification import predict
-
-    from fedp2eft.methods.registry import get_method
-    from fedp2eft.setup.replicates import replicate_config, replicate_layout
 
     cfg = load_config(args.config, args.set)
     if cfg.experiment.threads:
