@@ -103,15 +103,16 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
     first (federatedly, through ``runner``) from ``base_source``; ``base`` is the loaded base model."""
     folder = Path(folder) if folder is not None else layout.stage(stage.name, seed, budget)
     settings = stage.client_settings(cfg, seed, budget)
+    if stage.needs is not None:  # the stage it starts from: trained (or read) before this one is claimed
+        needed = get_stage(stage.needs)
+        load_or_train(cfg, needed, layout, seed, None, base, base_source, runner, fresh, log)
     claim_stage(folder, stage_record(cfg, stage, seed, budget), fresh)
     final = folder / stage.artifact
     if final.is_file():
         state = load_file(str(final))
     else:
         prior = {}
-        if stage.needs is not None:  # the stage it starts from: trained (or read) first
-            needed = get_stage(stage.needs)
-            load_or_train(cfg, needed, layout, seed, None, base, base_source, runner, fresh, log)
+        if stage.needs is not None:
             prior = {prior_key(needed.name, k): v
                      for k, v in load_file(str(layout.stage(needed.name, seed) / needed.artifact)).items()}
         what = f"{stage.name} (seed {seed}" + (f", r={budget})" if budget is not None else ")")
