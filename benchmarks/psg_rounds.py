@@ -36,12 +36,6 @@ VARIANTS = {
 }
 
 
-def evaluate_snapshot(base, psg, tasks, budget, settings, bt, val_fraction):
-    from fedp2eft.methods.fedp2eft import FedP2EFTMethod
-
-    return evaluate_method(FedP2EFTMethod(psg, bt), base, tasks, budget, settings, val_fraction)
-
-
 def evaluate_method(method, base, tasks, budget, settings, val_fraction):
     """``method`` personalising every client on its train split minus a held-out part, scored there."""
     from fedp2eft.evaluation import LanguageTally, mean_over_languages
@@ -150,17 +144,17 @@ def main(argv=None) -> int:
             tally.add_scores(task.language, CLASSIFICATION.score(predict(model, val, s.eval_batch_size), val))
         return mean_over_languages(tally.per_language())
 
-    def score_snapshots(name, folder, section, overrides):
+    def score_snapshots(name, folder, overrides, method_for):
+        """Score every snapshot in ``folder/snapshots``; ``method_for(state)`` makes the method it personalises with."""
         entry = curves.setdefault(name, {"overrides": overrides, "accuracy": {}, "lora": {}})
-        bt = section.bt_settings(cfg.personalise, args.seed)
         for snap in sorted((folder / "snapshots").glob("round*.safetensors")):
             rnd = str(int(snap.stem[len("round"):]))
-            psg = new_psg(base, section.r_init, args.seed, cfg.personalise.head, section.psg_init)
-            psg.load_state_dict(load_file(str(snap)))
+            method = None
             for pool in pools:
                 if rnd in entry["accuracy"].get(pool, {}):
                     continue
-                acc = evaluate_snapshot(base, psg, tasks[pool], args.budget, settings, bt, args.val_fraction)
+                method = method or method_for(load_file(str(snap)))
+                acc = evaluate_method(method, base, tasks[pool], args.budget, settings, args.val_fraction)
                 entry["accuracy"].setdefault(pool, {})[rnd] = acc
                 print(f"{name} round {rnd} {pool}: {100 * acc:.1f}", flush=True)
                 write_json(results_path, curves)
@@ -171,6 +165,17 @@ def main(argv=None) -> int:
         write_json(results_path, curves)
         return entry
 
+    def psg_method(section):  # a snapshot of a PSG stage → FedP²EFT with that PSG
+        from fedp2eft.methods.fedp2eft import FedP2EFTMethod
+
+        bt = section.bt_settings(cfg.personalise, args.seed)
+
+        def make(state):
+            psg = new_psg(base, section.r_init, args.seed, cfg.personalise.head, section.psg_init)
+            psg.load_state_dict(state)
+            return FedP2EFTMethod(psg, bt)
+        return make
+
     lora = {}
     for name in args.variant or ([] if args.stage_snapshots else list(VARIANTS)):
         section = dataclasses.replace(dataclasses.replace(cfg.fedp2eft.__class__()), **VARIANTS[name],
@@ -180,30 +185,13 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         load_or_train(vcfg, PSG_STAGE, layout, args.seed, None, base, shared.spec, stage_runner(vcfg), folder=folder)
         trained_seconds = round(time.perf_counter() - t0, 1)
-        entry = score_snapshots(name, folder, section, VARIANTS[name])
+        entry = score_snapshots(name, folder, VARIANTS[name], psg_method(section))
         entry["train_seconds"] = entry.get("train_seconds") or trained_seconds
         write_json(results_path, curves)
-    def score_stage_snapshots(method, spec, folder):  # any stage: its snapshot → the method's resource
-        name = f"{method} (run)"
-        entry = curves.setdefault(name, {"overrides": {"section": spec.section}, "accuracy": {}, "lora": {}})
-        stage = spec.stage
-        stage_settings = stage.client_settings(cfg, args.seed, args.budget)
-        for snap in sorted((folder / "snapshots").glob("round*.safetensors")):
-            rnd = str(int(snap.stem[len("round"):]))
-            resource = stage.finalize(base, load_file(str(snap)), stage_settings, folder)
-            obj = get_method(method, cfg, {args.budget: resource}, args.seed)
-            for pool in pools:
-                if rnd in entry["accuracy"].get(pool, {}):
-                    continue
-                acc = evaluate_method(obj, base, tasks[pool], args.budget, settings, args.val_fraction)
-                entry["accuracy"].setdefault(pool, {})[rnd] = acc
-                print(f"{name} round {rnd} {pool}: {100 * acc:.1f}", flush=True)
-                write_json(results_path, curves)
-        for pool in pools:
-            if pool not in lora:
-                lora[pool] = lora_reference(pool)
-            entry["lora"][pool] = lora[pool]
-        write_json(results_path, curves)
+    def stage_method(method, spec, folder):  # a snapshot of any stage → the method with that resource
+        stage_settings = spec.stage.client_settings(cfg, args.seed, args.budget)
+        return lambda state: get_method(method, cfg, {args.budget: spec.stage.finalize(
+            base, state, stage_settings, folder)}, args.seed)
 
     for method in args.stage_snapshots:  # a stage the run itself trained (e.g. fedp2eft-paper's psg-paper)
         spec = get_spec(method)
@@ -214,7 +202,7 @@ def main(argv=None) -> int:
             if not any((folder / "snapshots").glob("round*.safetensors")):
                 sys.exit(f"--stage-snapshots {method}: no snapshots in {folder / 'snapshots'} "
                          f"(train it with {spec.section}.snapshot_every > 0)")
-            score_stage_snapshots(method, spec, folder)
+            score_snapshots(f"{method} (run)", folder, {"section": spec.section}, stage_method(method, spec, folder))
             continue
         if not spec.stage.name.startswith("psg"):
             sys.exit(f"--stage-snapshots {method}: not a method with a PSG stage")
@@ -223,7 +211,7 @@ def main(argv=None) -> int:
             sys.exit(f"--stage-snapshots {method}: no PSG snapshots in {folder / 'snapshots'} "
                      f"(train it with {spec.section}.snapshot_every > 0)")
         section = getattr(cfg, spec.section)
-        score_snapshots(f"{method} (run)", folder, section, {"section": spec.section})
+        score_snapshots(f"{method} (run)", folder, {"section": spec.section}, psg_method(section))
     plot(curves, work / "accuracy_vs_rounds.png", args.budget)
     print(f"wrote {results_path} and {work / 'accuracy_vs_rounds.png'}")
     return 0
