@@ -144,18 +144,24 @@ class _WideBackbone(nn.Module):
         return types.SimpleNamespace(last_hidden_state=self.d(h))
 
 
-def test_stage1_ranks_the_wide_module_first():
-    """λ's fixed point grows like √‖B_i‖₁ and ‖B_i‖₁ with the module's output width (method-facts,
-    "λ dynamics"): with one adapted module 4× wider, stage 1 gives it the largest λ."""
+def _wide_toy_lambdas():
+    """Stage 1 (40 epochs of 32 random rows) on the toy with one 4x wider module: (base, λ by module)."""
+    from fedp2eft.training.batches import EncodedData
+
     torch.manual_seed(0)
     base = SequenceClassifier(_WideBackbone(), num_labels=3)
     g = torch.Generator().manual_seed(0)
     ids = [torch.randint(5, 300, (12,), generator=g).tolist() for _ in range(32)]
-    from fedp2eft.training.batches import EncodedData
-
     data = EncodedData(ids, [i % 3 for i in range(32)], pad_id=0)
     lam, _ = train_lambdas(base, data, 1e-4, BTSettings(r_init=4, lora_alpha=8, epochs=40, batch_size=8,
                                                         lambda_lr=0.01, lr=1e-3, lora_a_seed=42))
+    return base, lam
+
+
+def test_stage1_ranks_the_wide_module_first():
+    """λ's fixed point grows like √‖B_i‖₁ and ‖B_i‖₁ with the module's output width (method-facts,
+    "λ dynamics"): with one adapted module 4× wider, stage 1 gives it the largest λ."""
+    _, lam = _wide_toy_lambdas()
     means = {k.split(".")[-1]: float(v.mean()) for k, v in lam.items()}
     assert max(means, key=means.get) == "wide", means
     assert all(means["wide"] > v for k, v in means.items() if k != "wide")
@@ -284,15 +290,8 @@ def test_width_free_selection_ranks_a_narrow_module_first_where_plain_lambda_pic
     largest λ·√(d̄/d_out) go to a narrow module: width is out of the selection, λ's own order within a
     width is kept."""
     from fedp2eft.methods.bt_training import module_widths, width_free_scores
-    from fedp2eft.training.batches import EncodedData
 
-    torch.manual_seed(0)
-    base = SequenceClassifier(_WideBackbone(), num_labels=3)
-    g = torch.Generator().manual_seed(0)
-    ids = [torch.randint(5, 300, (12,), generator=g).tolist() for _ in range(32)]
-    data = EncodedData(ids, [i % 3 for i in range(32)], pad_id=0)
-    lam, _ = train_lambdas(base, data, 1e-4, BTSettings(r_init=4, lora_alpha=8, epochs=40, batch_size=8,
-                                                        lambda_lr=0.01, lr=1e-3, lora_a_seed=42))
+    base, lam = _wide_toy_lambdas()
     widths = module_widths(base, list(lam))
     assert widths["backbone.wide"] == 64 and widths["backbone.a"] == 16
     plain = select_ranks(lam, 1)
