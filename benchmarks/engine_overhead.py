@@ -8,6 +8,7 @@ and must end with the same weights. Prints the time ratio (target <= 1.10) and w
 ``benchmarks/results/engine_overhead.json``.
 
     .venv/bin/python benchmarks/engine_overhead.py [--rounds 10] [--repeats 3] [--data ../shared/data/masakhanews]
+    .venv/bin/python benchmarks/engine_overhead.py --fast --out /tmp/overhead.json   # tiny-bert, 2 rounds, once
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import argparse
 import gc
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from fedp2eft.atomic import write_json
+from fedp2eft.benchkit import add_options, write_result
 from fedp2eft.config import load_config
 from fedp2eft.fl import worker
 from fedp2eft.fl.client_app import app as client_app
@@ -30,7 +32,6 @@ from fedp2eft.fl.engines import job_base, loop_settings, stage_job
 from fedp2eft.fl.inprocess import InProcessGrid
 from fedp2eft.fl.server_loop import run_rounds, sample
 from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE
-from fedp2eft.report import environment
 from fedp2eft.setup.base_models import cached_base
 from fedp2eft.setup.federation import cached_federation
 
@@ -47,7 +48,7 @@ JOBS = {
 }
 
 
-def config(data: str, rounds: int, job: str):
+def config(data: str, rounds: int, job: str, extra: list[str]):
     sets = {
         "data.path": json.dumps(data), "data.languages": '["hau","yor","swa","ibo"]',
         "data.clients_per_language": 3, "data.max_train_per_client": 32,
@@ -55,7 +56,7 @@ def config(data: str, rounds: int, job: str):
         "base_model.local_epochs": 1, "base_model.batch_size": 8, "federation.fraction": 0.25,
         "federation.min_clients": 2, "federation.checkpoint_every": rounds, **JOBS[job],
     }
-    return load_config(None, [f"{k}={v}" for k, v in sets.items()])
+    return load_config(None, [*(f"{k}={v}" for k, v in sets.items()), *extra])
 
 
 def bare_loop(cfg, job, init):
@@ -81,7 +82,7 @@ def engine(cfg, job, init, tmp: Path):
 def measure(args, job_name: str) -> dict:
     cached_federation.cache_clear()
     cached_base.cache_clear()
-    cfg = config(args.data, args.rounds, job_name)
+    cfg = config(args.data, args.rounds, job_name, args.sets)
     job = stage_job(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed)
     base, _ = job_base(job)
     init = STANDARD_FL_STAGE.initial_state(base, cfg.base_model.fedavg_hp())
@@ -104,25 +105,31 @@ def measure(args, job_name: str) -> dict:
     print(f"{job_name}: bare loop {bare:.2f} s, in-process engine {eng:.2f} s (median of {args.repeats}), "
           f"ratio {eng / bare:.3f} (target <= 1.10); max |weight difference| {max_diff:.2e}")
     return {
-        "rounds": args.rounds, "clients": job["num_clients"], "repeats": args.repeats,
+        "rounds": args.rounds, "clients": job.num_clients, "repeats": args.repeats,
         "bare_loop_s": times["bare"], "inprocess_engine_s": times["engine"],
         "median_bare_s": round(bare, 3), "median_engine_s": round(eng, 3), "ratio": round(eng / bare, 4),
         "max_abs_weight_difference": max_diff,
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--jobs", default=",".join(JOBS), help=f"comma-separated, from {list(JOBS)}")
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "masakhanews"))
-    args = ap.parse_args()
-    torch.set_num_threads(2)
+    args = add_options(ap, HERE / "results" / "engine_overhead.json").parse_args(argv)
+    if args.fast:  # the worst case for the engine, 2 rounds, once
+        args.jobs, args.rounds, args.repeats = "tiny-bert-full", 2, 1
+    unknown = [j for j in args.jobs.split(",") if j not in JOBS]
+    if unknown:
+        print(f"error: --jobs: unknown job {unknown[0]!r} (known: {', '.join(JOBS)})", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads or 2)
     results = {name: measure(args, name) for name in args.jobs.split(",")}
-    write_json(HERE / "results" / "engine_overhead.json",
-               {"target": 1.10, "jobs": results, "environment": environment()})
+    write_result(args.out, {"target": 1.10, "jobs": results})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

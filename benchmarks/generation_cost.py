@@ -16,7 +16,7 @@ over the loaded base model, then the ratios FedP²EFT / LoRA. Merged into the we
 exactly what the base model costs.
 
     .venv/bin/python benchmarks/generation_cost.py --config benchmarks/aya_small.toml \
-        --run benchmarks/results/aya_small [--budget 2] [--out FILE.json]
+        --run benchmarks/results/aya_small [--budget 2] [--set section.key=value ...] [--out FILE.json]
 """
 
 from __future__ import annotations
@@ -30,75 +30,78 @@ import time
 from pathlib import Path
 
 
-def measure(config: Path, run: Path, variant: str, budget: int, client: str | None, repeats: int, threads: int) -> dict:
+def measure(args, cfg) -> dict:
     import torch
     from safetensors.torch import load_file
 
-    from fedp2eft.config import load_config
+    from fedp2eft.benchkit import open_bench
     from fedp2eft.methods.bt_training import personalisation_settings, pruned_model
     from fedp2eft.methods.fedp2eft import PSG_STAGE
     from fedp2eft.methods.lora import lora_model
     from fedp2eft.psg import client_lambdas
-    from fedp2eft.setup.base_models import load_base
-    from fedp2eft.setup.federation import client_task, load_federation, task_for
+    from fedp2eft.setup.federation import client_task
+    from fedp2eft.setup.layout import RunLayout
 
-    torch.set_num_threads(threads)
-    cfg = load_config(config)
-    kind = task_for(cfg)
-    fed = load_federation(cfg)
-    chosen = next(c for c in fed.clients if c.cid == client) if client else fed.pool("unseen")[0]
-    base, tok = load_base(cfg, "off-the-shelf", 0, 0)
-    task = client_task(chosen, tok, cfg.data.max_length, kind)
+    bench = open_bench(cfg)
+    kind, base = bench.kind, bench.base
+    clients = bench.federation.clients
+    chosen = next((c for c in clients if c.cid == args.client), None) if args.client else bench.federation.pool("unseen")[0]
+    if chosen is None:
+        raise SystemExit(f"--client {args.client}: no such client (known: {', '.join(c.cid for c in clients)})")
+    task = client_task(chosen, bench.tokenizer, cfg.data.max_length, kind)
     p = cfg.personalise
     settings = p.train_settings(0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if variant == "lora":
-        model = lora_model(base, budget, settings, kind)
-    elif variant == "fedp2eft":
-        psg_file = run / "psg" / "seed0" / PSG_STAGE.artifact
+    if args.variant == "lora":
+        model = lora_model(base, args.budget, settings, kind)
+    elif args.variant == "fedp2eft":
+        psg_file = RunLayout(args.run).stage(PSG_STAGE.name, 0) / PSG_STAGE.artifact
+        if not psg_file.is_file():
+            raise SystemExit(f"{psg_file}: missing (run the config with fedp2eft first)")
         s = PSG_STAGE.client_settings(cfg, 0, None)
         psg = PSG_STAGE.finalize(base, load_file(str(psg_file)), s, psg_file.parent)
         lambdas = client_lambdas(base, psg, task, p.head)
-        model = pruned_model(base, lambdas, budget, personalisation_settings(cfg.fedp2eft.bt_settings(p, 0), settings),
-                             kind)
+        model = pruned_model(base, lambdas, args.budget,
+                             personalisation_settings(cfg.fedp2eft.bt_settings(p, 0), settings), kind)
     else:
         model = base
     adapted = sum(1 for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A))
     params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        outputs = kind.predict(model, task.test, p.eval_batch_size)
-        seconds.append(time.perf_counter() - start)
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            outputs = kind.predict(model, task.test, p.eval_batch_size)
+            seconds.append(time.perf_counter() - start)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"variant": variant, "client": chosen.cid, "prompts": len(task.test), "adapted_modules": adapted,
+    return {"variant": args.variant, "client": chosen.cid, "prompts": len(task.test), "adapted_modules": adapted,
             "adapter_params": params, "seconds": min(seconds[1:] or seconds),
             "peak_rss_over_base_mb": (rss1 - rss0) / 1024, "outputs": outputs}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    from fedp2eft.benchkit import add_options, bench_config, write_result
+
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=Path("benchmarks/aya_small.toml"))
     ap.add_argument("--run", type=Path, default=Path("benchmarks/results/aya_small"), help="its output folder")
     ap.add_argument("--budget", type=int, default=2)
     ap.add_argument("--client", default=None)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # one measurement, in a child process
-    ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
-    a = ap.parse_args()
+    a = add_options(ap).parse_args(argv)
+    if a.fast:
+        a.repeats = 1
+    cfg = bench_config(a.config, a)
     if a.variant:
-        print(json.dumps(measure(a.config, a.run, a.variant, a.budget, a.client, a.repeats, a.threads)))
-        return
+        print(json.dumps(measure(a, cfg)))
+        return 0
     rows = []
     for variant in ("base", "lora", "fedp2eft"):
-        cmd = [sys.executable, __file__, "--config", str(a.config), "--run", str(a.run), "--budget", str(a.budget), "--repeats",
-               str(a.repeats), "--threads", str(a.threads), "--variant", variant]
-        if a.client:
-            cmd += ["--client", a.client]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, __file__, *argv, "--variant", variant], capture_output=True, text=True)
         if proc.returncode != 0:
-            sys.exit(f"{variant}: {proc.stderr.strip().splitlines()[-1]}")
+            sys.exit(f"{variant}: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}")
         rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
     print(f"client {rows[0]['client']}, {rows[0]['prompts']} prompts, r = {a.budget}")
     print(f"{'variant':10} {'modules':>8} {'adapter params':>15} {'gen s':>8} {'peak RSS over base MB':>22}")
@@ -110,8 +113,10 @@ def main() -> None:
           f"generation time {ours['seconds'] / lora['seconds']:.3f} (base / LoRA {base['seconds'] / lora['seconds']:.3f}), "
           f"adapted modules {ours['adapted_modules']}/{lora['adapted_modules']}")
     if a.out:
-        a.out.write_text(json.dumps([{k: v for k, v in r.items() if k != "outputs"} for r in rows], indent=1))
+        write_result(a.out, {"config": str(a.config), "run": str(a.run), "budget": a.budget, "sets": a.sets,
+                             "rows": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]})
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

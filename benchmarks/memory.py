@@ -3,8 +3,9 @@ the model's own size, each measured in a fresh process: with the allocator the `
 preloads (tcmalloc, else jemalloc: ``fedp2eft.memory``) and with the system allocator (glibc) as the
 reference measured in the same run.
 
-    .venv/bin/python benchmarks/memory.py [--skip-quickstart | --quickstart-reference] [--threads 2]
-        [--out benchmarks/results/memory.json]
+    .venv/bin/python benchmarks/memory.py [CONFIG] [--skip-quickstart | --quickstart-reference] [--threads 2]
+        [--methods none,lora,...] [--set section.key=value ...] [--out benchmarks/results/memory.json]
+    .venv/bin/python benchmarks/memory.py --fast --methods lora --out /tmp/memory.json   # tiny-bert, seconds
 
 Prints, per measurement, the peak RSS in MB, its ratio to the model's parameter bytes, the wall time
 and the time ratio against the reference; the quickstart's target is a peak of at most 2 GB without
@@ -24,55 +25,43 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+from fedp2eft.benchkit import fast_sets  # noqa: E402
 from fedp2eft.memory import find_allocator  # noqa: E402
 
 PRELOADED, REFERENCE = "preloaded allocator", "system (reference)"
 
-# one client's round of a method: personalisation, or the method's federated stage (FedP²EFT's PSG)
-CLIENT_ROUND = r'''
-import json, sys, time, torch
-torch.set_num_threads(int(sys.argv[2]))
-from fedp2eft.config import load_config
-from fedp2eft.methods import get_method
-from fedp2eft.methods.registry import StageContext
-from fedp2eft.setup.base_models import load_base
-from fedp2eft.setup.federation import client_tasks, load_federation
-cfg = load_config("configs/quickstart.toml", ["fedp2eft.r_init=8", "fedp2eft.lora_alpha=16"])
-fed = load_federation(cfg)
-base, tok = load_base(cfg, "off-the-shelf", len(fed.label_names), 0)
-task = client_tasks(fed.pool("seen")[:1], tok, cfg.data.max_length)[0]
-def peak():
-    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) // 1024
-loaded = peak()
-method = sys.argv[1]
-start = time.perf_counter()
-if method == "fedp2eft (PSG round)":
-    from fedp2eft.methods.fedp2eft import PSG_STAGE
-    s = PSG_STAGE.client_settings(cfg, 0, None)
-    PSG_STAGE.client_update(base, PSG_STAGE.initial_state(base, s), task, s, StageContext(seed=0))
-elif method == "standard-fl (round)":
-    from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE as st
-    s = st.client_settings(cfg, 0, None)
-    st.client_update(base, st.initial_state(base, s), task, s, StageContext(seed=0))
-else:
-    resources = {}
-    if method == "fedp2eft":
-        from fedp2eft.methods.fedp2eft import PSG_STAGE
-        s = PSG_STAGE.client_settings(cfg, 0, None)
-        resources = {None: PSG_STAGE.finalize(base, PSG_STAGE.initial_state(base, s), s, None)}
-    get_method(method, cfg, resources, 0).personalise(base, task, 2, cfg.personalise.train_settings(0))
-print(json.dumps({"loaded_mb": loaded, "peak_mb": peak(), "seconds": time.perf_counter() - start}))
-'''
+# one client's round of a method: personalisation, or a federated stage's client round (FedP²EFT's PSG, the
+# Standard-FL base model)
+STAGE_ROUNDS = {"fedp2eft (PSG round)": "psg", "standard-fl (round)": "base_model"}
+
+
+def probe(args) -> dict:
+    """In a fresh process (``--probe METHOD``): the model loaded, then one client's round of the method."""
+    from fedp2eft import benchkit
+
+    cfg = benchkit.bench_config(args.config, args, ["fedp2eft.r_init=8", "fedp2eft.lora_alpha=16"])
+    bench = benchkit.open_bench(cfg)
+    task = bench.tasks("seen", 1)[0]
+
+    def peak():
+        return int(next(ln for ln in open("/proc/self/status") if ln.startswith("VmHWM")).split()[1]) // 1024
+
+    loaded = peak()
+    if args.probe in STAGE_ROUNDS:
+        secs = benchkit.client_round(STAGE_ROUNDS[args.probe], cfg, bench.base, task, 2)
+    else:
+        secs = benchkit.personalise_seconds(args.probe, cfg, bench.base, task, 2)
+    return {"loaded_mb": loaded, "peak_mb": peak(), "seconds": secs}
+
 
 METHODS = ["none", "lora", "adalora", "bt-lora", "fedp2eft", "fedp2eft (PSG round)", "standard-fl (round)"]
 
 
-def model_mb() -> float:
-    code = ("import torch; from fedp2eft.config import load_config; from fedp2eft.setup.base_models import load_base; "
-            "m, _ = load_base(load_config('configs/quickstart.toml'), 'off-the-shelf', 7, 0); "
-            "print(sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20)")
-    return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                cwd=REPO).stdout.strip().splitlines()[-1])
+def model_mb(argv: list[str]) -> float:
+    """The configured model's parameter bytes (MB), measured in a child process."""
+    out = subprocess.run([sys.executable, __file__, *argv, "--probe", "model-size"], capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def peak_of(cmd: list[str], env: dict) -> tuple[float, float, int]:
@@ -85,21 +74,39 @@ def peak_of(cmd: list[str], env: dict) -> tuple[float, float, int]:
     return usage.ru_maxrss / 1024, time.perf_counter() - start, proc.returncode
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    from fedp2eft.benchkit import add_options, bench_config, open_bench, write_result
+
+    argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("config", nargs="?", default="configs/quickstart.toml")
     ap.add_argument("--skip-quickstart", action="store_true")
     ap.add_argument("--quickstart-reference", action="store_true",
                     help="also run the quickstart with glibc's default allocator behaviour (twice the time)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "memory.json")
-    args = ap.parse_args()
-    size = model_mb()
-    print(f"e5-small parameters: {size:.0f} MB (fp32)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {METHODS}")
+    ap.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # one measurement, in a child process
+    args = add_options(ap, REPO / "benchmarks" / "results" / "memory.json").parse_args(argv)
+    if args.probe == "model-size":
+        m = open_bench(bench_config(args.config, args)).base
+        print(sum(p.numel() * p.element_size() for p in m.parameters()) / 2**20)
+        return 0
+    if args.probe:
+        print(json.dumps(probe(args)))
+        return 0
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        print(f"error: --methods: unknown {unknown[0]!r} (known: {', '.join(METHODS)})", file=sys.stderr)
+        return 2
+    threads = args.threads or 2
+    child_argv = [a for a in argv if a != "--quickstart-reference" and a != "--skip-quickstart"]
+    size = model_mb(child_argv)
+    print(f"model parameters: {size:.0f} MB (fp32)")
     library = find_allocator()
-    results: dict = {"model_mb": size, "threads": args.threads, "allocator_library": library,
-                     "client_round": {}, "quickstart": {}}
+    results: dict = {"config": args.config, "sets": args.sets, "fast": args.fast, "model_mb": size,
+                     "threads": threads, "allocator_library": library, "client_round": {}, "quickstart": {}}
     base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    base_env["OMP_NUM_THREADS"] = str(args.threads)
+    base_env["OMP_NUM_THREADS"] = str(threads)
     modes = [(REFERENCE, {**base_env, "FEDP2EFT_ALLOCATOR": "system"})]
     if library is None:
         print("no tcmalloc or jemalloc installed (Debian: libtcmalloc-minimal4): the system allocator only")
@@ -108,8 +115,9 @@ def main() -> None:
         modes.insert(0, (PRELOADED, {**base_env, "LD_PRELOAD": library}))
     for mode, env in modes:
         reference = mode == REFERENCE
-        for method in METHODS:
-            peak, secs, rc = peak_of([sys.executable, "-c", CLIENT_ROUND, method, str(args.threads)], env)
+        for method in methods:
+            peak, secs, rc = peak_of([sys.executable, __file__, *child_argv, "--threads", str(threads),
+                                      "--probe", method], env)
             if rc != 0:
                 raise SystemExit(f"{method}: the probe failed (exit {rc})")
             results["client_round"].setdefault(method, {})[mode] = {"peak_mb": round(peak), "seconds": round(secs, 1)}
@@ -117,8 +125,9 @@ def main() -> None:
         if not args.skip_quickstart and (not reference or args.quickstart_reference or library is None):
             with tempfile.TemporaryDirectory() as tmp:
                 # python -m fedp2eft: the command's own allocator choice (LD_PRELOAD from env, or system)
-                cmd = [sys.executable, "-m", "fedp2eft", "run", "configs/quickstart.toml", "--out", tmp,
-                       "--set", f"experiment.threads={args.threads}"]
+                quick = [*(fast_sets() if args.fast else []), *args.sets, f"experiment.threads={threads}"]
+                cmd = [sys.executable, "-m", "fedp2eft", "run", args.config, "--out", tmp,
+                       *(x for s in quick for x in ("--set", s))]
                 peak, secs, rc = peak_of(cmd, env)
             if rc != 0:
                 raise SystemExit(f"quickstart failed (exit {rc})")
@@ -134,12 +143,10 @@ def main() -> None:
     if ratios:
         results["time_ratio_preloaded_over_reference"] = ratios
         print("time, preloaded / reference: " + ", ".join(f"{m} {r:.2f}" for m, r in ratios.items()))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(args.out)
+    write_result(args.out, results)
     print(f"written: {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

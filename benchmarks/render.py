@@ -1,6 +1,6 @@
 """Render the measured tables of BENCHMARKS.md from the committed result files.
 
-    .venv/bin/python benchmarks/render.py > /tmp/tables.md
+    .venv/bin/python benchmarks/render.py [--root benchmarks/results] [--out /tmp/tables.md]
 
 Prints: the MasakhaNEWS tables (per pool and budget, rows languages, columns methods, mean ± SD
 over seeds), the mean FedP²EFT − LoRA gaps, the λ-structure statistics of each seed's PSG, and
@@ -9,7 +9,9 @@ the cost and engine-overhead figures.
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 from pathlib import Path
 
 from fedp2eft.evaluation.aggregate import summarise
@@ -74,8 +76,8 @@ def psg_long(folder: Path, main: Path) -> str:
     return "\n".join(out)
 
 
-def cost() -> str:
-    f = HERE / "cost.json"
+def cost(root: Path = HERE) -> str:
+    f = root / "cost.json"
     if not f.is_file():
         return "(no cost.json yet)"
     c = json.loads(f.read_text())
@@ -109,10 +111,26 @@ def baseline_cost(c: dict) -> list[str]:
     return rows
 
 
+def render(root: Path = HERE) -> str:
+    return "\n".join(["## MasakhaNEWS (small)\n", masakhanews(root / "masakhanews_small"),
+                      "\n## Longer PSG training (seed 0)\n", psg_long(root / "psg_long", root / "masakhanews_small"),
+                      "\n## Cost\n", cost(root)]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=HERE, help="the results folder")
+    ap.add_argument("--out", type=Path, default=None, help="write the tables here (default: print them)")
+    args = ap.parse_args(argv)
+    text = render(args.root)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        from fedp2eft.atomic import write_text
+
+        write_text(args.out, text)
+    return 0
+
+
 if __name__ == "__main__":
-    print("## MasakhaNEWS (small)\n")
-    print(masakhanews(HERE / "masakhanews_small"))
-    print("\n## Longer PSG training (seed 0)\n")
-    print(psg_long(HERE / "psg_long", HERE / "masakhanews_small"))
-    print("\n## Cost\n")
-    print(cost())
+    sys.exit(main())

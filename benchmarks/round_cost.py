@@ -18,39 +18,22 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from fedp2eft.benchkit import client_round
 from fedp2eft.config import load_config
 from fedp2eft.errors import UserError
-from fedp2eft.methods.registry import StageContext, get_stage, prior_key
+from fedp2eft.methods.registry import get_stage
 from fedp2eft.setup.base_models import load_base
 from fedp2eft.setup.federation import client_tasks, load_federation, task_for
-
-
-def initial_state(stage, cfg, base, budget):
-    settings = stage.client_settings(cfg, 0, budget)
-    state = stage.initial_state(base, settings)
-    if stage.needs is not None:
-        needed = get_stage(stage.needs)
-        state |= {prior_key(needed.name, k): v
-                  for k, v in needed.initial_state(base, needed.client_settings(cfg, 0, None)).items()}
-    return settings, state
 
 
 def measure(cfg, base, tasks, names: list[str], budget: int) -> dict:
     out = {}
     for name in names:
-        stage = get_stage(name)
-        b = budget if stage.per_budget else None
-        settings, state = initial_state(stage, cfg, base, b)
-        seconds = []
-        for i, task in enumerate(tasks):
-            t0 = time.perf_counter()
-            stage.client_update(base, state, task, settings, StageContext(seed=1000 + i, budget=b))
-            seconds.append(time.perf_counter() - t0)
+        seconds = [client_round(name, cfg, base, task, budget, seed=1000 + i) for i, task in enumerate(tasks)]
         out[name] = {"seconds_per_client": sum(seconds) / len(seconds), "clients": len(seconds),
                      "rows": [len(t.train) for t in tasks]}
     if "psg" in out:

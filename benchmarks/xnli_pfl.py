@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from fedp2eft.atomic import write_json
+from fedp2eft.atomic import write_json, write_text
 from fedp2eft.evaluation.aggregate import summarise
 
 BASES = {"standard-fl": "Standard FL", "feddpa-t": "FedDPA-T", "dept": "DEPT (SPEC)", "pf2lora": "PF2LoRA"}
@@ -107,7 +107,7 @@ def lambda_summary(root: Path, kind: str, budget: int = 2) -> str:
     return spread + "; ranks kept: " + ", ".join(f"{t} {100 * v:.0f}%" for t, v in sorted(shares.items(), key=lambda x: -x[1]))
 
 
-def table(merged: dict) -> str:
+def table(merged: dict, root: Path) -> str:
     lines = ["# XNLI, FedP²EFT and the baselines on four base models (r = 2)", "", merged["note"], "",
              "Mean accuracy over languages, % (one seed; with several: ± SD over seeds, n = seeds).", "",
              "| base model | method | seen | unseen |", "|---|---|---:|---:|"]
@@ -138,28 +138,24 @@ def table(merged: dict) -> str:
     for kind, label in BASES.items():
         if kind in merged["bases"]:
             lines.append(f"| {label} | {paired(merged, kind, 'seen')} | {paired(merged, kind, 'unseen')} | "
-                         f"{lambda_summary(ROOT_OF[id(merged)], kind)} |")
+                         f"{lambda_summary(root, kind)} |")
     return "\n".join(lines) + "\n"
 
 
-ROOT_OF: dict[int, Path] = {}
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parent / "results" / "xnli_pfl")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     merged = merge(args.root)
-    ROOT_OF[id(merged)] = args.root
     if not merged["runs"]:
-        raise SystemExit(f"no runs under {args.root}")
-    text = table(merged)
+        print(f"error: no runs under {args.root}", file=sys.stderr)
+        return 2
+    text = table(merged, args.root)
     write_json(args.root / "results.json", merged)
-    tmp = args.root / "results.md.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.root / "results.md")
+    write_text(args.root / "results.md", text)
     print(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

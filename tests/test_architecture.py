@@ -17,7 +17,7 @@ LAYERS = [
     {"methods"},
     {"config"},
     {"setup"},
-    {"stages", "report", "progress"},
+    {"stages", "report", "progress", "benchkit"},
     {"bases"},
     {"fl"},
     {"pipeline", "export_client"},

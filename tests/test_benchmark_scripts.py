@@ -1,4 +1,5 @@
-"""Benchmark scripts that the suite would otherwise never run (issue 10):
+"""Every script in benchmarks/ runs here, in its fast mode where it trains or times anything (issues 10, 31):
+a script added to the folder without a test fails ``test_every_benchmark_script_is_run_by_a_test``.
 
 - benchmarks/psg_rounds.py (accuracy against PSG rounds) on a tiny model and real MasakhaNEWS rows: a
   variant's PSG is trained with snapshots, a run's own PSG snapshots are scored, a LoRA reference sits
@@ -13,9 +14,32 @@ import json
 import random
 
 import pytest
+import torch
 
 from fedp2eft.cli import main as cli_main
 from fl_helpers import REPO, tiny_overrides
+
+COVERED: dict[str, list[str]] = {}  # script name -> the tests that run it
+
+
+def covers(*scripts: str):
+    def mark(test):
+        for name in scripts:
+            COVERED.setdefault(name, []).append(test.__name__)
+        return test
+    return mark
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """A script sets torch's thread count (its --threads, or the config's): restored for the next test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def set_args(sets: list[str]) -> list[str]:
+    return [x for s in sets for x in ("--set", s)]
 
 
 def load_script(name="psg_rounds"):
@@ -25,6 +49,7 @@ def load_script(name="psg_rounds"):
     return module
 
 
+@covers("psg_rounds")
 def test_psg_rounds_scores_a_variant_and_a_runs_snapshots_then_resumes(tmp_path, masakhanews_dir, capsys):
     out = tmp_path / "run"
     sets = tiny_overrides(masakhanews_dir, **{
@@ -85,6 +110,7 @@ def synthetic_rounds(path, client_sd, noise_sd=0.003, rounds=60, clients=16, per
     path.write_text("\n".join(lines) + "\n")
 
 
+@covers("lambda_client_signal")
 def test_lambda_client_signal_finds_a_planted_client_lambda_and_not_noise(tmp_path, capsys):
     script = load_script("lambda_client_signal")
     synthetic_rounds(tmp_path / "signal.jsonl", client_sd=0.02)
@@ -110,6 +136,7 @@ def test_lambda_client_signal_finds_a_planted_client_lambda_and_not_noise(tmp_pa
         script.main([str(tmp_path / "noise.jsonl"), "--from-round", "99"])
 
 
+@covers("width_free_structure")
 def test_width_free_structure_compares_selections_on_a_psg_report(tmp_path, capsys):
     """benchmarks/width_free_structure.py (issue 26, item 4) on a synthetic λ report for tiny-bert: λ that
     grows with width keeps the widest modules; the width-free selection finds the ranks each language's
@@ -147,6 +174,7 @@ def test_width_free_structure_compares_selections_on_a_psg_report(tmp_path, caps
     assert "lambda_report.json: missing" in capsys.readouterr().err
 
 
+@covers("round_cost")
 def test_round_cost_times_every_named_stage_against_the_psg(tmp_path, masakhanews_dir, capsys):
     """benchmarks/round_cost.py on tiny-bert and real rows: every named stage (a stage that needs the PSG
     included) runs one client round; ratios are to the PSG's; an unknown stage is refused by name."""
@@ -166,6 +194,7 @@ def test_round_cost_times_every_named_stage_against_the_psg(tmp_path, masakhanew
     assert "unknown federated stage 'nope'" in capsys.readouterr().err
 
 
+@covers("psg_rounds")
 def test_psg_rounds_scores_the_step_heads_snapshots(tmp_path, masakhanews_dir):
     """psg_rounds.py --stage-snapshots on a per-budget stage (fedp2eft-step, issue 26): each snapshot of the
     step head a run kept is scored on held-out train rows, beside the LoRA reference."""
@@ -184,3 +213,197 @@ def test_psg_rounds_scores_the_step_heads_snapshots(tmp_path, masakhanews_dir):
     entry = curves["fedp2eft-step (run)"]
     assert sorted(entry["accuracy"]["unseen"], key=int) == ["1", "2"]
     assert 0 <= entry["lora"]["unseen"] <= 1
+
+
+def test_every_benchmark_script_is_run_by_a_test():
+    scripts = {p.stem for p in (REPO / "benchmarks").glob("*.py")}
+    assert not scripts - COVERED.keys(), f"benchmarks/ scripts no test runs: {sorted(scripts - COVERED.keys())}"
+    assert not COVERED.keys() - scripts, f"tests name scripts that are gone: {sorted(COVERED.keys() - scripts)}"
+
+
+@covers("engine_overhead")
+def test_engine_overhead_runs_the_same_rounds_bare_and_on_the_engine(tmp_path, masakhanews_dir, capsys):
+    """Issue 31: the script crashed on ``job["num_clients"]``; in fast mode both sides run 2 rounds and must end
+    with identical weights."""
+    script = load_script("engine_overhead")
+    out = tmp_path / "overhead.json"
+    assert script.main(["--fast", "--threads", "1", "--data", str(masakhanews_dir), "--out", str(out)]) == 0
+    job = json.loads(out.read_text())["jobs"]["tiny-bert-full"]
+    assert job["rounds"] == 2 and job["clients"] > 0 and len(job["bare_loop_s"]) == len(job["inprocess_engine_s"]) == 1
+    assert job["ratio"] == pytest.approx(job["median_engine_s"] / job["median_bare_s"], rel=1e-2)
+    assert job["max_abs_weight_difference"] == 0.0
+    assert "ratio" in capsys.readouterr().out
+    assert script.main(["--jobs", "nope", "--out", str(out)]) == 2
+
+
+@covers("cost")
+def test_cost_measures_each_client_round_in_its_own_process_and_merges_only(tmp_path, capsys):
+    script = load_script("cost")
+    out = tmp_path / "cost.json"
+    assert script.main(["--fast", "--only", "lora,fedl2p", "--out", str(out)]) == 0
+    first = json.loads(out.read_text())
+    assert set(first["client_round"]) == {"lora", "fedl2p"} and first["round_ratio_fedl2p_over_fedp2eft"] is None
+    assert script.main(["--fast", "--only", "fedp2eft,pf2lora", "--out", str(out)]) == 0
+    cost = json.loads(out.read_text())
+    rounds = cost["client_round"]
+    assert set(rounds) == {"lora", "fedp2eft", "fedl2p", "pf2lora"} and rounds["lora"] == first["client_round"]["lora"]
+    for r in rounds.values():
+        assert r["seconds"] > 0 and r["peak_rss_mib"] >= r["rss_before_mib"] > 0 and r["rows"] == 8
+    assert cost["round_ratio_fedl2p_over_fedp2eft"] == pytest.approx(rounds["fedl2p"]["seconds"] / rounds["fedp2eft"]["seconds"])
+    assert cost["step"]["rank"] == 2 and cost["step"]["ratio_bt_over_lora"] > 0
+    pay = cost["payload"]
+    assert 0 < pay["psg_parameters"] < pay["base_parameters"] and pay["percent"] == pytest.approx(
+        100 * pay["psg_parameters"] / pay["base_parameters"])
+    assert cost["baseline_payloads"]["fedl2p_parameters"] > 0 and cost["baseline_payloads"]["pf2lora_parameters"] > 0
+    assert "FedL2P / FedP²EFT client-round time" in capsys.readouterr().out
+    assert script.main(["--fast", "--only", "nope", "--out", str(out)]) == 2
+    assert "unknown client round 'nope'" in capsys.readouterr().err
+
+
+@covers("generation_cost")
+def test_generation_cost_serves_lora_and_a_pruned_fedp2eft_adapter(tmp_path, capsys):
+    from conftest import shared_data_dir
+
+    if not (shared_data_dir() / "aya" / "aya_sample.jsonl").is_file():
+        pytest.skip("shared Aya sample not found")
+    run = tmp_path / "gen"
+    sets = ['model.name="tiny-llama"', "fedp2eft.rounds=1", "fedp2eft.r_init=4", "fedp2eft.lora_alpha=8",
+            "data.max_length=48", "generation.max_new_tokens=4", "experiment.threads=1", "data.max_train_per_client=4"]
+    assert cli_main(["run", "configs/generation_quickstart.toml", "--out", str(run), *set_args(sets),
+                     "--set", "personalise.methods=['fedp2eft']", "--set", "personalise.pools=['unseen']"]) == 0
+    script = load_script("generation_cost")
+    out = tmp_path / "gen_cost.json"
+    args = ["--config", "configs/generation_quickstart.toml", "--run", str(run), "--fast", *set_args(sets)]
+    assert script.main([*args, "--out", str(out)]) == 0
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"base", "lora", "fedp2eft"}
+    assert rows["base"]["adapter_params"] == 0 and rows["lora"]["adapter_params"] > 0
+    assert 0 < rows["fedp2eft"]["adapted_modules"] <= rows["lora"]["adapted_modules"]
+    assert len({r["client"] for r in rows.values()}) == 1 and all(r["seconds"] > 0 for r in rows.values())
+    assert "FedP²EFT / LoRA" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="fedp2eft: .*psg.safetensors: missing"):
+        script.main(["--config", "configs/generation_quickstart.toml", "--run", str(tmp_path / "none"), "--fast",
+                     *set_args(sets)])
+
+
+@covers("memory")
+def test_memory_measures_a_round_and_the_quickstart_with_each_allocator(tmp_path, capsys):
+    from fedp2eft.memory import find_allocator
+
+    script = load_script("memory")
+    out = tmp_path / "memory.json"
+    assert script.main(["--fast", "--threads", "1", "--methods", "lora", "--out", str(out)]) == 0
+    mem = json.loads(out.read_text())
+    modes = {"system (reference)"} | ({"preloaded allocator"} if find_allocator() else set())
+    assert set(mem["client_round"]["lora"]) == modes and mem["model_mb"] > 0
+    assert all(m["peak_mb"] > mem["model_mb"] and m["seconds"] > 0 for m in mem["client_round"]["lora"].values())
+    assert len(mem["quickstart"]) == 1 and next(iter(mem["quickstart"].values()))["peak_mb"] > 0
+    assert "quickstart" in capsys.readouterr().out
+    assert script.main(["--fast", "--methods", "nope", "--out", str(out)]) == 2
+
+
+@covers("render")
+def test_render_prints_the_tables_of_the_committed_results(tmp_path):
+    script = load_script("render")
+    out = tmp_path / "tables.md"
+    assert script.main(["--out", str(out)]) == 0
+    text = out.read_text()
+    for heading in ("## MasakhaNEWS (small)", "### FedP²EFT − LoRA", "### Six methods at r = 2",
+                    "## Longer PSG training (seed 0)", "## Cost", "| one client's federated round (s) |"):
+        assert heading in text, heading
+    assert text.count("\n| ") > 50
+
+
+@pytest.fixture(scope="module")
+def tiny_fedp2eft_pf2lora_run(tmp_path_factory, masakhanews_dir):
+    """A tiny MasakhaNEWS run with FedP²EFT (PSG snapshots every round) and PF2LoRA at r = 1."""
+    out = tmp_path_factory.mktemp("stages") / "run"
+    sets = tiny_overrides(masakhanews_dir, **{
+        "base_model.kind": '"off-the-shelf"', "personalise.methods": '["fedp2eft","pf2lora"]',
+        "personalise.pools": '["unseen"]', "personalise.budgets": "[1]", "fedp2eft.rounds": 2,
+        "fedp2eft.snapshot_every": 1, "fedp2eft.r_init": 2, "fedp2eft.lora_alpha": 4, "fedp2eft.batch_size": 8,
+        "pf2lora.rounds": 1, "pf2lora.steps": 2, "pf2lora.batch_size": 8, "experiment.threads": 1})
+    assert cli_main(["run", "configs/quickstart.toml", "--out", str(out), *set_args(sets)]) == 0
+    return out, sets
+
+
+@covers("psg_trajectory")
+def test_psg_trajectory_follows_lambda_over_a_runs_snapshots(tmp_path, tiny_fedp2eft_pf2lora_run):
+    run, sets = tiny_fedp2eft_pf2lora_run
+    script = load_script("psg_trajectory")
+    states = sorted((run / "psg" / "seed0" / "snapshots").glob("*.safetensors"))
+    out = tmp_path / "trajectory.json"
+    assert script.main([*map(str, states), "--config", "configs/quickstart.toml", "--fast", *set_args(sets),
+                        "--out", str(out)]) == 0
+    traj = json.loads(out.read_text())
+    assert [s["round"] for s in traj["states"]] == [1, 2] and traj["clients"] == 4
+    for s in traj["states"]:
+        assert s["mean"] > 0 and s["sd_over_ranks"] >= 0 and s["cv_over_ranks"] == pytest.approx(s["sd_over_ranks"] / s["mean"])
+    assert script.main([str(tmp_path / "missing.safetensors"), "--fast"]) == 2
+
+
+@covers("pf2lora_shared_only")
+def test_pf2lora_shared_only_scores_level_one_without_personalisation(tmp_path, tiny_fedp2eft_pf2lora_run):
+    run, sets = tiny_fedp2eft_pf2lora_run
+    script = load_script("pf2lora_shared_only")
+    args = ["--config", "configs/quickstart.toml", "--run", str(run), "--seed", "0", "--fast", *set_args(sets)]
+    assert script.main([*args, "--budget", "1"]) == 0
+    result = json.loads((run / "pf2lora_shared_only_seed0_r1.json").read_text())
+    for pool in ("seen", "unseen"):
+        assert set(result[pool]) == {"base", "level1"} and all(0 <= v <= 1 for v in result[pool].values())
+    assert script.main([*args, "--budget", "3"]) == 2
+
+
+@covers("lambda_structure")
+def test_lambda_structure_trains_stage_one_on_one_client(tmp_path):
+    script = load_script("lambda_structure")
+    out = tmp_path / "structure.json"
+    assert script.main(["--config", "configs/quickstart.toml", "--language", "hau", "--fast", "--epochs", "1,2",
+                        "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["client"].startswith("hau-seen") and [r["epochs"] for r in res["results"]] == [1, 2]
+    one, two = res["results"]
+    assert two["steps"] == 2 * one["steps"] >= 2 and all(r["min"] <= r["mean"] <= r["max"] for r in res["results"])
+
+
+@pytest.fixture(scope="module")
+def tiny_xnli_root(tmp_path_factory, xnli_dir):
+    """XNLI runs as ``benchmarks/xnli_pfl.toml`` lays them out: ``<root>/feddpa-t/`` (a FedDPA-T base, tiny)."""
+    root = tmp_path_factory.mktemp("xnli_pfl")
+    sets = tiny_overrides(xnli_dir, languages=("de", "sw"), **{
+        "data.dataset": '"xnli"', "data.train_per_pool": 60, "data.test_per_pool": 12,
+        "base_model.kind": '"feddpa-t"', "fedp2eft.rounds": 1, "fedp2eft.r_init": 2, "fedp2eft.lora_alpha": 4,
+        "fedp2eft.batch_size": 8, "personalise.batch_size": 8, "personalise.methods": '["none","lora","fedp2eft"]',
+        "personalise.pools": '["seen","unseen"]', "personalise.budgets": "[2]", "experiment.threads": 1})
+    assert cli_main(["run", "configs/quickstart.toml", "--out", str(root / "feddpa-t"), *set_args(sets)]) == 0
+    return root, sets
+
+
+@covers("pfl_base_parts")
+def test_pfl_base_parts_scores_the_shared_model_and_each_clients_base(tiny_xnli_root, capsys):
+    root, sets = tiny_xnli_root
+    script = load_script("pfl_base_parts")
+    args = ["--root", str(root), "--config", "configs/quickstart.toml", *set_args(sets)]
+    assert script.main(["feddpa-t", *args]) == 0
+    parts = json.loads((root / "pfl_base_parts.json").read_text())["bases"]["feddpa-t"]
+    for pool in ("seen", "unseen"):
+        assert set(parts[pool]) == {"shared model alone", "each client's own base"}
+        assert all(0 <= v <= 1 for v in parts[pool].values())
+    # unseen clients have no part: their own base is the shared model
+    assert parts["unseen"]["shared model alone"] == parts["unseen"]["each client's own base"]
+    assert "feddpa-t seen: each client's own base" in capsys.readouterr().out
+    assert script.main(["dept", *args]) == 2
+
+
+@covers("xnli_pfl")
+def test_xnli_pfl_merges_each_bases_runs_into_table_three(tiny_xnli_root, tmp_path, capsys):
+    root, _ = tiny_xnli_root
+    script = load_script("xnli_pfl")
+    assert script.main(["--root", str(root)]) == 0
+    merged = json.loads((root / "results.json").read_text())
+    assert set(merged["bases"]) == {"feddpa-t"} and {r["base_kind"] for r in merged["runs"]} == {"feddpa-t"}
+    assert {r["method"] for r in merged["runs"]} == {"none", "lora", "fedp2eft"}
+    md = (root / "results.md").read_text()
+    assert "| FedDPA-T | fedp2eft |" in md and "each client's majority train label" in md
+    assert "ranks kept:" in md  # the PSG's λ summary
+    assert script.main(["--root", str(tmp_path / "empty")]) == 2
