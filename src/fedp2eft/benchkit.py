@@ -28,7 +28,7 @@ from .config import load_config
 from .methods.registry import StageContext, get_method, get_spec, get_stage, prior_key
 from .report import environment
 from .setup.base_models import load_base
-from .setup.federation import GENERATION_DATASETS, client_tasks, load_federation, task_for
+from .setup.federation import client_tasks, load_federation, task_for, task_name
 
 # A script's fast mode: these overrides first, the script's own --set after them; the model is the tiny one
 # of the config's task (FAST_MODEL).
@@ -82,7 +82,7 @@ def bench_config(path, args: argparse.Namespace, extra: list[str] | None = None)
     sets the thread count (``--threads``, else the config's, else 2)."""
     fast = []
     if args.fast:
-        generation = load_config(path, [*(extra or []), *args.sets]).data.dataset in GENERATION_DATASETS
+        generation = task_name(load_config(path, [*(extra or []), *args.sets])) == "generation"
         fast = fast_sets(generation)
     cfg = load_config(path, [*(extra or []), *fast, *args.sets])
     torch.set_num_threads(args.threads or cfg.experiment.threads or 2)

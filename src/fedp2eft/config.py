@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .data import get_dataset
 from .data.partition import POOLS, SCHEMES
+from .data.registry import specific_keys
 from .errors import SettingError, UserError, require
 from .methods.registry import get_spec, method_sections  # importing it fills the registry (methods/__init__)
 from .models.classifier import POOLINGS
-from .tasks import TEMPLATES
+from .tasks import TEMPLATES, task_names
 
 REPLICATES = ("personalisation", "federation")  # what a seed varies: setup/replicates.py
 
@@ -45,7 +47,8 @@ class ExperimentConfig:
 
 @dataclass
 class DataConfig:
-    dataset: str = "masakhanews"
+    dataset: str = "masakhanews"  # a registered dataset (data.registry), or the name of your own TSV folder
+    task: str = ""  # "" = the dataset's own task; else a registered task (tasks.registry)
     path: str = ""  # local folder; "" = $FEDP2EFT_DATA/<dataset>, then the hub
     languages: list[str] = field(default_factory=list)  # [] = every language
     clients_per_language: int = 10
@@ -77,6 +80,14 @@ class DataConfig:
         require(all(i >= 0 for i in self.unseen_clients), "unseen_clients", "client numbers are >= 0")
         require(self.group_size >= 0, "group_size", "must be >= 0 (0 = the dataset's)")
         require(all(isinstance(c, str) and c for c in self.text_columns), "text_columns", "must be column names")
+        require(not self.task or self.task in task_names(), "task", f"must be one of {task_names()} (or \"\")")
+        own = set(get_dataset(self.dataset).keys)
+        defaults = type(self).__dataclass_fields__
+        for key, readers in specific_keys().items():
+            d = defaults[key]
+            default = d.default_factory() if d.default_factory is not dataclasses.MISSING else d.default
+            require(key in own or getattr(self, key) == default, key,
+                    f"is not read by dataset {self.dataset!r} (only by {', '.join(sorted(set(readers)))})")
 
 
 @dataclass

@@ -32,6 +32,7 @@ import numpy as np
 from ..errors import UserError
 from .partition import Client, Federation, FederationSpec
 from .records import Instruction
+from .registry import DatasetSpec, register_dataset
 
 AYA_LANGUAGES = ("ar", "en", "es", "fr", "pt", "ru", "te", "zh")
 HUB_REPO = "CohereForAI/aya_dataset"
@@ -259,3 +260,11 @@ def load_aya_federation(path: str | None, spec: FederationSpec, num_clients: int
         users, rows = None, parse_rows(load_hub_rows(), f"hub:{HUB_REPO}")
     order = list(dict.fromkeys(users)) if users is not None else None
     return build_aya_federation(rows, spec, num_clients, unseen, languages=languages, users=order)
+
+
+def _load_aya(d, spec: FederationSpec) -> Federation:
+    return load_aya_federation(d.path or None, spec, d.num_clients, d.unseen_clients or None, d.languages or None)
+
+
+# Fed-Aya: instruction rows of many annotators; clients are annotators (or simulated from rows without ids)
+AYA = register_dataset(DatasetSpec(name="aya", task="generation", load=_load_aya, keys=("num_clients", "unseen_clients")))

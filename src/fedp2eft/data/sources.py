@@ -1,6 +1,7 @@
-"""Finding a dataset: explicit path, then ``$FEDP2EFT_DATA/<name>``, then the hub.
+"""The labelled-text datasets (registered in ``registry``), and finding one: explicit path, then
+``$FEDP2EFT_DATA/<name>``, then the hub.
 
-Known datasets and their columns:
+Built in, with their columns:
 
 - ``masakhanews``: 16 African languages, news topics (7 labels), text = headline + text.
 - ``xnli``: 15 languages, natural language inference (3 labels), premise/hypothesis pairs.
@@ -16,12 +17,16 @@ from pathlib import Path
 
 from ..errors import UserError
 from .hub import load_hub_dataset
+from .partition import Federation, FederationSpec, build_federation
 from .records import TextDataset
+from .registry import DatasetSpec, dataset_names, get_dataset, register_dataset, register_unregistered
 from .tsv import read_tsv_folder
 
 
 @dataclass(frozen=True)
-class DatasetInfo:
+class TextSource:
+    """Where a labelled-text dataset's rows come from and which columns hold what."""
+
     repo: str
     languages: tuple[str, ...]
     label_names: tuple[str, ...]
@@ -30,32 +35,60 @@ class DatasetInfo:
     pair_column: str | None
     hub_text_fields: tuple[str, ...]
     hub_pair_field: str | None
-    group_size: int = 1  # consecutive rows sharing one premise, kept whole by the pool split (XNLI: 3)
+    labels_file: bool = False  # a local copy may name its labels in labels.txt (XNLI)
 
 
-KNOWN: dict[str, DatasetInfo] = {
-    "masakhanews": DatasetInfo(
-        repo="masakhane/masakhanews",
-        languages=tuple(["amh", "eng", "fra", "hau", "ibo", "lin", "lug", "orm", "pcm", "run", "sna", "som", "swa", "tir", "xho", "yor"]),
-        label_names=("business", "entertainment", "health", "politics", "religion", "sports", "technology"),
-        label_column="category",
-        text_columns=("headline", "text"),
-        pair_column=None,
-        hub_text_fields=("headline", "text"),
-        hub_pair_field=None,
-    ),
-    "xnli": DatasetInfo(
-        repo="facebook/xnli",
-        languages=tuple(["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]),
-        label_names=("entailment", "neutral", "contradiction"),
-        label_column="label",
-        text_columns=("premise",),
-        pair_column="hypothesis",
-        hub_text_fields=("premise",),
-        hub_pair_field="hypothesis",
-        group_size=3,
-    ),
-}
+# the [data] keys a labelled-text dataset reads beyond the common ones
+TEXT_KEYS = ("clients_per_language", "partition", "train_per_pool", "test_per_pool", "label_column", "text_columns",
+             "pair_column", "group_size")
+
+
+def text_federation(name: str):
+    """``load`` of a labelled-text dataset: its rows (``load_dataset_by_name``), partitioned per language
+    into Dirichlet-skewed clients (``build_federation``)."""
+    def load(d, spec: FederationSpec) -> Federation:
+        rows = load_dataset_by_name(name, d.path or None, d.languages or None, d.label_column or None,
+                                    d.text_columns or None, d.pair_column or None)
+        return build_federation(rows, spec)
+
+    return load
+
+
+def text_dataset(name: str, source: TextSource | None, group: int = 1) -> DatasetSpec:
+    return DatasetSpec(name=name, task="classification", load=text_federation(name), keys=TEXT_KEYS,
+                       group_size=group, source=source)
+
+
+def own_tsv_dataset(name: str) -> DatasetSpec:
+    """The user's own labelled-text TSV folder under ``name`` (not registered: read from ``data.path``)."""
+    return text_dataset(name, None)
+
+
+register_unregistered(own_tsv_dataset)
+
+
+MASAKHANEWS = register_dataset(text_dataset("masakhanews", TextSource(
+    repo="masakhane/masakhanews",
+    languages=tuple(["amh", "eng", "fra", "hau", "ibo", "lin", "lug", "orm", "pcm", "run", "sna", "som", "swa", "tir",
+                     "xho", "yor"]),
+    label_names=("business", "entertainment", "health", "politics", "religion", "sports", "technology"),
+    label_column="category",
+    text_columns=("headline", "text"),
+    pair_column=None,
+    hub_text_fields=("headline", "text"),
+    hub_pair_field=None,
+)))
+XNLI = register_dataset(text_dataset("xnli", TextSource(
+    repo="facebook/xnli",
+    languages=tuple(["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]),
+    label_names=("entailment", "neutral", "contradiction"),
+    label_column="label",
+    text_columns=("premise",),
+    pair_column="hypothesis",
+    hub_text_fields=("premise",),
+    hub_pair_field="hypothesis",
+    labels_file=True,
+), group=3))  # rows of one premise (3 hypotheses) stay together
 
 
 def resolve_local_path(name: str, path: str | os.PathLike | None) -> Path | None:
@@ -86,7 +119,7 @@ def load_dataset_by_name(
     ``label_column``, ``text_columns`` (joined with a space) and ``pair_column`` (a second segment, as
     XNLI's hypothesis) name a local copy's TSV columns; None keeps the dataset's own (for a dataset not
     known here: ``label``, ``text`` and no pair)."""
-    info = KNOWN.get(name)
+    info = get_dataset(name).source
     local = resolve_local_path(name, path)
     if local is not None:
         if info is None:
@@ -100,11 +133,11 @@ def load_dataset_by_name(
             label_column or info.label_column,
             text_columns or list(info.text_columns),
             pair_column=pair_column or info.pair_column,
-            label_names=_xnli_labels(local, info) if name == "xnli" else None,
+            label_names=_labels_file(local, info) if info.labels_file else None,
         )
     if info is None:
         raise UserError(
-            f"unknown dataset {name!r} and no local copy: known are {sorted(KNOWN)}; "
+            f"unknown dataset {name!r} and no local copy: known are {dataset_names()}; "
             "for your own data set data.path to a folder of <lang>/{train,dev,test}.tsv"
         )
     langs = languages or list(info.languages)
@@ -116,13 +149,7 @@ def load_dataset_by_name(
     )
 
 
-def group_size(name: str) -> int:
-    """Rows per premise group of a dataset (1: rows are independent)."""
-    info = KNOWN.get(name)
-    return info.group_size if info is not None else 1
-
-
-def _xnli_labels(root: Path, info: DatasetInfo) -> list[str]:
+def _labels_file(root: Path, info: TextSource) -> list[str]:
     """XNLI files may carry label names or indices; a labels.txt overrides the default names."""
     f = root / "labels.txt"
     if f.is_file():

@@ -5,28 +5,27 @@ from __future__ import annotations
 import functools
 import json
 
-from ..data import FederationSpec, build_federation, load_dataset_by_name
-from ..data.aya import load_aya_federation
+from ..data import FederationSpec, get_dataset
 from ..data.partition import Client, Federation
-from ..data.sources import group_size
 from ..methods import ClientTask
-from ..tasks import CLASSIFICATION, GenerationTask, Task
+from ..tasks import CLASSIFICATION, Task, make_task
 
-GENERATION_DATASETS = ("aya",)  # instruction-tuning datasets; every other dataset is classification
+
+def task_name(cfg) -> str:
+    """The task a config poses: ``data.task``, else its dataset's own (``data.registry``)."""
+    return cfg.data.task or get_dataset(cfg.data.dataset).task
 
 
 def task_for(cfg) -> Task:
-    """The task a config's dataset poses: instruction-tuned generation (``[generation]`` settings) for
-    Fed-Aya, classification for every other dataset."""
-    if cfg.data.dataset in GENERATION_DATASETS:
-        g = cfg.generation
-        return GenerationTask(template=g.template, max_new_tokens=g.max_new_tokens,
-                              max_prompt_fraction=g.max_prompt_fraction)
-    return CLASSIFICATION
+    """The task object of the config (``tasks.registry``): e.g. Fed-Aya's instruction-tuned generation, with
+    the ``[generation]`` settings; MasakhaNEWS's and XNLI's classification."""
+    return make_task(task_name(cfg), cfg)
 
 
 def load_federation(cfg) -> Federation:
+    """The config's dataset, read and partitioned by its registered ``load``; then the per-client caps."""
     d = cfg.data
+    dataset = get_dataset(d.dataset)
     spec = FederationSpec(
         clients_per_language=d.clients_per_language,
         alpha=d.dirichlet_alpha,
@@ -35,14 +34,9 @@ def load_federation(cfg) -> Federation:
         test_per_pool=d.test_per_pool or None,
         min_train_per_client=d.min_train_per_client,
         scheme=d.partition,
-        group_size=d.group_size or group_size(d.dataset),
+        group_size=d.group_size or dataset.group_size,
     )
-    if d.dataset in GENERATION_DATASETS:
-        fed = load_aya_federation(d.path or None, spec, d.num_clients, d.unseen_clients or None, d.languages or None)
-    else:
-        rows = load_dataset_by_name(d.dataset, d.path or None, d.languages or None, d.label_column or None,
-                                    d.text_columns or None, d.pair_column or None)
-        fed = build_federation(rows, spec)
+    fed = dataset.load(d, spec)
     for c in fed.clients:
         if d.max_train_per_client:
             c.train = cap_rows(c.train, d.max_train_per_client)

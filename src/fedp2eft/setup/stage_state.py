@@ -58,7 +58,7 @@ def claim_stage(folder: Path, settings: dict, fresh: bool = False) -> None:
 
 
 # data keys added after stage folders were committed: recorded only when set, so those folders stay valid
-_LATER_DATA_KEYS = ("label_column", "text_columns", "pair_column", "group_size")
+_LATER_DATA_KEYS = ("label_column", "text_columns", "pair_column", "group_size", "task")
 
 
 def data_settings(cfg) -> dict:
