@@ -40,7 +40,6 @@ def evaluate_method(method, base, tasks, budget, settings, val_fraction):
     """``method`` personalising every client on its train split minus a held-out part, scored there."""
     from fedp2eft.evaluation import LanguageTally, mean_over_languages
     from fedp2eft.methods import ClientTask
-    from fedp2eft.tasks import CLASSIFICATION
 
     tally = LanguageTally()
     for i, task in enumerate(tasks):
@@ -48,8 +47,8 @@ def evaluate_method(method, base, tasks, budget, settings, val_fraction):
             continue
         s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
         fit, val = task.train.split(val_fraction, s.seed)
-        preds = method.personalise(base, ClientTask(task.client_id, task.language, fit, val), budget, s)
-        tally.add_scores(task.language, CLASSIFICATION.score(preds, val))
+        preds = method.personalise(base, ClientTask(task.client_id, task.language, fit, val, task.kind), budget, s)
+        tally.add_scores(task.language, task.kind.score(preds, val))
     return mean_over_languages(tally.per_language())
 
 
@@ -110,12 +109,10 @@ def main(argv=None) -> int:
     from fedp2eft.methods.fedp2eft import PSG_STAGE, new_psg
     from fedp2eft.methods.lora import finetune_lora
     from fedp2eft.methods.registry import get_method, get_spec
-    from fedp2eft.setup.federation import client_tasks, load_federation
+    from fedp2eft.setup.federation import client_tasks, load_federation, task_for
     from fedp2eft.setup.layout import RunLayout
     from fedp2eft.setup.replicates import replicate_config, replicate_layout
     from fedp2eft.stages import load_or_train
-    from fedp2eft.tasks import CLASSIFICATION
-    from fedp2eft.tasks.classification import predict
 
     cfg = load_config(args.config, args.set)
     if cfg.experiment.threads:
@@ -128,7 +125,7 @@ def main(argv=None) -> int:
     fed = load_federation(cfg)
     shared = base_source(cfg, layout).open(cfg, len(fed.label_names), args.seed)
     base, tok = shared.model, shared.tokenizer
-    tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length) for pool in pools}
+    tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length, task_for(cfg)) for pool in pools}
     settings = cfg.personalise.train_settings(args.seed)
     results_path = work / "accuracy_vs_rounds.json"
     curves = json.loads(results_path.read_text()) if results_path.is_file() else {}
@@ -140,8 +137,8 @@ def main(argv=None) -> int:
         for i, task in enumerate(tasks[pool]):
             s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
             fit, val = task.train.split(args.val_fraction, s.seed)
-            model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val), args.budget, s)
-            tally.add_scores(task.language, CLASSIFICATION.score(predict(model, val, s.eval_batch_size), val))
+            model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val, task.kind), args.budget, s)
+            tally.add_scores(task.language, task.kind.score(task.kind.predict(model, val, s.eval_batch_size), val))
         return mean_over_languages(tally.per_language())
 
     def score_snapshots(name, folder, overrides, method_for):

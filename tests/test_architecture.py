@@ -114,3 +114,11 @@ def test_only_fl_imports_flower():
 def test_peft_private_custom_module_api_used_in_one_place():
     users = [module_name(p) for p in PACKAGE.rglob("*.py") if "_register_custom_module" in p.read_text()]
     assert len(users) <= 1, users
+
+
+def test_only_tasks_import_a_tasks_internals():
+    """Outside ``tasks/`` a task is reached through the package (``fedp2eft.tasks``: the protocol, the
+    registry, the built-in task objects), never through one task's module (issue 27)."""
+    offenders = [f"{m} -> {d}" for m, deps in graph().items() if component(m) != "tasks"
+                 for d in deps if d.startswith("fedp2eft.tasks.") and d != "fedp2eft.tasks.registry"]
+    assert not offenders, offenders

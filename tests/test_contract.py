@@ -13,7 +13,7 @@ from fedp2eft.fl.engines import run_stage
 from fedp2eft.methods import get_method, get_spec, method_names
 from fedp2eft.methods.registry import federated_stages, get_stage, prior_key
 from fedp2eft.setup.base_models import load_base
-from fedp2eft.setup.federation import client_task, load_federation
+from fedp2eft.setup.federation import client_task, load_federation, task_for
 from fl_helpers import tiny_overrides
 
 SMALL = {"base_model.kind": '"off-the-shelf"', "personalise.epochs": 1, "personalise.batch_size": 8,
@@ -28,7 +28,7 @@ def setting(masakhanews_dir):
     cfg = load_config(None, tiny_overrides(masakhanews_dir, **SMALL))
     fed = load_federation(cfg)
     base, tok = load_base(cfg, "off-the-shelf", len(fed.label_names), seed=0)
-    task = client_task(fed.pool("unseen")[0], tok, cfg.data.max_length)
+    task = client_task(fed.pool("unseen")[0], tok, cfg.data.max_length, task_for(cfg))
     return cfg, base, task
 
 

@@ -21,14 +21,14 @@ from fedp2eft.methods.bt_training import BTSettings
 from fedp2eft.methods.fedp2eft import PSG_STAGE, FedP2EFTMethod, new_psg
 from fedp2eft.models import load_classifier
 from fedp2eft.psg import PSG, feature_modules, meta_features
+from fedp2eft.tasks import CLASSIFICATION
 from fedp2eft.training import linear_module_names
-from fedp2eft.training.batches import encode
 from fl_helpers import tiny_overrides
 
 
 def toy_task(tok, n=12):
     rows = [Example(f"word{i} " * (1 + i % 5), i % 3, "xx") for i in range(n)]
-    return ClientTask("xx-seen-00", "xx", encode(tok, rows, 16), encode(tok, rows, 16))
+    return ClientTask("xx-seen-00", "xx", CLASSIFICATION.encode(tok, rows, 16), CLASSIFICATION.encode(tok, rows, 16), CLASSIFICATION)
 
 
 def test_psg_first_output_is_about_1e_minus_4():

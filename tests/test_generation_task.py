@@ -10,9 +10,8 @@ import torch
 from fedp2eft.data.records import Instruction
 from fedp2eft.models.causal_lm import CausalLM
 from fedp2eft.tasks import GenerationTask
-from fedp2eft.tasks.generation import ALPACA
+from fedp2eft.tasks.generation import ALPACA, IGNORE
 from fedp2eft.training import adapted_modules
-from fedp2eft.training.batches import IGNORE
 
 ROWS = [Instruction("Translate to French: good morning", "bonjour", "fr"),
         Instruction("写一句话", "我爱北京天安门", "zh"),

@@ -11,15 +11,15 @@ from fedp2eft.data.records import Example
 from fedp2eft.methods import ClientTask, TrainSettings, get_method
 from fedp2eft.methods.lora import lora_config
 from fedp2eft.models import load_classifier
+from fedp2eft.tasks import CLASSIFICATION
 from fedp2eft.training import linear_module_names
-from fedp2eft.training.batches import encode
 
 WORDS = {0: "football goal match team", 1: "election minister vote parliament"}
 
 
 def toy_task(tok, n=24):
     rows = [Example(f"{WORDS[i % 2]} {i}", i % 2, "xx") for i in range(n)]
-    return ClientTask("xx-seen-00", "xx", encode(tok, rows, 16), encode(tok, rows, 16))
+    return ClientTask("xx-seen-00", "xx", CLASSIFICATION.encode(tok, rows, 16), CLASSIFICATION.encode(tok, rows, 16), CLASSIFICATION)
 
 
 def test_all_linear_targets_exclude_head():
@@ -44,7 +44,7 @@ def test_lora_learns_and_leaves_base_untouched():
 
 def test_merge_equals_unmerged_adapter():
     base, tok = load_classifier("tiny-bert", 3)
-    model = get_peft_model(copy.deepcopy(base), lora_config(base, 4))
+    model = get_peft_model(copy.deepcopy(base), lora_config(base, 4, kind=CLASSIFICATION))
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)

@@ -20,12 +20,12 @@ from fedp2eft.methods.lora import lora_model
 from fedp2eft.models import load_classifier
 from fedp2eft.models.classifier import SequenceClassifier
 from fedp2eft.psg import PSG
-from fedp2eft.training.batches import encode
+from fedp2eft.tasks import CLASSIFICATION
 
 
 def toy_task(tok, n=16):
     rows = [Example(f"word{i} " * (1 + i % 5), i % 3, "xx") for i in range(n)]
-    return ClientTask("xx-seen-00", "xx", encode(tok, rows, 16), encode(tok, rows, 16))
+    return ClientTask("xx-seen-00", "xx", CLASSIFICATION.encode(tok, rows, 16), CLASSIFICATION.encode(tok, rows, 16), CLASSIFICATION)
 
 
 def lora_a(model) -> dict[str, torch.Tensor]:
@@ -47,17 +47,17 @@ def test_fixed_a_rows_are_a_prefix_and_depend_on_module_and_seed():
 def test_fixed_a_is_the_same_in_every_round_client_and_at_personalisation():
     base, _ = load_classifier("tiny-bert", 3)
     s = BTSettings(r_init=6, lora_alpha=12, head="adapter", lora_a_seed=42)
-    round1 = lora_a(stage1_model(base, 1e-4, s))
-    round2 = lora_a(stage1_model(base, 0.5, BTSettings(**{**s.__dict__, "seed": 99})))  # other client/round seed
+    round1 = lora_a(stage1_model(base, 1e-4, s, CLASSIFICATION))
+    round2 = lora_a(stage1_model(base, 0.5, BTSettings(**{**s.__dict__, "seed": 99}), CLASSIFICATION))  # other client/round seed
     assert round1.keys() == round2.keys() and "head" in round1
     assert all(torch.equal(round1[k], round2[k]) for k in round1)
     # LoRA at rank 2 (any seed) uses the first two rows of the same A
-    lora = lora_a(lora_model(base, 2, TrainSettings(seed=5, head="adapter", lora_a_seed=42)))
+    lora = lora_a(lora_model(base, 2, TrainSettings(seed=5, head="adapter", lora_a_seed=42), CLASSIFICATION))
     assert all(torch.equal(lora[k], round1[k][:2]) for k in lora)
     # the pruned BT-LoRA keeps exactly the rows of the ranks it kept
     torch.manual_seed(0)
     lam = {k: torch.rand(6) for k in round1}
-    model = pruned_model(base, lam, 2, s)
+    model = pruned_model(base, lam, 2, s, CLASSIFICATION)
     kept = select_ranks(lam, 2)
     pruned = lora_a(model)
     assert pruned.keys() == kept.keys()
@@ -66,8 +66,8 @@ def test_fixed_a_is_the_same_in_every_round_client_and_at_personalisation():
         lam_kept = bt_modules(model)[k].lora_lambda["default"].detach()
         torch.testing.assert_close(lam_kept, lam[k][ids])
     # without a seed, A differs between clients
-    fresh1 = lora_a(lora_model(base, 2, TrainSettings(seed=1)))
-    fresh2 = lora_a(lora_model(base, 2, TrainSettings(seed=2)))
+    fresh1 = lora_a(lora_model(base, 2, TrainSettings(seed=1), CLASSIFICATION))
+    fresh2 = lora_a(lora_model(base, 2, TrainSettings(seed=2), CLASSIFICATION))
     assert any(not torch.equal(fresh1[k], fresh2[k]) for k in fresh1)
 
 
@@ -76,7 +76,7 @@ def test_head_as_adapter_keeps_head_weights_frozen():
     base, tok = load_classifier("tiny-bert", 3)
     task = toy_task(tok)
     head_before = base.head.weight.detach().clone()
-    model = lora_model(base, 2, TrainSettings(head="adapter"))
+    model = lora_model(base, 2, TrainSettings(head="adapter"), CLASSIFICATION)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert any(n.startswith("base_model.model.head.lora_") for n in trainable)
@@ -154,7 +154,7 @@ def _wide_toy_lambdas():
     ids = [torch.randint(5, 300, (12,), generator=g).tolist() for _ in range(32)]
     data = EncodedData(ids, [i % 3 for i in range(32)], pad_id=0)
     lam, _ = train_lambdas(base, data, 1e-4, BTSettings(r_init=4, lora_alpha=8, epochs=40, batch_size=8,
-                                                        lambda_lr=0.01, lr=1e-3, lora_a_seed=42))
+                                                        lambda_lr=0.01, lr=1e-3, lora_a_seed=42), CLASSIFICATION)
     return base, lam
 
 
@@ -241,7 +241,7 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
     for k, lang in enumerate(["aa", "bb"]):
         train = [Example(f"train{k} {i}", i % 3, lang) for i in range(10)]
         test = [Example(f"test{k} {i}", i % 3, lang) for i in range(6)]
-        tasks.append(ClientTask(f"{lang}-seen-00", lang, encode(tok, train, 16), encode(tok, test, 16)))
+        tasks.append(ClientTask(f"{lang}-seen-00", lang, CLASSIFICATION.encode(tok, train, 16), CLASSIFICATION.encode(tok, test, 16), CLASSIFICATION))
     test_ids = {tuple(ids) for t in tasks for ids in t.test.input_ids}
 
     class Inner:

@@ -5,6 +5,7 @@ and an unknown task; ``data.task`` picks the task."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import pytest
 
@@ -80,3 +81,158 @@ def test_a_datasets_own_keys_are_refused_for_another_and_the_task_is_chosen(tmp_
     # data.task overrides the dataset's own; a dataset nobody registered is the user's own TSV folder
     assert task_for(load_config(None, ['data.dataset="aya"', 'data.task="classification"'])).name == "classification"
     assert task_for(load_config(None, ['data.dataset="my-folder"', 'data.label_column="y"'])).name == "classification"
+
+
+# --- a third task, defined here as a plug-in would define it: one module's worth of code and two registrations
+
+TAGS = ["O", "PER", "LOC"]
+NAMES, PLACES, WORDS = ["amina", "kofi", "sade", "tunde"], ["lagos", "accra", "kano", "ibadan"], ["went", "to", "from", "met"]
+
+
+@dataclass(frozen=True)
+class Tagged:
+    tokens: tuple[str, ...]
+    tags: tuple[int, ...]
+    language: str
+
+
+def tagged_rows(n: int, seed: int, language: str) -> list:
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [(rng.choice(NAMES), 1), (rng.choice(WORDS), 0), (rng.choice(PLACES), 2), (rng.choice(WORDS), 0),
+                 (rng.choice(NAMES), 1)]
+        rows.append(Tagged(tuple(w for w, _ in words), tuple(t for _, t in words), language))
+    return rows
+
+
+def load_tagged(d, spec):
+    from fedp2eft.data import Client, Federation
+
+    clients = [Client(f"{lang}-{pool}-{k:02d}", lang, pool, tagged_rows(12, 7 * k + i, lang), tagged_rows(6, 99 + k + i, lang))
+               for i, lang in enumerate(("xx", "yy")) for pool in ("seen", "unseen") for k in range(2)]
+    return Federation("tagged-toy", TAGS, spec, clients)
+
+
+class TokenTagging:
+    """Token classification: a tag per word, scored per row as the share of its words tagged right."""
+
+    name, metric, metrics = "token-tagging", "token_accuracy", ("token_accuracy",)
+    IGNORE = -100
+
+    def encode(self, tokenizer, rows, max_length):
+        from fedp2eft.training import EncodedData
+
+        ids, labels = [], []
+        for r in rows:
+            enc = tokenizer(list(r.tokens), is_split_into_words=True, truncation=True, max_length=max_length)
+            first, seen = [], set()
+            for w in enc.word_ids():  # the first piece of each word carries its tag
+                first.append(self.IGNORE if w is None or w in seen else r.tags[w])
+                seen.add(w)
+            ids.append(enc["input_ids"])
+            labels.append(first)
+        return EncodedData(ids, labels, tokenizer.pad_token_id or 0, collate=self.collate)
+
+    def collate(self, data, index):
+        import torch
+
+        from fedp2eft.training.batches import padded_inputs
+
+        out = padded_inputs(data, index)
+        labels = torch.full(out["input_ids"].shape, self.IGNORE, dtype=torch.long)
+        for row, i in enumerate(index):
+            labels[row, : len(data.labels[i])] = torch.tensor(data.labels[i])
+        out["labels"] = labels
+        return out
+
+    def load_model(self, source, num_labels, pooling=None):
+        from torch import nn
+
+        from fedp2eft.models import load_classifier
+
+        clf, tok = load_classifier(source, num_labels, pooling)
+
+        class Tagger(nn.Module):  # the backbone and a linear head on every token
+            def __init__(self):
+                super().__init__()
+                self.backbone, self.head = clf.backbone, clf.head
+
+            def forward(self, input_ids, attention_mask, token_type_ids=None):
+                return self.head(self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
+
+        return Tagger(), tok
+
+    def adapted_modules(self, model, head="train"):
+        from fedp2eft.tasks import CLASSIFICATION
+
+        return CLASSIFICATION.adapted_modules(model, head)  # all-linear, as for a classifier
+
+    def saved_modules(self, head="train"):
+        return ["head"] if head == "train" else None
+
+    def loss(self, outputs, batch):
+        from torch.nn import functional as F
+
+        return F.cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(), ignore_index=self.IGNORE)
+
+    def predict(self, model, data, batch_size=64):
+        import torch
+
+        from fedp2eft.training import device_of, model_inputs, to_device
+
+        model.eval()
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                index = list(range(start, min(start + batch_size, len(data))))
+                batch = to_device(data.batch(index), device_of(model))
+                tags = model(**model_inputs(batch)).argmax(-1)
+                for row in range(len(index)):
+                    keep = batch["labels"][row] != self.IGNORE  # positions, not labels: where words start
+                    out.append(tags[row][keep].tolist())
+        return out
+
+    def probe(self, model, train, test, settings):
+        return self.predict(model, test, settings.eval_batch_size)
+
+    def score(self, outputs, data):
+        rows = []
+        for pred, labels in zip(outputs, data.labels, strict=True):
+            gold = [y for y in labels if y != self.IGNORE]
+            rows.append(sum(p == y for p, y in zip(pred, gold, strict=True)) / len(gold))
+        return {"token_accuracy": rows}
+
+
+@pytest.fixture
+def tagging_plugin():
+    from fedp2eft.tasks import register_task, unregister_task
+
+    register_task("token-tagging", lambda cfg: TokenTagging())
+    register_dataset(DatasetSpec(name="tagged-toy", task="token-tagging", load=load_tagged))
+    yield
+    unregister_dataset("tagged-toy")
+    unregister_task("token-tagging")
+
+
+def test_a_third_task_is_one_class_and_a_registration_and_lora_and_fedp2eft_personalise_it(tmp_path, masakhanews_dir,
+                                                                                        tagging_plugin):
+    out = tmp_path / "run"
+    sets = tiny_overrides(masakhanews_dir, **{
+        "data.dataset": '"tagged-toy"', "data.path": '""', "data.languages": "[]", "data.clients_per_language": 10,
+        "base_model.kind": '"off-the-shelf"',
+        "personalise.methods": '["none","lora","fedp2eft"]', "personalise.pools": '["seen","unseen"]',
+        "personalise.budgets": "[2]", "personalise.epochs": 3, "personalise.lr": 1e-2, "fedp2eft.rounds": 2,
+        "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8, "fedp2eft.batch_size": 8, "experiment.output_dir": json.dumps(str(out))})
+    assert cli_main(["run", "configs/quickstart.toml", *[x for s in sets for x in ("--set", s)]]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["metric"] == "token_accuracy"
+    runs = {(r["method"], r["pool"]): r for r in res["runs"]}
+    assert set(runs) == {(m, p) for m in ("none", "lora", "fedp2eft") for p in ("seen", "unseen")}
+    assert all(r["per_language"].keys() == {"xx", "yy"} and 0 <= r["mean"] <= 1 for r in runs.values())
+    # the tags follow the word lists: fine-tuning learns them, the untrained head does not
+    for pool in ("seen", "unseen"):
+        assert runs["lora", pool]["mean"] > runs["none", pool]["mean"] + 0.2
+    assert (out / "psg" / "seed0" / "psg.safetensors").is_file()

@@ -73,7 +73,8 @@ def round_line(r: dict, rounds: int | None = None, elapsed: float | None = None,
     parts += [f"{k} {r[k]:.4g}" for k in keys if isinstance(r.get(k), int | float)]
     if isinstance(r.get("eval"), dict):
         e = r["eval"]
-        parts.append(f"eval ({e['pool']} pool, {e['n']} rows) {100 * e['accuracy']:.1f}%")
+        scores = ", ".join(f"{k} {100 * v:.1f}%" for k, v in e.items() if k not in ("pool", "n"))
+        parts.append(f"eval ({e['pool']} pool, {e['n']} rows) {scores}")
     parts.append(f"{r['seconds']:.1f} s")
     if elapsed is not None:
         parts.append(f"elapsed {duration(elapsed)}" + (f", ~{duration(remaining)} left" if remaining else ""))

@@ -53,8 +53,10 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)
-    correct, n = worker.evaluate(job, cid, RecordState(msg.content.array_records["arrays"]))
+    sums, n = worker.evaluate(job, cid, RecordState(msg.content.array_records["arrays"]))
     trim_freed_memory()
-    metrics = MetricRecord({"num-examples": n, "correct": correct, "accuracy": correct / max(n, 1)})
+    # per metric the task names: its sum over the rows (what the server pools) and the client's mean
+    metrics = MetricRecord({"num-examples": n, **{f"sum-{m}": s for m, s in sums.items()},
+                            **{m: s / max(n, 1) for m, s in sums.items()}})
     reply = RecordDict({"metrics": metrics, "client": ConfigRecord({"client-id": cid})})
     return Message(reply, reply_to=msg)

@@ -196,13 +196,16 @@ def evaluate_pool(grid, job, state, node_clients, pool: str, round_: int) -> dic
     nodes = sorted(n for n, (_, p) in node_clients.items() if p == pool)
     content = RecordDict({"arrays": to_arrays(state), "config": job_config(job.for_round(round_))})
     msgs = [Message(content, dst_node_id=n, message_type="evaluate", group_id=f"eval-{round_}") for n in nodes]
-    correct = total = 0
+    sums: dict[str, float] = {}  # per metric the task scores, over the pool's rows
+    total = 0
     for r in grid.send_and_receive(msgs, timeout=None):
         if not r.has_error():
             m = r.content.metric_records["metrics"]
-            correct += float(m["correct"])
+            for k, v in m.items():
+                if k.startswith("sum-"):
+                    sums[k[len("sum-"):]] = sums.get(k[len("sum-"):], 0.0) + float(v)
             total += int(m["num-examples"])
-    return {"pool": pool, "accuracy": correct / total if total else float("nan"), "n": total}
+    return {"pool": pool, "n": total, **{k: v / total if total else float("nan") for k, v in sums.items()}}
 
 
 def _reason(replies, node: int) -> str:

@@ -60,8 +60,8 @@ def train(job: Job, cid: str, state: dict[str, torch.Tensor]):
                                _context(job))
 
 
-def evaluate(job: Job, cid: str, state: dict[str, torch.Tensor]) -> tuple[float, int]:
-    """``(score sum, rows)`` of the global state on the client's test split."""
+def evaluate(job: Job, cid: str, state: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:
+    """``({metric: score sum}, rows)`` of the global state on the client's test split."""
     stage = get_stage(job.stage)
     if stage.evaluate is None:
         raise ValueError(f"federated evaluation is not defined for stage {job.stage!r}")

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..data.partition import POOLS
 from ..errors import require
-from ..tasks import CLASSIFICATION, Task
+from ..tasks import Task
 from ..training import HEAD_MODES
 from ..training.batches import EncodedData
 from .registry import method_names, register_section
@@ -52,7 +52,7 @@ class ClientTask:
     language: str
     train: EncodedData
     test: EncodedData
-    kind: Task = CLASSIFICATION  # the task: encoding, loss, prediction, scoring
+    kind: Task  # the task: encoding, batching, loss, prediction, scoring
 
     def score(self, outputs: list, data: EncodedData | None = None) -> tuple[str | list[str], dict[str, list[float]]]:
         """``(languages, {metric: per-row scores})`` of outputs on ``data`` (default: the test split); the

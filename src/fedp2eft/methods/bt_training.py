@@ -24,7 +24,7 @@ from torch import nn
 from ..adapters import apply_fixed_a, bt_penalty, select_ranks
 from ..adapters.bt_lora import bt_lora_config, lambdas_by_module, set_lambdas
 from ..adapters.priors import LAMBDA_MAX, LAMBDA_MIN
-from ..tasks import CLASSIFICATION, Task
+from ..tasks import Task
 from ..training import copy_sharing_embeddings, train_model
 from ..training.batches import EncodedData
 
@@ -61,7 +61,7 @@ def _split_params(model: nn.Module) -> tuple[list, list, list]:
 
 
 def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSettings,
-                 kind: Task = CLASSIFICATION) -> nn.Module:
+                 kind: Task) -> nn.Module:
     """BT-LoRA with r_init ranks on every adapted module: λ from ``init``, B = 0, A fresh (seeded by
     ``s.seed``) or the fixed A of ``s.lora_a_seed`` (the same in every round and on every client)."""
     torch.manual_seed(s.seed)
@@ -78,7 +78,7 @@ def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSe
 
 
 def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tensor] | float,
-                  s: BTSettings, kind: Task = CLASSIFICATION) -> tuple[dict[str, torch.Tensor], list[float]]:
+                  s: BTSettings, kind: Task) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Stage 1: learn λ (and A, B, a trained head) on one client; returns (λ by module, step losses)."""
     model = stage1_model(base, init, s, kind)
     lam, ab, head = _split_params(model)
@@ -94,7 +94,7 @@ def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tens
 
 
 def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int, s: BTSettings,
-                 kind: Task = CLASSIFICATION, select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
+                 kind: Task, select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """BT-LoRA at the budget: the kept λ frozen, B = 0, A fresh or the kept rows of the fixed A,
     only on modules that keep ranks; scaling lora_alpha / r_init everywhere. ``select_by`` (default λ):
     the scores whose global top-(r·L) decide which ranks are kept (e.g. ``width_free_scores``)."""
@@ -117,7 +117,7 @@ def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int,
 
 
 def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str, torch.Tensor], budget: int,
-                          s: BTSettings, kind: Task = CLASSIFICATION,
+                          s: BTSettings, kind: Task,
                           select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Alg. 2 steps 2-3: prune λ to the budget and fine-tune the resulting LoRA (unmerged peft model)."""
     torch.manual_seed(s.seed)
@@ -129,7 +129,7 @@ def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str
 
 
 def finetune_pruned(base: nn.Module, train: EncodedData, test: EncodedData, lambdas: dict[str, torch.Tensor],
-                    budget: int, s: BTSettings, eval_batch_size: int = 64, kind: Task = CLASSIFICATION,
+                    budget: int, s: BTSettings, eval_batch_size: int, kind: Task,
                     select_by: dict[str, torch.Tensor] | None = None) -> list:
     """Fine-tune at the budget, merge, and predict the test split."""
     model = finetune_pruned_model(base, train, lambdas, budget, s, kind, select_by)

@@ -33,7 +33,7 @@ from ..errors import UserError, require
 from ..psg import LRGenerator, feature_modules, meta_features
 from ..psg.lr_generator import PARAMETERISATIONS
 from ..psg.rate_report import rates_by_type, write_rate_report
-from ..tasks import CLASSIFICATION, Task
+from ..tasks import Task
 from ..training import device_of, model_inputs, to_device, train_model
 from ..training.batches import EncodedData
 from .base import ClientTask, PersonaliseConfig, TrainSettings
@@ -154,7 +154,7 @@ def lora_matrices(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
 
 
 def finetune_with_rates(base: nn.Module, data: EncodedData, rates: torch.Tensor, budget: int,
-                        ts: TrainSettings, kind: Task = CLASSIFICATION) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
+                        ts: TrainSettings, kind: Task) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
     """A fresh rank-``budget`` LoRA trained with one AdamW rate per matrix; returns (model, matrices, init)."""
     torch.manual_seed(ts.seed)
     model = lora_model(base, budget, ts, kind)
@@ -175,7 +175,7 @@ def _use_eager_attention(model: nn.Module) -> None:
 
 def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: list[torch.Tensor], rates: torch.Tensor,
                        train: EncodedData, val: EncodedData, s: FedL2PSettings, seed: int,
-                       kind: Task = CLASSIFICATION) -> tuple[torch.Tensor, float]:
+                       kind: Task) -> tuple[torch.Tensor, float]:
     """dL_V/dη averaged over up to ``batch_pairs`` (train batch, val batch) pairs; also the mean val loss."""
     _use_eager_attention(model)
     model.eval()

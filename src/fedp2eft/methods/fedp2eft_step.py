@@ -44,7 +44,7 @@ from ..errors import UserError, require
 from ..psg import feature_modules, meta_features
 from ..psg.module_types import MODULE_TYPES, module_type
 from ..psg.rate_report import write_rate_report
-from ..tasks import CLASSIFICATION, Task
+from ..tasks import Task
 from ..training import model_inputs, to_device, train_model
 from ..training.batches import EncodedData
 from .base import ClientTask, TrainSettings
@@ -129,7 +129,7 @@ def step_settings(section: str, structure: str):
 
 
 def adapter_model(base: nn.Module, s: StepSettings, lambdas: dict[str, torch.Tensor] | None,
-                  kind: Task = CLASSIFICATION) -> nn.Module:
+                  kind: Task) -> nn.Module:
     """The adapter the step is learned for, before training: the PSG's pruned BT-LoRA, or plain LoRA."""
     torch.manual_seed(s.bt.seed)
     if s.structure == "lora":
@@ -168,7 +168,7 @@ def adapter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def train_at_rates(model: nn.Module, train: EncodedData, rates: dict[str, float], s: BTSettings,
-                   kind: Task = CLASSIFICATION) -> nn.Module:
+                   kind: Task) -> nn.Module:
     """AdamW at each module type's rate (a trained head at ``head_lr``), in place; returns ``model``."""
     head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
     groups = [{"params": ps, "lr": rates[t]} for t, ps in adapter_groups(model).items()]

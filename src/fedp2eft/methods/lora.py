@@ -15,15 +15,15 @@ from torch import nn
 
 from ..adapters import apply_fixed_a
 from ..errors import UserError
-from ..tasks import CLASSIFICATION, Task
+from ..tasks import Task
 from ..training import copy_sharing_embeddings, train_model
 from .base import ClientTask, TrainSettings
 from .registry import MethodSpec, register_method
 from .tuned import tuned_spec
 
 
-def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "train",
-                kind: Task = CLASSIFICATION) -> LoraConfig:
+def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "train", *,
+                kind: Task) -> LoraConfig:
     return LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
@@ -34,7 +34,7 @@ def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "
     )
 
 
-def lora_model(base: nn.Module, rank: int, settings: TrainSettings, kind: Task = CLASSIFICATION) -> nn.Module:
+def lora_model(base: nn.Module, rank: int, settings: TrainSettings, kind: Task) -> nn.Module:
     """A fresh copy of ``base`` with LoRA of ``rank`` (fixed A when ``settings.lora_a_seed >= 0``)."""
     model = get_peft_model(copy_sharing_embeddings(base), lora_config(base, rank, head=settings.head, kind=kind))
     if settings.lora_a_seed >= 0:

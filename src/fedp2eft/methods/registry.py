@@ -58,7 +58,7 @@ class FederatedStage:
     settings, folder)`` the resource the method uses (a module, or state and the clients' folder).
     ``artifact`` is the file the final state is saved to; ``after(folder, base, resource)`` runs once
     after training (e.g. λ plots); ``report(base, resource, tasks by pool, folder, cfg)`` each time a
-    run uses it (e.g. every client's λ). ``evaluate(base, state, task, settings) -> (score sum, n)`` enables
+    run uses it (e.g. every client's λ). ``evaluate(base, state, task, settings) -> ({metric: score sum}, n)`` enables
     federated evaluation. ``aggregate`` (None = FedAvg weighted by examples) is the server's rule.
     ``needs``: a stage trained once per seed (e.g. ``psg``) that is trained first; its final state travels
     inside this stage's global state under the prefix ``"<needs>."`` (``prior_key``), frozen: the stage's
@@ -77,7 +77,7 @@ class FederatedStage:
     client_state: bool = False  # clients keep state between rounds in <stage folder>/clients/
     after: Callable[[Path], None] | None = None
     report: Callable[[nn.Module, Any, dict, Path, Any], None] | None = None
-    evaluate: Callable[[nn.Module, State, Any, Any], tuple[float, int]] | None = None
+    evaluate: Callable[[nn.Module, State, Any, Any], tuple[dict[str, float], int]] | None = None
     aggregate: Callable[[list[tuple[State, int]]], State] | None = None
     needs: str | None = None
 

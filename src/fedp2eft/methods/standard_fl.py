@@ -120,12 +120,14 @@ def client_update(base: nn.Module, global_state: dict[str, torch.Tensor], task: 
     return federated_state(model), len(task.train), metrics
 
 
-def evaluate_state(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, hp: FedAvgHP) -> tuple[int, int]:
-    """``(score sum, n)`` of the global model on the client's test split (the task's primary metric)."""
+def evaluate_state(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask,
+                   hp: FedAvgHP) -> tuple[dict[str, float], int]:
+    """``({metric: score sum}, rows)`` of the global model on the client's test split, every metric the
+    task scores (accuracy; METEOR, ROUGE-1, ROUGE-L)."""
     model = build_trainable(base, hp, task.kind)
     load_state(model, state)
-    scores = task.kind.score(task.kind.predict(model, task.test), task.test)[task.kind.metric]
-    return sum(scores), len(scores)
+    scores = task.kind.score(task.kind.predict(model, task.test), task.test)
+    return {m: float(sum(v)) for m, v in scores.items()}, len(task.test)
 
 
 def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: FedAvgHP) -> nn.Module:

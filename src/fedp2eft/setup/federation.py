@@ -8,7 +8,7 @@ import json
 from ..data import FederationSpec, get_dataset
 from ..data.partition import Client, Federation
 from ..methods import ClientTask
-from ..tasks import CLASSIFICATION, Task, make_task
+from ..tasks import Task, make_task
 
 
 def task_name(cfg) -> str:
@@ -63,12 +63,12 @@ def cap_rows(rows: list, cap: int) -> list:
     return [r for r in rows if id(r) in chosen]  # in the rows' own order
 
 
-def client_task(client: Client, tokenizer, max_length: int, kind: Task = CLASSIFICATION) -> ClientTask:
+def client_task(client: Client, tokenizer, max_length: int, kind: Task) -> ClientTask:
     return ClientTask(client.cid, client.language, kind.encode(tokenizer, client.train, max_length),
                       kind.encode(tokenizer, client.test, max_length), kind)
 
 
-def client_tasks(clients: list[Client], tokenizer, max_length: int, kind: Task = CLASSIFICATION) -> list[ClientTask]:
+def client_tasks(clients: list[Client], tokenizer, max_length: int, kind: Task) -> list[ClientTask]:
     return [client_task(c, tokenizer, max_length, kind) for c in clients]
 
 

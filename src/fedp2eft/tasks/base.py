@@ -2,7 +2,8 @@
 
 A task says how rows become model inputs (``encode``), which model to build (``load_model``), which
 modules adapters target and which train as themselves (``adapted_modules`` / ``saved_modules``), the
-training loss, how a model's outputs on a split are produced (``predict``) and how they score
+training loss, how rows batch (the ``collate`` its ``encode`` gives the data), how a model's outputs on a
+split are produced (``predict``; ``probe``: with only the head fitted) and how they score
 against the split's references, row by row and metric by metric (``score``: ``{metric: [per-row
 score]}``, ``metrics`` in report order, the first the primary one; a language's score is the mean over
 all its rows in a pool). Methods call these and never look at labels themselves: classification and
@@ -35,5 +36,10 @@ class Task(Protocol):
     def loss(self, outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
     def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 64) -> list[Any]: ...
+
+    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, settings) -> list[Any]:
+        """``none`` with ``none_trains_head``: the model with its head alone fitted on ``train`` (a linear
+        probe; ``settings``' head rate, epochs, batch size, seed), predicting ``test``."""
+        ...
 
     def score(self, outputs: list[Any], data: EncodedData) -> dict[str, list[float]]: ...

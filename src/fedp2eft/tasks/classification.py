@@ -7,14 +7,68 @@ a row scores 1 when its prediction is its label, so a language's score is its ac
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..training import adapted_modules, device_of, encode, model_inputs, saved_modules, to_device
-from ..training.batches import EncodedData
+from ..data.records import Example
+from ..training import adapted_modules, device_of, model_inputs, saved_modules, to_device
+from ..training.batches import EncodedData, one_label_per_row
+
+
+def encode_texts(tokenizer, examples: list[Example], max_length: int) -> EncodedData:
+    """Tokenise texts (and text pairs) with truncation to ``max_length`` tokens; one label per row."""
+    texts = [ex.text for ex in examples]
+    pairs = [ex.text_pair for ex in examples]
+    has_pair = any(p is not None for p in pairs)
+    if has_pair:
+        enc = tokenizer(texts, [p or "" for p in pairs], truncation=True, max_length=max_length)
+    else:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)
+    tt = enc.get("token_type_ids") if has_pair else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return EncodedData(list(enc["input_ids"]), [ex.label for ex in examples], pad, tt, collate=one_label_per_row)
+
+
+@torch.no_grad()
+def pooled_features(model: nn.Module, data: EncodedData, batch_size: int) -> torch.Tensor:
+    model.eval()
+    device = device_of(model)
+    feats = []
+    for batch in data.batches(batch_size):
+        inputs = model_inputs(to_device(batch, device))
+        out = model.backbone(**inputs)
+        feats.append(model.pool(out.last_hidden_state, inputs["attention_mask"]))
+    return torch.cat(feats)
+
+
+def train_head(head: nn.Linear, feats: torch.Tensor, labels: list[int], settings) -> None:
+    y = torch.tensor(labels, device=feats.device)
+    opt = torch.optim.AdamW(head.parameters(), lr=settings.head_lr, weight_decay=settings.weight_decay)
+    gen = torch.Generator().manual_seed(settings.seed)
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(y), generator=gen).to(feats.device)
+        for start in range(0, len(y), settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            loss = F.cross_entropy(head(feats[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def linear_probe(model: nn.Module, train: EncodedData, test: EncodedData, settings) -> list[int]:
+    """A copy of the head alone fine-tuned on ``train`` (the backbone frozen; its pooled features computed
+    once in eval mode, so no dropout) with the settings' head rate, epochs and batch size; predicts ``test``."""
+    if not isinstance(getattr(model, "head", None), nn.Linear):
+        return predict(model, test, settings.eval_batch_size)
+    head = copy.deepcopy(model.head)
+    train_head(head, pooled_features(model, train, settings.eval_batch_size), train.labels, settings)
+    with torch.no_grad():
+        logits = head(pooled_features(model, test, settings.eval_batch_size))
+    return logits.argmax(-1).tolist()
 
 
 def cross_entropy(outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -39,7 +93,7 @@ class ClassificationTask:
     metrics = ("accuracy",)
 
     def encode(self, tokenizer, examples: list, max_length: int) -> EncodedData:
-        return encode(tokenizer, examples, max_length)
+        return encode_texts(tokenizer, examples, max_length)
 
     def load_model(self, source: str, num_labels: int, pooling: str | None = None) -> tuple[nn.Module, Any]:
         from ..models import load_classifier
@@ -57,6 +111,9 @@ class ClassificationTask:
 
     def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 64) -> list[int]:
         return predict(model, data, batch_size)
+
+    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, settings) -> list[int]:
+        return linear_probe(model, train, test, settings)
 
     def score(self, outputs: list[Any], data: EncodedData) -> dict[str, list[int]]:
         if len(outputs) != len(data.labels):

@@ -27,12 +27,27 @@ from torch.nn import functional as F
 from ..errors import UserError
 from ..evaluation.text_metrics import GENERATION_METRICS, generation_scores
 from ..training import device_of
-from ..training.batches import IGNORE, EncodedData
+from ..training.batches import EncodedData, padded_inputs
+
+IGNORE = -100  # a causal-LM label that is not scored (prompt and padding)
 
 TEMPLATES = ("auto", "alpaca", "chat")
 ALPACA = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
           "request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 END_OF_TURN = ("<end_of_turn>", "<|eot_id|>", "<|im_end|>")  # chat templates' end-of-turn pieces
+
+
+def next_token_batch(data: EncodedData, index: list[int]) -> dict[str, torch.Tensor]:
+    """Padded inputs, the token labels (``IGNORE`` on padding) and ``target_mask``: the positions whose
+    next token is scored (position t predicts label t + 1)."""
+    out = padded_inputs(data, index)
+    width = out["input_ids"].shape[1]
+    labels = torch.full((len(index), width), IGNORE, dtype=torch.long)
+    for row, i in enumerate(index):
+        labels[row, : len(data.labels[i])] = torch.tensor(data.labels[i], dtype=torch.long)
+    out["labels"] = labels
+    out["target_mask"] = torch.cat([labels[:, 1:] != IGNORE, torch.zeros_like(labels[:, :1], dtype=torch.bool)], 1)
+    return out
 
 
 def causal_lm_loss(outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -98,7 +113,7 @@ class GenerationTask:
             prompts.append(prompt)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
         return EncodedData(ids, labels, pad, prompt_ids=prompts, references=[ex.response for ex in examples],
-                           languages=[ex.language for ex in examples], tokenizer=tokenizer)
+                           languages=[ex.language for ex in examples], tokenizer=tokenizer, collate=next_token_batch)
 
     def load_model(self, source: str, num_labels: int = 0, pooling: str | None = None) -> tuple[nn.Module, Any]:
         from ..models import load_causal_lm
@@ -119,6 +134,9 @@ class GenerationTask:
         return causal_lm_loss(outputs, batch)
 
     @torch.no_grad()
+    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, settings) -> list[str]:
+        return self.predict(model, test, settings.eval_batch_size)  # a causal LM has no head to probe
+
     def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 8) -> list[str]:
         """Greedy continuations of every row's prompt (left-padded batches), decoded with the rows' own
         tokenizer and stripped. ``model`` is a ``CausalLM``, merged or carrying (peft or own) adapters."""

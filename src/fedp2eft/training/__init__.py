@@ -1,9 +1,9 @@
 """Batching, the local training loop, prediction and the choice of adapted modules: the helpers every
 method, the PSG's meta-features and the federated stages share (below ``psg`` and ``methods``)."""
 
-from .batches import EncodedData, encode
+from .batches import EncodedData
 from .loop import Loss, device_of, model_inputs, to_device, train_model
 from .modules import HEAD_MODES, adapted_modules, copy_sharing_embeddings, linear_module_names, saved_modules
 
-__all__ = ["HEAD_MODES", "EncodedData", "adapted_modules", "copy_sharing_embeddings", "device_of", "encode", "linear_module_names",
+__all__ = ["HEAD_MODES", "EncodedData", "adapted_modules", "copy_sharing_embeddings", "device_of", "linear_module_names",
            "Loss", "model_inputs", "saved_modules", "to_device", "train_model"]
