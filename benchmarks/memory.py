@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_quickstart and (not reference or args.quickstart_reference or library is None):
             with tempfile.TemporaryDirectory() as tmp:
                 # python -m fedp2eft: the command's own allocator choice (LD_PRELOAD from env, or system)
-                quick = [*(fast_sets() if args.fast else []), *args.sets, f"experiment.threads={threads}"]
+                quick = [*(fast_sets() if args.fast else []), *args.sets, f"experiment.threads={threads}"]  # (a classification config)
                 cmd = [sys.executable, "-m", "fedp2eft", "run", args.config, "--out", tmp,
                        *(x for s in quick for x in ("--set", s))]
                 peak, secs, rc = peak_of(cmd, env)

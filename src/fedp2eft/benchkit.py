@@ -25,6 +25,8 @@ import torch
 
 from .atomic import write_json
 from .config import load_config
+from .data import get_dataset
+from .data.registry import specific_keys
 from .methods.registry import StageContext, get_method, get_spec, get_stage, prior_key
 from .report import environment
 from .setup.base_models import load_base
@@ -60,9 +62,12 @@ FAST = {
 }
 
 
-def fast_sets(generation: bool = False) -> list[str]:
+def fast_sets(generation: bool = False, dataset: str = "masakhanews") -> list[str]:
+    """``FAST`` for a config's dataset: the tiny model of its task, and only the data keys it reads."""
     model = FAST_MODEL["generation" if generation else "classification"]
-    return [f"model.name={json.dumps(model)}", *(f"{k}={v}" for k, v in FAST.items())]
+    own, specific = set(get_dataset(dataset).keys), set(specific_keys())
+    keep = {k: v for k, v in FAST.items() if not (k.startswith("data.") and k[5:] in specific - own)}
+    return [f"model.name={json.dumps(model)}", *(f"{k}={v}" for k, v in keep.items())]
 
 
 def add_options(ap: argparse.ArgumentParser, out: Path | None = None) -> argparse.ArgumentParser:
@@ -82,8 +87,8 @@ def bench_config(path, args: argparse.Namespace, extra: list[str] | None = None)
     sets the thread count (``--threads``, else the config's, else 2)."""
     fast = []
     if args.fast:
-        generation = task_name(load_config(path, [*(extra or []), *args.sets])) == "generation"
-        fast = fast_sets(generation)
+        probe = load_config(path, [*(extra or []), *args.sets])
+        fast = fast_sets(task_name(probe) == "generation", probe.data.dataset)
     cfg = load_config(path, [*(extra or []), *fast, *args.sets])
     torch.set_num_threads(args.threads or cfg.experiment.threads or 2)
     return cfg
