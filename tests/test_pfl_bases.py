@@ -124,10 +124,10 @@ def test_every_method_personalises_each_pfl_base_on_xnli(tmp_path, xnli_dir, kin
 def test_a_base_folder_records_every_setting_its_stage_trains_with(masakhanews_dir, kind):
     """Whatever changes a base stage's client settings changes the base's record, so a base-model folder
     trained otherwise is refused (or retrained under --fresh), never resumed."""
-    from fedp2eft.bases import BASE_STAGES
+    from fedp2eft.methods.registry import base_kinds
     from fedp2eft.setup.stage_state import base_settings
 
-    stage, cfg = BASE_STAGES[kind], pfl_cfg(masakhanews_dir, kind)
+    stage, cfg = base_kinds()[kind], pfl_cfg(masakhanews_dir, kind)
     changed = 0
     for key, value in (("base_model.lr", 0.5), ("base_model.lora_rank", 3), ("base_model.local_epochs", 3),
                        ("pf2lora.steps", 7), ("pf2lora.lower_lr", 0.5), ("pf2lora.inner_steps", 2),

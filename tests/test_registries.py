@@ -236,3 +236,70 @@ def test_a_third_task_is_one_class_and_a_registration_and_lora_and_fedp2eft_pers
     for pool in ("seen", "unseen"):
         assert runs["lora", pool]["mean"] > runs["none", pool]["mean"] + 0.2
     assert (out / "psg" / "seed0" / "psg.safetensors").is_file()
+
+
+# --- a new base kind: one federated stage and one registration (here a FedAvg of the classifier head alone)
+
+
+def head_state(model) -> dict:
+    return {f"head.{k}": v.detach().clone() for k, v in model.head.state_dict().items()}
+
+
+def head_model(base, state):
+    import copy
+
+    model = copy.deepcopy(base)
+    model.head.load_state_dict({k[len("head."):]: v for k, v in state.items()})
+    return model
+
+
+def head_update(base, state, task, hp, ctx):
+    from fedp2eft.training import train_model
+
+    model = head_model(base, state)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    params = list(model.head.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.epochs, hp.batch_size, ctx.seed,
+                         loss=task.kind.loss)
+    return head_state(model), len(task.train), {"train_loss": sum(losses) / max(len(losses), 1)}
+
+
+@pytest.fixture
+def head_fedavg_kind():
+    from fedp2eft.methods.registry import FederatedStage, register_base_kind, unregister_base_kind
+    from fedp2eft.methods.standard_fl import FedAvgHP
+
+    register_base_kind("head-fedavg", FederatedStage(
+        name="base_head_fedavg", section="base_model", per_budget=False,
+        client_settings=lambda cfg, seed, budget: cfg.base_model.fedavg_hp(), settings_type=FedAvgHP,
+        initial_state=lambda base, hp: head_state(base), client_update=head_update,
+        finalize=lambda base, state, hp, folder: head_model(base, state)))
+    yield
+    unregister_base_kind("head-fedavg")
+
+
+def test_a_new_base_kind_is_one_stage_and_one_registration(tmp_path, masakhanews_dir, head_fedavg_kind):
+    out = tmp_path / "run"
+    sets = tiny_overrides(masakhanews_dir, **{
+        "base_model.kind": '"head-fedavg"', "base_model.lr": 1e-2, "personalise.methods": '["none","lora"]',
+        "personalise.none_trains_head": "false", "experiment.output_dir": json.dumps(str(out))})
+    assert cli_main(["run", "configs/quickstart.toml", *[x for s in sets for x in ("--set", s)]]) == 0
+    meta = json.loads((out / "base_model" / "model" / "fedp2eft_classifier.json").read_text())
+    assert meta["kind"] == "head-fedavg"
+    rounds = [json.loads(line) for line in (out / "base_model" / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 2 and all(r["train_loss"] > 0 for r in rounds)
+    res = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in res["runs"]} == {"none", "lora"} and all(r["base_kind"] == "head-fedavg" for r in res["runs"])
+    # the base record names the kind: the folder is refused for another
+    from fedp2eft.errors import UserError
+
+    sets2 = [s for s in sets if not s.startswith("base_model.kind")] + ['base_model.kind="standard-fl"']
+    assert cli_main(["run", "configs/quickstart.toml", *[x for s in sets2 for x in ("--set", s)]]) == 2
+    with pytest.raises(UserError, match="neither a base source"):
+        from fedp2eft.bases import base_source
+        from fedp2eft.config import load_config
+
+        base_source(load_config(None, ['base_model.kind="nope"']), None)

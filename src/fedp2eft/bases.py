@@ -13,7 +13,8 @@ whose ``for_client(client_id)`` gives each client its model. The sources:
 - any other value: a base-model folder written by an earlier run (a personalised one keeps serving each
   client its part).
 
-Every trained kind is one registered stage trained once (``base_model.seed``) into ``<out>/base_model/``,
+Every trained kind is one stage registered as a base kind (``methods.registry.register_base_kind``, in the
+kind's own module) and trained once (``base_model.seed``) into ``<out>/base_model/``,
 its shared model in ``<out>/base_model/model`` (resumable; refused or, with ``--fresh``, retrained when
 its recorded settings differ; the clients' parts in ``<out>/base_model/clients/``).
 """
@@ -28,15 +29,10 @@ from pathlib import Path
 from torch import nn
 
 from .errors import UserError
-from .methods.dept import DEPT_STAGE
-from .methods.feddpa import FEDDPA_STAGE
-from .methods.pf2lora_base import PF2LORA_BASE_STAGE
-from .methods.registry import BaseWithParts, FederatedStage
-from .methods.standard_fl import STANDARD_FL_STAGE
+from .methods.registry import BaseWithParts, FederatedStage, base_kinds
 from .models import load_tokenizer
 from .setup.base_models import (
     OFF_THE_SHELF,
-    TRAINED_KINDS,
     cached_base,
     client_parts_dir,
     folder_fingerprint,
@@ -51,10 +47,6 @@ from .setup.jobs import experiment_json
 from .setup.layout import RunLayout
 from .setup.stage_state import base_settings, claim_stage
 from .stages import Runner, round_logger, training_line
-
-BASE_STAGES: dict[str, FederatedStage] = {"standard-fl": STANDARD_FL_STAGE, "feddpa-t": FEDDPA_STAGE,
-                                          "dept": DEPT_STAGE, "pf2lora": PF2LORA_BASE_STAGE}
-assert tuple(BASE_STAGES) == TRAINED_KINDS
 
 
 @dataclass
@@ -105,7 +97,7 @@ class FolderBase:
 
 @dataclass
 class TrainedBase:
-    """A base model trained federatedly as the stage of its kind (``BASE_STAGES``) into
+    """A base model trained federatedly as the stage of its kind (``methods.registry.base_kinds``) into
     ``<out>/base_model/``; a personalised kind's clients keep their parts in ``<out>/base_model/clients/``."""
 
     layout: RunLayout
@@ -113,7 +105,7 @@ class TrainedBase:
 
     @property
     def stage(self) -> FederatedStage:
-        return BASE_STAGES[self.kind]
+        return base_kinds()[self.kind]
 
     @property
     def spec(self) -> str:
@@ -163,9 +155,9 @@ def base_source(cfg, layout: RunLayout):
     kind = cfg.base_model.kind
     if kind == OFF_THE_SHELF:
         return OffTheShelf()
-    if kind in BASE_STAGES:
+    if kind in base_kinds():
         return TrainedBase(layout, kind)
     if not Path(kind).is_dir():
-        raise UserError(f"base_model.kind = {kind!r}: neither a base source {[OFF_THE_SHELF, *BASE_STAGES]} "
+        raise UserError(f"base_model.kind = {kind!r}: neither a base source {[OFF_THE_SHELF, *base_kinds()]} "
                         "nor a base-model folder")
     return FolderBase(Path(kind))

@@ -40,9 +40,9 @@ app = ServerApp()
 
 def stage_names() -> list[str]:
     """What ``stage`` may name: ``base`` (the configured base source's stage) and every registered method's."""
-    from ..bases import BASE_STAGES
+    from ..methods.registry import base_kinds
 
-    bases = {s.name for s in BASE_STAGES.values()}
+    bases = {s.name for s in base_kinds().values()}
     return ["base", *(name for name in federated_stages() if name not in bases)]
 
 

@@ -31,7 +31,7 @@ from ..adapters.client_part import apply_client_part, changed_rows_entries, clie
 from ..atomic import save_tensors
 from ..training import train_model
 from .base import ClientTask
-from .registry import BaseWithParts, FederatedStage, register_stage
+from .registry import BaseWithParts, FederatedStage, register_base_kind
 from .standard_fl import load_state
 
 UNSEEN = "averaged body + the pretrained embeddings"
@@ -100,7 +100,7 @@ def dept_settings(cfg, seed: int, budget: int | None) -> DEPTSettings:
     return DEPTSettings(epochs=b.local_epochs, batch_size=b.batch_size, lr=b.lr, seed=b.seed)
 
 
-DEPT_STAGE = register_stage(FederatedStage(
+DEPT_STAGE = register_base_kind('dept', FederatedStage(
     name="base_dept", section="base_model", per_budget=False, client_state=True, artifact="body.safetensors",
     client_settings=dept_settings, settings_type=DEPTSettings, initial_state=initial_body,
     client_update=lambda base, state, task, s, ctx: dept_client_update(base, state, task, replace(s, seed=ctx.seed),

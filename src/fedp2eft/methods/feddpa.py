@@ -41,7 +41,7 @@ from ..adapters.two_level import (
 from ..atomic import save_tensors
 from ..training import adapted_modules, copy_sharing_embeddings, train_model
 from .base import ClientTask
-from .registry import BaseWithParts, FederatedStage, register_stage
+from .registry import BaseWithParts, FederatedStage, register_base_kind
 
 UNSEEN = "pretrained + global adapter (no local adapter: a fresh one has D = 0)"
 
@@ -145,7 +145,7 @@ def feddpa_settings(cfg, seed: int, budget: int | None) -> FedDPASettings:
                           dropout=b.lora_dropout, epochs=b.local_epochs, batch_size=b.batch_size, lr=b.lr, seed=b.seed)
 
 
-FEDDPA_STAGE = register_stage(FederatedStage(
+FEDDPA_STAGE = register_base_kind('feddpa-t', FederatedStage(
     name="base_feddpa_t", section="base_model", per_budget=False, client_state=True, artifact="global.safetensors",
     client_settings=feddpa_settings, settings_type=FedDPASettings, initial_state=initial_global_state,
     client_update=lambda base, state, task, s, ctx: feddpa_client_update(base, state, task, replace(s, seed=ctx.seed),

@@ -24,7 +24,7 @@ from .pf2lora import (
     pf2lora_client_update,
     two_level_model,
 )
-from .registry import BaseWithParts, FederatedStage, register_stage
+from .registry import BaseWithParts, FederatedStage, register_base_kind
 
 UNSEEN = "pretrained + level 1 (a fresh level 2 has D = 0)"
 
@@ -48,11 +48,11 @@ def pf2lora_base(base: nn.Module, state: dict[str, torch.Tensor], s: PF2LoRASett
     return BaseWithParts(shared_level_model(model, layers), Path(folder) / "clients", UNSEEN)
 
 
-PF2LORA_BASE_STAGE = register_stage(FederatedStage(
+PF2LORA_BASE_STAGE = register_base_kind('pf2lora', FederatedStage(
     name="base_pf2lora", section="base_model", per_budget=False, client_state=True, artifact="shared.safetensors",
     client_settings=pf2lora_base_settings, settings_type=PF2LoRASettings, initial_state=initial_shared_state,
     client_update=lambda base, state, task, s, ctx: pf2lora_base_update(base, state, task, replace(s, seed=ctx.seed),
                                                                         ctx.client_state_dir),
     finalize=pf2lora_base,
-))
+), sections=("pf2lora",))
 """PF2LoRA's federated training as a base source's stage; seeded by ``base_model.seed``."""

@@ -191,6 +191,34 @@ def register_stage(stage: FederatedStage) -> FederatedStage:
     return stage
 
 
+_BASE_KINDS: dict[str, tuple[FederatedStage, tuple[str, ...]]] = {}
+
+
+def register_base_kind(kind: str, stage: FederatedStage, sections: tuple[str, ...] = ()) -> FederatedStage:
+    """Make ``kind`` a ``base_model.kind`` whose base model ``stage`` trains federatedly into
+    ``<out>/base_model/`` (its ``finalize`` gives the model, or a ``BaseWithParts``). ``sections``: config
+    sections beyond ``[base_model]`` that its settings come from (recorded with the base)."""
+    if stage.name not in _STAGES:
+        register_stage(stage)
+    _BASE_KINDS[kind] = (stage, tuple(sections))
+    return stage
+
+
+def unregister_base_kind(kind: str) -> None:
+    stage, _ = _BASE_KINDS.pop(kind, (None, ()))
+    if stage is not None and not any(s is stage for s, _ in _BASE_KINDS.values()):
+        _STAGES.pop(stage.name, None)
+
+
+def base_kinds() -> dict[str, FederatedStage]:
+    """Every trained base kind (``base_model.kind``) and its stage, in registration order."""
+    return {k: stage for k, (stage, _) in _BASE_KINDS.items()}
+
+
+def base_kind_sections(kind: str) -> tuple[str, ...]:
+    return _BASE_KINDS[kind][1]
+
+
 def method_names() -> list[str]:
     return list(_METHODS)
 

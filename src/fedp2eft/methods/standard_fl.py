@@ -25,7 +25,7 @@ from ..errors import require
 from ..tasks import CLASSIFICATION, Task
 from ..training import copy_sharing_embeddings, train_model
 from .base import ClientTask
-from .registry import FederatedStage, StageContext, register_section, register_stage
+from .registry import FederatedStage, StageContext, register_base_kind, register_section
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def _update(base: nn.Module, state, task: ClientTask, hp: FedAvgHP, ctx: StageCo
     return client_update(base, state, task, replace(hp, seed=ctx.seed))
 
 
-STANDARD_FL_STAGE = register_stage(FederatedStage(
+STANDARD_FL_STAGE = register_base_kind('standard-fl', FederatedStage(
     name="base_model", section="base_model", per_budget=False,
     client_settings=lambda cfg, seed, budget: cfg.base_model.fedavg_hp(),
     settings_type=FedAvgHP, initial_state=initial_state, client_update=_update,

@@ -22,7 +22,6 @@ OFF_THE_SHELF = "off-the-shelf"
 MODEL_META = "fedp2eft_classifier.json"
 # base sources trained federatedly (``bases``): Standard FL's shared model, and the personalised-FL bases
 # whose clients each keep a part of their own
-TRAINED_KINDS = ("standard-fl", "feddpa-t", "dept", "pf2lora")
 
 
 def default_device() -> torch.device:

@@ -75,12 +75,13 @@ def sampling_settings(cfg) -> dict:
 
 def base_settings(cfg) -> dict:
     """What the base model depends on (for a trained base: model, data, its training and sampling)."""
-    from .base_models import TRAINED_KINDS
+    from ..methods.registry import base_kind_sections, base_kinds
 
-    out = {"kind": cfg.base_model.kind, "model": dataclasses.asdict(cfg.model)}
-    if cfg.base_model.kind in TRAINED_KINDS:
+    kind = cfg.base_model.kind
+    out = {"kind": kind, "model": dataclasses.asdict(cfg.model)}
+    if kind in base_kinds():
         out |= {"data": data_settings(cfg), "base_model": dataclasses.asdict(cfg.base_model),
                 "federation": sampling_settings(cfg)}
-        if cfg.base_model.kind == "pf2lora":  # its training settings are the [pf2lora] section's
-            out["pf2lora"] = dataclasses.asdict(cfg.pf2lora)
+        for section in base_kind_sections(kind):  # e.g. PF2LoRA's base trains with the [pf2lora] settings
+            out[section] = dataclasses.asdict(getattr(cfg, section))
     return out
