@@ -28,7 +28,7 @@ from fedp2eft.benchkit import add_options, write_result
 from fedp2eft.config import load_config
 from fedp2eft.fl import worker
 from fedp2eft.fl.client_app import app as client_app
-from fedp2eft.fl.engines import job_base, loop_settings, stage_job
+from fedp2eft.fl.engines import loop_settings, stage_job
 from fedp2eft.fl.inprocess import InProcessGrid
 from fedp2eft.fl.server_loop import run_rounds, sample
 from fedp2eft.methods.standard_fl import STANDARD_FL_STAGE
@@ -84,7 +84,7 @@ def measure(args, job_name: str) -> dict:
     cached_base.cache_clear()
     cfg = config(args.data, args.rounds, job_name, args.sets)
     job = stage_job(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed)
-    base, _ = job_base(job)
+    base, _ = worker.base_model(job)
     init = STANDARD_FL_STAGE.initial_state(base, cfg.base_model.fedavg_hp())
     bare_loop(cfg, job, init)  # warm the caches (federation, base model, tokenizer)
     times = {"bare": [], "engine": []}

@@ -22,7 +22,7 @@ from .methods.registry import FederatedStage, get_spec, get_stage, prior_key
 from .progress import duration
 from .setup.base_models import release_cached_base
 from .setup.layout import RunLayout
-from .setup.stage_state import base_settings, claim_stage, data_settings, sampling_settings
+from .setup.stage_state import base_settings, claim_stage, data_settings, flatten, sampling_settings
 
 # runner(stage, base, seed, budget, folder, on_round) -> final state: an engine (``fl.engines.stage_runner``)
 Runner = Callable[..., dict]
@@ -30,22 +30,13 @@ Runner = Callable[..., dict]
 
 def stage_record(cfg, stage: FederatedStage, seed: int, budget: int | None) -> dict:
     """What a stage folder records: a change to any of it means the stage must be trained again."""
-    settings = _flat(stage.settings_json(stage.client_settings(cfg, seed, budget)))
+    settings = flatten(stage.settings_json(stage.client_settings(cfg, seed, budget)), dotted=False)
     record = {stage.name: settings, "rounds": stage.rounds(cfg),
               "snapshot_every": stage.snapshot_every(cfg), "base": base_settings(cfg), "data": data_settings(cfg),
               "federation": sampling_settings(cfg)}
     if stage.needs is not None:  # retraining the stage it starts from invalidates it
         record["needs"] = stage_record(cfg, get_stage(stage.needs), seed, None)
     return record
-
-
-def _flat(settings: dict) -> dict:
-    """Nested settings (a PSG's BT-LoRA settings) merged into one level: the record names keys as
-    ``<stage>.<key>``."""
-    out = {}
-    for k, v in settings.items():
-        out.update(_flat(v) if isinstance(v, dict) else {k: v})
-    return out
 
 
 def checkpoint_round(folder: Path) -> int | None:

@@ -16,10 +16,10 @@ from pathlib import Path
 from ..config import Config
 from ..errors import UserError
 from ..methods.registry import FederatedStage
-from ..setup.base_models import cached_base
 from ..setup.federation import cached_federation
 from ..setup.jobs import Job, experiment_json
 from ..stages import Runner
+from . import worker
 from .server_loop import LoopSettings, run_rounds
 
 
@@ -43,12 +43,6 @@ def stage_job(cfg: Config, stage: FederatedStage, base: str, seed: int, budget: 
     return Job(stage=stage.name, experiment=experiment, base=base, seed=seed,
                settings=stage.settings_json(settings), num_clients=len(cached_federation(experiment)[1].clients),
                budget=budget, client_state_dir=str(client_state_dir) if client_state_dir is not None else None)
-
-
-def job_base(job: Job):
-    """The base model a job's clients start from (the process-wide instance the in-process clients use)."""
-    _, fed, _ = cached_federation(job.experiment)
-    return cached_base(job.experiment, len(fed.label_names), job.seed, job.base)
 
 
 def run_job(cfg: Config, job: Job, init, settings: LoopSettings, out_dir: Path, resume: bool,
@@ -84,7 +78,7 @@ def run_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir:
     state of the stage it ``needs``, already under its prefix, added to the initial state."""
     out_dir = Path(out_dir)
     job = stage_job(cfg, stage, base, seed, budget, out_dir / "clients" if stage.client_state else None)
-    base_model, _ = job_base(job)
+    base_model, _ = worker.base_model(job)  # the process-wide instance the in-process clients use
     if stage.needs is not None and not prior:
         raise UserError(f"stage {stage.name} starts from stage {stage.needs}'s final state; none was given")
     init = lambda: {**stage.initial_state(base_model, stage.settings_from_json(job.settings)),  # noqa: E731
@@ -98,7 +92,7 @@ def train_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_di
     """``run_stage`` and then the stage's finalized resource (e.g. the trained PSG or base model)."""
     state = run_stage(cfg, stage, base, seed, out_dir, budget, resume, client_app, on_round, grid)
     job = stage_job(cfg, stage, base, seed, budget)
-    base_model, _ = job_base(job)
+    base_model, _ = worker.base_model(job)  # the process-wide instance the in-process clients use
     return stage.finalize(base_model, state, stage.settings_from_json(job.settings), Path(out_dir))
 
 

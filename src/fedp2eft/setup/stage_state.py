@@ -16,12 +16,14 @@ from ..atomic import write_json
 from ..errors import UserError
 
 
-def _flatten(d, prefix: str = "") -> dict:
+def flatten(d: dict, dotted: bool = True, prefix: str = "") -> dict:
+    """Nested settings in one level: keys joined with dots (``dotted``), or the inner keys merged as they
+    are (a stage's record: a PSG's BT-LoRA settings under ``<stage>.<key>``)."""
     out = {}
     for k, v in d.items():
-        key = f"{prefix}{k}"
+        key = f"{prefix}{k}" if dotted else k
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, dotted, key + "." if dotted else ""))
         else:
             out[key] = v
     return out
@@ -29,7 +31,7 @@ def _flatten(d, prefix: str = "") -> dict:
 
 def settings_diff(old: dict, new: dict) -> list[str]:
     """``key: old -> new`` for every (dotted) key whose value differs."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     return [f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}" for k in sorted(set(a) | set(b))
             if a.get(k, "<absent>") != b.get(k, "<absent>")]
 
