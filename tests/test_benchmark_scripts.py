@@ -407,3 +407,26 @@ def test_xnli_pfl_merges_each_bases_runs_into_table_three(tiny_xnli_root, tmp_pa
     assert "| FedDPA-T | fedp2eft |" in md and "each client's majority train label" in md
     assert "ranks kept:" in md  # the PSG's λ summary
     assert script.main(["--root", str(tmp_path / "empty")]) == 2
+
+
+@covers("learned_rates")
+def test_learned_rates_puts_each_stages_rates_beside_the_validated_one(tmp_path, capsys):
+    from fedp2eft.psg.rate_report import write_rate_report
+
+    root = tmp_path / "run"
+    for fed, rate in ((0, 6e-4), (1, 2e-3)):
+        folder = root / f"federation{fed}" / "fedp2eft-step" / f"seed{fed}" / "r2"
+        folder.mkdir(parents=True)
+        write_rate_report(folder, {"unseen": {"a": {"ffn_up": rate}, "b": {"ffn_up": 4 * rate}}}, "step head")
+    (root / "psg" / "seed0").mkdir(parents=True)  # a stage that learns no rate: ignored
+    runs = [{"method": "lora-tuned", "pool": "unseen", "seed": s, "budget": 2, "selection": {"lr": lr}}
+            for s, lr in ((0, 3e-3), (1, 1e-3))]
+    (root / "results.json").write_text(json.dumps({"runs": runs}))
+    script = load_script("learned_rates")
+    assert script.main([str(root)]) == 0
+    rows = json.loads((root / "learned_rates.json").read_text())["rows"]
+    assert [(r["seed"], r["budget"], r["group"], r["lora_tuned_lr"]) for r in rows] == [
+        (0, 2, "ffn_up", 3e-3), (1, 2, "ffn_up", 1e-3)]
+    assert rows[0]["geomean"] == pytest.approx(2 * 6e-4) and rows[0]["sd_log10"] > 0  # two clients apart by 4x
+    assert "| fedp2eft-step | 1 | 2 | ffn_up |" in capsys.readouterr().out
+    assert script.main([str(tmp_path / "missing")]) == 2
