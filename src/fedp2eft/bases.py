@@ -123,7 +123,7 @@ class TrainedBase:
         stage, seed = self.stage, cfg.base_model.seed
         what = f"{self.kind} ({cfg.base_model.mode})" if self.kind == "standard-fl" else self.kind
         log(training_line(f"{what} base model", stage.rounds(cfg), cfg.federation.engine, layout.base_stage))
-        state = runner(stage, OFF_THE_SHELF, seed, None, layout.base_stage, round_logger(log, stage.rounds(cfg)))
+        state = runner(stage, OFF_THE_SHELF, seed, None, layout.base_stage, round_logger(log, stage.rounds(cfg), stage.round_metrics))
         experiment = experiment_json(cfg)
         fed = cached_federation(experiment)[1]
         base, _ = cached_base(experiment, len(fed.label_names), seed, OFF_THE_SHELF)

@@ -54,10 +54,11 @@ def training_line(what: str, rounds: int, engine: str, folder: Path) -> str:
     return f"{what}: {start} on the {engine} engine, checkpoints in {Path(folder) / 'checkpoint'}"
 
 
-def round_line(r: dict, rounds: int | None = None, elapsed: float | None = None, remaining: float | None = None) -> str:
-    """One line per round: its clients and metrics, the federated evaluation when it ran, the round's
-    time, and (given) the stage's elapsed time and an estimate of what remains."""
-    keys = ("train_loss", "l1", "lambda_mean", "val_loss", "lr_mean")
+def round_line(r: dict, rounds: int | None = None, elapsed: float | None = None, remaining: float | None = None,
+               keys: tuple[str, ...] = ("train_loss",)) -> str:
+    """One line per round: its clients and the metrics ``keys`` (the stage's ``round_metrics``), the federated
+    evaluation when it ran, the round's time, and (given) the stage's elapsed time and an estimate of what
+    remains."""
     of = f"/{rounds}" if rounds else ""
     n = len(r["sampled"])
     parts = [f"  round {r['round']}{of}: {n} client{'s' if n != 1 else ''}"]
@@ -72,9 +73,9 @@ def round_line(r: dict, rounds: int | None = None, elapsed: float | None = None,
     return ", ".join(parts)
 
 
-def round_logger(log: Callable[[str], None], rounds: int) -> Callable[[dict], None]:
-    """``on_round`` for a stage of ``rounds`` rounds: logs each round's line with elapsed time and the
-    remaining time estimated from the rounds run so far in this process."""
+def round_logger(log: Callable[[str], None], rounds: int, keys: tuple[str, ...] = ("train_loss",)) -> Callable[[dict], None]:
+    """``on_round`` for a stage of ``rounds`` rounds: logs each round's line (metrics ``keys``) with elapsed
+    time and the remaining time estimated from the rounds run so far in this process."""
     import time
 
     start, done = time.perf_counter(), []
@@ -83,7 +84,7 @@ def round_logger(log: Callable[[str], None], rounds: int) -> Callable[[dict], No
         done.append(r["round"])
         elapsed = time.perf_counter() - start
         left = rounds - r["round"]
-        log(round_line(r, rounds, elapsed, elapsed / len(done) * left if left > 0 else None))
+        log(round_line(r, rounds, elapsed, elapsed / len(done) * left if left > 0 else None, keys))
 
     return on_round
 
@@ -109,7 +110,7 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
                      for k, v in load_file(str(layout.stage(needed.name, seed) / needed.artifact)).items()}
         what = f"{stage.name} (seed {seed}" + (f", r={budget})" if budget is not None else ")")
         log(training_line(what, stage.rounds(cfg), cfg.federation.engine, folder))
-        state = runner(stage, base_source, seed, budget, folder, round_logger(log, stage.rounds(cfg)),
+        state = runner(stage, base_source, seed, budget, folder, round_logger(log, stage.rounds(cfg), stage.round_metrics),
                        **({"prior": prior} if prior else {}))
         release_cached_base()
         meta = {"seed": str(seed), **({"budget": str(budget)} if budget is not None else {})}

@@ -282,6 +282,7 @@ def fedl2p_stage(name: str, section: str) -> FederatedStage:
         finalize=_trained_generator,
         report=lambda base, generator, tasks, folder, cfg: write_fedl2p_rates(base, generator, tasks, folder,
                                                                               cfg.personalise.head),
+        round_metrics=("val_loss", "lr_mean"),
     )
 
 

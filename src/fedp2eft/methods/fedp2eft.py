@@ -202,6 +202,7 @@ def psg_stage(name: str, section: str) -> FederatedStage:
         settings_type=PSGSettings, initial_state=_new_psg_state, client_update=_psg_update, finalize=_trained_psg,
         after=write_lambda_trajectory, report=lambda base, psg, tasks, folder, cfg: write_lambda_report(
             base, psg, tasks, folder, cfg.personalise.head),
+        round_metrics=("train_loss", "l1", "lambda_mean"),
     )
 
 

@@ -317,6 +317,7 @@ def step_stage(name: str, section: str, structure: str) -> FederatedStage:
         needs=PSG_STAGE.name if on_psg else None,
         report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,
                                                                            cfg.personalise.head),
+        round_metrics=("l1", "val_loss", "lr_mean"),
     )
 
 

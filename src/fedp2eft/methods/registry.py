@@ -63,6 +63,7 @@ class FederatedStage:
     ``needs``: a stage trained once per seed (e.g. ``psg``) that is trained first; its final state travels
     inside this stage's global state under the prefix ``"<needs>."`` (``prior_key``), frozen: the stage's
     ``aggregate`` must keep it as it is (``keep_prior``), and its record includes the needed stage's.
+    ``round_metrics``: which of the clients' averaged round metrics the round's log line shows.
     """
 
     name: str
@@ -80,6 +81,7 @@ class FederatedStage:
     evaluate: Callable[[nn.Module, State, Any, Any], tuple[dict[str, float], int]] | None = None
     aggregate: Callable[[list[tuple[State, int]]], State] | None = None
     needs: str | None = None
+    round_metrics: tuple[str, ...] = ("train_loss",)  # the round metrics each round's log line shows
 
     def rounds(self, cfg) -> int:
         return getattr(cfg, self.section).rounds
