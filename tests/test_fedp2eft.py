@@ -138,6 +138,17 @@ def test_run_stages_then_export_a_client(tmp_path, masakhanews_dir, capsys):
     assert main(["export", "--run", str(out), "--client", "yor-unseen-00", "--budget", "2", "--out", str(folder)]) == 0
     assert "test accuracy" in capsys.readouterr().out
     check_loads_with_stock_transformers(folder, tmp_path)
+    # LoRA exports too (its own model, no PSG needed); a method that gives no model is refused by name
+    lora_folder = tmp_path / "lora-adapter"
+    assert main(["export", "--run", str(out), "--client", "yor-unseen-00", "--method", "lora", "--out",
+                 str(lora_folder)]) == 0
+    check_loads_with_stock_transformers(lora_folder, tmp_path)
+    assert json.loads((lora_folder / "fedp2eft_export.json").read_text())["method"] == "lora"
+    assert main(["export", "--run", str(out), "--client", "yor-unseen-00", "--method", "none", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert main(["export", "--run", str(out), "--client", "yor-unseen-00", "--budget", "9", "--out",
+                 str(tmp_path / "x")]) == 2
+    assert "fedp2eft.r_init = 4" in capsys.readouterr().err
     assert main(["export", "--run", str(out), "--client", "zz-unseen-00", "--out", str(tmp_path / "x")]) == 2
     assert main(["export", "--run", str(tmp_path / "nothing"), "--client", "yor-unseen-00",
                  "--out", str(tmp_path / "x")]) == 2

@@ -29,11 +29,14 @@ def _parser() -> argparse.ArgumentParser:
     prep.add_argument("names", nargs="*", help="packaged model names (default: all)")
     prep.add_argument("--force", action="store_true", help="rebuild even if present")
 
-    exp = sub.add_parser("export", help="personalise one client with a run's PSG; export it for transformers + peft")
+    exp = sub.add_parser("export", help="personalise one client with a run's method (default fedp2eft: its PSG); "
+                         "export it for transformers + peft")
     exp.add_argument("config", nargs="?", help="experiment TOML, only for a run folder without results.json "
                      "(otherwise the run's own settings are read from it)")
     exp.add_argument("--client", required=True, help="client id, e.g. hau-unseen-01")
     exp.add_argument("--budget", type=int, default=2, help="rank budget r (default 2)")
+    exp.add_argument("--method", default="fedp2eft", help="the method that personalises it (default fedp2eft; "
+                     "any method that gives a model, e.g. lora)")
     exp.add_argument("--run", help="run folder holding results.json, base_model/ and psg/ (default: the config's "
                      "experiment.output_dir)")
     exp.add_argument("--seed", type=int, default=None, help="PSG seed (default: the first experiment seed)")
@@ -146,8 +149,8 @@ def _cmd_export(args) -> int:
         cfg = load_config(args.config, args.set)
     run = Path(args.run or cfg.experiment.output_dir)
     seed = cfg.experiment.seeds[0] if args.seed is None else args.seed
-    acc, folder = export_client(cfg, run, args.client, args.budget, seed, Path(args.out))
-    print(f"{args.client}: r = {args.budget}, test accuracy {100 * acc:.1f}%; written to {folder}")
+    acc, folder = export_client(cfg, run, args.client, args.budget, seed, Path(args.out), args.method)
+    print(f"{args.client}: {args.method}, r = {args.budget}, test accuracy {100 * acc:.1f}%; written to {folder}")
     print(f"load it with stock transformers + peft: see {folder / 'LOAD.md'}")
     return 0
 

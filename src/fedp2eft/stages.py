@@ -18,6 +18,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from .atomic import save_tensors
+from .errors import UserError
 from .methods.registry import FederatedStage, get_spec, get_stage, prior_key
 from .progress import duration
 from .setup.base_models import release_cached_base
@@ -90,11 +91,14 @@ def round_logger(log: Callable[[str], None], rounds: int, keys: tuple[str, ...] 
 
 
 def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budget: int | None, base, base_source: str,
-                  runner: Runner, fresh: bool = False, log: Callable[[str], None] = print,
+                  runner: Runner | None, fresh: bool = False, log: Callable[[str], None] = print,
                   folder: Path | None = None):
     """The finalized resource of ``stage`` for (seed, budget): read from its folder, or trained there
-    first (federatedly, through ``runner``) from ``base_source``; ``base`` is the loaded base model."""
+    first (federatedly, through ``runner``) from ``base_source``; ``base`` is the loaded base model.
+    Without a runner the stage must be there, trained with the config's settings (``fedp2eft export``)."""
     folder = Path(folder) if folder is not None else layout.stage(stage.name, seed, budget)
+    if runner is None and not (folder / stage.artifact).is_file():
+        raise UserError(f"no trained {stage.name} at {folder}; run fedp2eft run first (with a method that needs it)")
     settings = stage.client_settings(cfg, seed, budget)
     if stage.needs is not None:  # the stage it starts from: trained (or read) before this one is claimed
         needed = get_stage(stage.needs)

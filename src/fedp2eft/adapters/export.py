@@ -23,12 +23,23 @@ from ..atomic import atomic_folder
 from .bt_lora import bt_modules
 
 
+def lora_modules(model: nn.Module, adapter: str = "default") -> dict[str, nn.Module]:
+    """A peft model's adapted modules (BT-LoRA or plain LoRA) by their name in the base model."""
+    out = dict(bt_modules(model))
+    for name, m in model.named_modules():
+        if hasattr(m, "lora_A") and adapter in getattr(m, "lora_A", {}) and not hasattr(m, "lora_lambda"):
+            out[name.removeprefix("base_model.model.")] = m
+    return out
+
+
 def plain_lora_state(model: nn.Module, adapter: str = "default") -> dict[str, dict]:
-    """Per module: ``{"A", "B" (λ folded in), "r", "alpha"}``."""
+    """Per module: ``{"A", "B" (BT-LoRA's λ folded in; plain LoRA's as it is), "r", "alpha"}``."""
     out = {}
-    for name, m in bt_modules(model).items():
+    for name, m in lora_modules(model, adapter).items():
         a = m.lora_A[adapter].weight.detach()
-        b = m.lora_B[adapter].weight.detach() * m.lora_lambda[adapter].detach()[None, :]
+        b = m.lora_B[adapter].weight.detach()
+        if hasattr(m, "lora_lambda"):
+            b = b * m.lora_lambda[adapter].detach()[None, :]
         r = a.shape[0]
         out[name] = {"A": a.clone(), "B": b.clone(), "r": r, "alpha": float(m.scaling[adapter]) * r}
     return out
@@ -58,7 +69,7 @@ def export_plain_lora(model: nn.Module, base: nn.Module, folder: str | os.PathLi
     """Write ``folder`` (atomically) as a plain peft LoRA adapter equivalent to ``model``."""
     parts = plain_lora_state(model, adapter)
     if not parts:
-        raise ValueError("the model has no BT-LoRA module to export")
+        raise ValueError("the model has no LoRA module to export")
     plain = plain_peft_model(base, parts, modules_to_save, adapter)
     with torch.no_grad():
         if modules_to_save:
@@ -110,7 +121,7 @@ def export_for_transformers(model: nn.Module, base: nn.Module, tokenizer, folder
     parts = plain_lora_state(model, adapter)
     inner = {n[len("backbone."):]: p for n, p in parts.items() if n.startswith("backbone.")}
     if not inner:
-        raise ValueError("the model has no BT-LoRA module on its backbone to export")
+        raise ValueError("the model has no LoRA module on its backbone to export")
     plain = plain_peft_model(base.backbone, inner, None, adapter)
     merged = copy.deepcopy(model).merge_and_unload()  # the head as personalised (trained or adapted)
     head = {"weight": merged.head.weight.detach().clone(), "bias": merged.head.bias.detach().clone()}

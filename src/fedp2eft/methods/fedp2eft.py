@@ -28,7 +28,7 @@ from ..psg.report import write_lambda_report, write_lambda_trajectory
 from .base import ClientTask, PersonaliseConfig, TrainSettings
 from .bt_training import (
     BTSettings,
-    finetune_pruned,
+    finetune_pruned_model,
     module_widths,
     personalisation_settings,
     train_lambdas,
@@ -170,7 +170,10 @@ class FedP2EFTMethod:
         if mean_one:
             self.name = "fedp2eft-mean1"
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
+    def personalised_model(self, base: nn.Module, task: ClientTask, budget: int | None,
+                           settings: TrainSettings) -> nn.Module:
+        """Alg. 2 for one client: its λ from the PSG, pruned to the budget, fine-tuned (peft model, unmerged:
+        what ``fedp2eft export`` writes)."""
         if self.psg is None:
             raise ValueError("fedp2eft needs a trained PSG")
         lambdas = client_lambdas(base, self.psg, task, settings.head)
@@ -178,8 +181,11 @@ class FedP2EFTMethod:
             lambdas = rescale_to_mean_one(lambdas, budget)
         s = personalisation_settings(self.bt, settings)
         select_by = width_free_scores(lambdas, module_widths(base, list(lambdas))) if self.width_free else None
-        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size, task.kind,
-                               select_by)
+        return finetune_pruned_model(base, task.train, lambdas, budget, s, task.kind, select_by)
+
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
+        model = self.personalised_model(base, task, budget, settings).merge_and_unload()
+        return task.kind.predict(model, task.test, settings.eval_batch_size)
 
 
 def _new_psg_state(base: nn.Module, s: PSGSettings) -> dict[str, torch.Tensor]:

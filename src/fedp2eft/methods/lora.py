@@ -49,25 +49,36 @@ def split_trainable(model: nn.Module) -> tuple[list, list]:
     return adapter, head
 
 
-def finetune_lora(base: nn.Module, task: ClientTask, rank: int, settings: TrainSettings) -> nn.Module:
-    """LoRA fine-tuning of one client; returns the merged model. The fresh A is drawn from the client's
-    seed, so the result never depends on what ran before in the process."""
+def trained_lora(base: nn.Module, task: ClientTask, rank: int, settings: TrainSettings) -> nn.Module:
+    """LoRA fine-tuning of one client; returns the peft model (unmerged). The fresh A is drawn from the
+    client's seed, so the result never depends on what ran before in the process."""
     torch.manual_seed(settings.seed)
     model = lora_model(base, rank, settings, task.kind)
     adapter, head = split_trainable(model)
     train_model(model, settings.param_groups(adapter, head), task.train, settings.epochs, settings.batch_size,
                 settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm, loss=task.kind.loss)
-    return model.merge_and_unload()
+    return model
+
+
+def finetune_lora(base: nn.Module, task: ClientTask, rank: int, settings: TrainSettings) -> nn.Module:
+    """``trained_lora``, merged."""
+    return trained_lora(base, task, rank, settings).merge_and_unload()
 
 
 class LoRAMethod:
     name = "lora"
     uses_budget = True
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
+    def personalised_model(self, base: nn.Module, task: ClientTask, budget: int | None,
+                           settings: TrainSettings) -> nn.Module:
+        """The client's personalised peft model, unmerged (what ``fedp2eft export`` writes)."""
         if budget is None or budget < 1:
             raise UserError(f"lora needs a rank budget >= 1, got {budget}")
-        return task.kind.predict(finetune_lora(base, task, budget, settings), task.test, settings.eval_batch_size)
+        return trained_lora(base, task, budget, settings)
+
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
+        model = self.personalised_model(base, task, budget, settings).merge_and_unload()
+        return task.kind.predict(model, task.test, settings.eval_batch_size)
 
 
 LORA = register_method(MethodSpec("lora", lambda cfg, resources, seed: LoRAMethod(),
