@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fedp2eft.methods.fedl2p_hypergrad import lr_hypergradient, neumann_inverse, solve_proximal
+from fedp2eft.methods.fedl2p.hypergrad import lr_hypergradient, neumann_inverse, solve_proximal
 
 
 def test_neumann_series_inverts_a_symmetric_matrix():

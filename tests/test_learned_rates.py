@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from fedp2eft.methods.fedl2p import FedL2PSettings, meta_optimisers, meta_step
-from fedp2eft.psg import LRGenerator
+from fedp2eft.methods.fedl2p import FedL2PSettings, LRGenerator, meta_optimisers, meta_step
 from fedp2eft.psg.rate_report import pool_summary, rates_by_type
 
 

@@ -1,8 +1,7 @@
-"""The personalisation strategy generator (PSG): meta-features and the generator network; also
-FedL2P's learning-rate generator, which maps the same features to per-matrix learning rates."""
+"""The personalisation strategy generator (PSG): the client meta-features (shared with FedL2P's
+learning-rate generator, ``methods.fedl2p.generator``) and the generator network."""
 
 from .features import client_lambdas, feature_modules, meta_features
 from .generator import PSG
-from .lr_generator import LRGenerator
 
-__all__ = ["PSG", "LRGenerator", "client_lambdas", "feature_modules", "meta_features"]
+__all__ = ["PSG", "client_lambdas", "feature_modules", "meta_features"]

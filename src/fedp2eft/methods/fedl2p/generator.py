@@ -21,7 +21,7 @@ import math
 import torch
 from torch import nn
 
-from ..adapters.priors import clamp_st
+from ...adapters.priors import clamp_st
 
 PARAMETERISATIONS = ("linear", "log")
 

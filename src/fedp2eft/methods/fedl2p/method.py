@@ -7,7 +7,7 @@ One client's federated round (``fedl2p_client_update``), for a fixed rank budget
        η = LRGenerator(features)                  (one rate per LoRA matrix × learnable base rate)
        fine-tune a fresh rank-r LoRA on the rest of D_train with AdamW at the rates η
        dL_V/dη by the implicit function theorem with a Neumann-series inverse
-         (``fedl2p_hypergrad.lr_hypergradient``: 3 terms), averaged over up to 16 train/val
+         (``hypergrad.lr_hypergradient``: 3 terms), averaged over up to 16 train/val
          batch pairs, then chained into the generator: Adam 1e-4 (MLP) and 1e-6 (base rates)
   4. only the generator's weights are returned; the server averages them (FedAvg).
 
@@ -29,17 +29,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError, require
-from ..psg import LRGenerator, feature_modules, meta_features
-from ..psg.lr_generator import PARAMETERISATIONS
-from ..psg.rate_report import rates_by_type, write_rate_report
-from ..tasks import Task
-from ..training import device_of, model_inputs, to_device, train_model
-from ..training.batches import EncodedData
-from .base import ClientTask, PersonaliseConfig, TrainSettings
-from .fedl2p_hypergrad import lr_hypergradient
-from .lora import lora_model, split_trainable
-from .registry import FederatedStage, MethodSpec, register_method
+from ...errors import UserError, require
+from ...psg import feature_modules, meta_features
+from ...psg.rate_report import rates_by_type, write_rate_report
+from ...tasks import Task
+from ...training import device_of, model_inputs, to_device, train_model
+from ...training.batches import EncodedData
+from ..base import ClientTask, PersonaliseConfig, TrainSettings
+from ..lora import lora_model, split_trainable
+from ..registry import FederatedStage, MethodSpec, register_method
+from .generator import PARAMETERISATIONS, LRGenerator
+from .hypergrad import lr_hypergradient
 
 
 @dataclass
