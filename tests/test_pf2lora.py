@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from fedp2eft.adapters.two_level import TwoLevelLinear
-from fedp2eft.methods.pf2lora_bilevel import bilevel_local_steps
+from fedp2eft.methods.pf2lora.bilevel import bilevel_local_steps
 
 
 def orthonormal(d: int, k: int, gen) -> torch.Tensor:

@@ -7,7 +7,7 @@ whose ``for_client(client_id)`` gives each client its model. The sources:
 - ``standard-fl``: FedAvg of full or LoRA fine-tuning from the off-the-shelf model;
 - the personalised-FL bases, whose clients differ: ``feddpa-t`` (a global LoRA plus each client's local
   LoRA, ``methods.feddpa``), ``dept`` (DEPT SPEC: each client's own embedding tables, ``methods.dept``),
-  ``pf2lora`` (level 1 plus each client's level 2, ``methods.pf2lora_base``). A client's base is the shared
+  ``pf2lora`` (level 1 plus each client's level 2, ``methods.pf2lora.base_kind``). A client's base is the shared
   model with its own part applied (``adapters.client_part``), read from that client's storage; a client
   without one (unseen, or never sampled) gets the shared model, as each module documents;
 - any other value: a base-model folder written by an earlier run (a personalised one keeps serving each

@@ -13,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..adapters.client_part import client_part_file
-from ..adapters.two_level import default_local_scaling, local_part, shared_level_model
-from ..atomic import save_tensors
-from .pf2lora import (
+from ...adapters.client_part import client_part_file
+from ...adapters.two_level import default_local_scaling, local_part, shared_level_model
+from ...atomic import save_tensors
+from ..registry import BaseWithParts, FederatedStage, register_base_kind
+from .method import (
     PF2LoRASettings,
     initial_shared_state,
     load_shared_state,
@@ -24,7 +25,6 @@ from .pf2lora import (
     pf2lora_client_update,
     two_level_model,
 )
-from .registry import BaseWithParts, FederatedStage, register_base_kind
 
 UNSEEN = "pretrained + level 1 (a fresh level 2 has D = 0)"
 

@@ -4,7 +4,7 @@ LoRA (C_k, D_k) on every linear layer of the backbone (``adapters.two_level``).
 Federated round on client k (``pf2lora_client_update``): load the server's (A, B, head) and the
 client's own (C_k, D_k) — kept in client-local storage between rounds, never sent — or a fresh
 level 2 seeded by the client id; run ``steps`` upper steps of the first-order bilevel scheme of
-``pf2lora_bilevel`` (lower level SGD on (C_k, D_k), upper level AdamW on (A, B) and the head);
+``bilevel`` (lower level SGD on (C_k, D_k), upper level AdamW on (A, B) and the head);
 store (C_k, D_k) locally; return (A, B, head) for FedAvg.
 
 Rank budget r: level 1 has rank r; level 2 has rank ``local_rank`` (0 = ⌈r/4⌉, the authors'
@@ -27,14 +27,14 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from ..adapters.two_level import TwoLevelLinear, attach_two_level, level_state, load_level_state, merge_two_level
-from ..atomic import save_tensors
-from ..errors import UserError, require
-from ..training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, to_device, train_model
-from ..training.batches import EncodedData
-from .base import ClientTask, PersonaliseConfig, TrainSettings
-from .pf2lora_bilevel import bilevel_local_steps
-from .registry import FederatedStage, MethodSpec, register_method
+from ...adapters.two_level import TwoLevelLinear, attach_two_level, level_state, load_level_state, merge_two_level
+from ...atomic import save_tensors
+from ...errors import UserError, require
+from ...training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, to_device, train_model
+from ...training.batches import EncodedData
+from ..base import ClientTask, PersonaliseConfig, TrainSettings
+from ..registry import FederatedStage, MethodSpec, register_method
+from .bilevel import bilevel_local_steps
 
 
 @dataclass
