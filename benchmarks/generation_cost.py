@@ -35,8 +35,8 @@ def measure(args, cfg) -> dict:
     from safetensors.torch import load_file
 
     from fedp2eft.benchkit import open_bench
-    from fedp2eft.methods.bt_training import personalisation_settings, pruned_model
     from fedp2eft.methods.fedp2eft import PSG_STAGE
+    from fedp2eft.methods.fedp2eft.training import personalisation_settings, pruned_model
     from fedp2eft.methods.lora import lora_model
     from fedp2eft.psg import client_lambdas
     from fedp2eft.setup.federation import client_task

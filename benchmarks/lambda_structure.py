@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fedp2eft.benchkit import add_options, bench_config, open_bench, write_result
-from fedp2eft.methods.bt_training import train_lambdas
+from fedp2eft.methods.fedp2eft.training import train_lambdas
 
 HERE = Path(__file__).resolve().parent
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 from fedp2eft.adapters import select_ranks
 from fedp2eft.errors import UserError
-from fedp2eft.methods.bt_training import module_widths, width_free_scores
+from fedp2eft.methods.fedp2eft.training import module_widths, width_free_scores
 from fedp2eft.models import load_classifier
 from fedp2eft.psg.module_types import module_type
 

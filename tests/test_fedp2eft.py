@@ -16,11 +16,11 @@ from fedp2eft.data.records import Example
 from fedp2eft.fl import client_app as real_client_app
 from fedp2eft.fl.engines import train_stage
 from fedp2eft.methods import ClientTask, TrainSettings
-from fedp2eft.methods.bt_lora_client import BTLoRAClientMethod
-from fedp2eft.methods.bt_training import BTSettings
-from fedp2eft.methods.fedp2eft import PSG_STAGE, FedP2EFTMethod, new_psg
+from fedp2eft.methods.fedp2eft import PSG, PSG_STAGE, FedP2EFTMethod, new_psg
+from fedp2eft.methods.fedp2eft.bt_lora_client import BTLoRAClientMethod
+from fedp2eft.methods.fedp2eft.training import BTSettings
 from fedp2eft.models import load_classifier
-from fedp2eft.psg import PSG, feature_modules, meta_features
+from fedp2eft.psg import feature_modules, meta_features
 from fedp2eft.tasks import CLASSIFICATION
 from fedp2eft.training import linear_module_names
 from fl_helpers import tiny_overrides

@@ -60,7 +60,7 @@ def test_rate_report_groups_by_module_type_and_matrix():
 def test_step_head_fits_per_client_target_rates_in_a_few_federated_rounds():
     """Each round both clients regress the head onto their own target log rates (as the sweep gives them)
     and the server averages: after a few rounds each client gets its own rate per module type."""
-    from fedp2eft.methods.fedp2eft_step import StepHead, regress_head
+    from fedp2eft.methods.fedp2eft.step import StepHead, regress_head
 
     torch.manual_seed(0)
     feats = {"a": torch.tensor([1.0, 0.5, -0.3, 0.8]), "b": torch.tensor([0.2, 1.5, 0.4, -0.6])}
@@ -87,7 +87,7 @@ def test_linearised_sweep_finds_a_larger_rate_when_the_update_was_too_short():
     """On a toy adapter whose held-out loss is lowest at 4x the trained update, the sweep says 4x."""
     from types import SimpleNamespace
 
-    from fedp2eft.methods.fedp2eft_step import linearised_sweep
+    from fedp2eft.methods.fedp2eft.step import linearised_sweep
 
     class Toy(torch.nn.Module):
         def __init__(self):

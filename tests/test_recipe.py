@@ -13,13 +13,12 @@ from fedp2eft.adapters import fixed_a_rows, select_ranks
 from fedp2eft.adapters.bt_lora import bt_modules
 from fedp2eft.data.records import Example
 from fedp2eft.methods import ClientTask, TrainSettings, get_method
-from fedp2eft.methods.bt_lora_client import BTLoRAClientMethod
-from fedp2eft.methods.bt_training import BTSettings, pruned_model, stage1_model, train_lambdas
-from fedp2eft.methods.fedp2eft import FedP2EFTMethod
+from fedp2eft.methods.fedp2eft import PSG, FedP2EFTMethod
+from fedp2eft.methods.fedp2eft.bt_lora_client import BTLoRAClientMethod
+from fedp2eft.methods.fedp2eft.training import BTSettings, pruned_model, stage1_model, train_lambdas
 from fedp2eft.methods.lora import lora_model
 from fedp2eft.models import load_classifier
 from fedp2eft.models.classifier import SequenceClassifier
-from fedp2eft.psg import PSG
 from fedp2eft.tasks import CLASSIFICATION
 
 
@@ -86,7 +85,7 @@ def test_head_as_adapter_keeps_head_weights_frozen():
 
 
 def test_bt_lora_baseline_honours_its_settings_and_keeps_lambda_positive(monkeypatch):
-    import fedp2eft.methods.bt_training as bt_training
+    import fedp2eft.methods.fedp2eft.training as bt_training
 
     torch.manual_seed(0)
     base, tok = load_classifier("tiny-bert", 3)
@@ -112,7 +111,7 @@ def test_bt_lora_baseline_honours_its_settings_and_keeps_lambda_positive(monkeyp
 
 
 def test_fedp2eft_personalisation_honours_weight_decay_and_clipping(monkeypatch):
-    import fedp2eft.methods.bt_training as bt_training
+    import fedp2eft.methods.fedp2eft.training as bt_training
     from fedp2eft.methods.fedp2eft import new_psg
 
     base, tok = load_classifier("tiny-bert", 3)
@@ -207,8 +206,8 @@ def test_regression_loss_reduction_is_a_setting(loss):
 def test_lambda_trajectory_from_per_client_round_metrics(tmp_path):
     import json
 
+    from fedp2eft.methods.fedp2eft.report import write_lambda_trajectory
     from fedp2eft.psg.module_types import lambda_statistics, module_type
-    from fedp2eft.psg.report import write_lambda_trajectory
 
     names = ["backbone.encoder.layer.0.attention.self.query", "backbone.encoder.layer.0.intermediate.dense",
              "backbone.encoder.layer.0.output.dense", "backbone.encoder.layer.0.attention.output.dense", "head"]
@@ -289,7 +288,7 @@ def test_width_free_selection_ranks_a_narrow_module_first_where_plain_lambda_pic
     """Issue 26, item 4: on the toy whose stage 1 ranks the 4x wider module first (above), the ranks of
     largest λ·√(d̄/d_out) go to a narrow module: width is out of the selection, λ's own order within a
     width is kept."""
-    from fedp2eft.methods.bt_training import module_widths, width_free_scores
+    from fedp2eft.methods.fedp2eft.training import module_widths, width_free_scores
 
     base, lam = _wide_toy_lambdas()
     widths = module_widths(base, list(lam))

@@ -1,7 +1,7 @@
 """Personalisation methods: one module per method, the same small interface (``base``), each
 registered in ``registry`` when its module is imported — the imports below are the registration."""
 
-from . import none, lora, adalora, bt_lora_client, fedl2p, pf2lora, fedp2eft, fedp2eft_step, standard_fl, feddpa, dept  # noqa: F401, I001
+from . import none, lora, adalora, fedl2p, pf2lora, fedp2eft, standard_fl, feddpa, dept  # noqa: F401, I001
 from .base import ClientTask, Method, PersonaliseConfig, TrainSettings
 from .registry import FederatedStage, MethodSpec, get_method, get_spec, method_names, register_method
 

@@ -21,12 +21,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import require
-from ..psg import PSG, client_lambdas, feature_modules, meta_features
-from ..psg.module_types import lambda_statistics
-from ..psg.report import write_lambda_report, write_lambda_trajectory
-from .base import ClientTask, PersonaliseConfig, TrainSettings
-from .bt_training import (
+from ...errors import require
+from ...psg import client_lambdas, feature_modules, meta_features
+from ...psg.module_types import lambda_statistics
+from ..base import ClientTask, PersonaliseConfig, TrainSettings
+from ..registry import FederatedStage, MethodSpec, StageContext, register_method
+from ..tuned import tuned_spec
+from .generator import PSG
+from .report import write_lambda_report, write_lambda_trajectory
+from .training import (
     BTSettings,
     finetune_pruned_model,
     module_widths,
@@ -34,8 +37,6 @@ from .bt_training import (
     train_lambdas,
     width_free_scores,
 )
-from .registry import FederatedStage, MethodSpec, StageContext, register_method
-from .tuned import tuned_spec
 
 REGRESS_LOSSES = ("sum", "mean")
 
@@ -141,7 +142,7 @@ def regress_psg(psg: PSG, feats: torch.Tensor, target: torch.Tensor, steps: int,
 
 def rescale_to_mean_one(lambdas: dict[str, torch.Tensor], budget: int) -> dict[str, torch.Tensor]:
     """Divide every λ by the mean of the λ a budget keeps (their relative sizes and the selection stay)."""
-    from ..adapters import prune_to_budget
+    from ...adapters import prune_to_budget
 
     kept = torch.cat(list(prune_to_budget(lambdas, budget).values()))
     scale = kept.mean().clamp_min(1e-12)

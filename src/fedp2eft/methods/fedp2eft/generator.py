@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..adapters.priors import clamp_st
+from ...adapters.priors import clamp_st
 
 
 class PSG(nn.Module):

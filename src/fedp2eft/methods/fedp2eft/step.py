@@ -40,18 +40,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import UserError, require
-from ..psg import feature_modules, meta_features
-from ..psg.module_types import MODULE_TYPES, module_type
-from ..psg.rate_report import write_rate_report
-from ..tasks import Task
-from ..training import model_inputs, to_device, train_model
-from ..training.batches import EncodedData
-from .base import ClientTask, TrainSettings
-from .bt_training import BTSettings, personalisation_settings, pruned_model
-from .fedp2eft import PSG_STAGE, new_psg
-from .lora import lora_model
-from .registry import FederatedStage, MethodSpec, keep_prior, register_method, split_prior
+from ...errors import UserError, require
+from ...psg import feature_modules, meta_features
+from ...psg.module_types import MODULE_TYPES, module_type
+from ...psg.rate_report import write_rate_report
+from ...tasks import Task
+from ...training import model_inputs, to_device, train_model
+from ...training.batches import EncodedData
+from ..base import ClientTask, TrainSettings
+from ..lora import lora_model
+from ..registry import FederatedStage, MethodSpec, keep_prior, register_method, split_prior
+from .method import PSG_STAGE, new_psg
+from .training import BTSettings, personalisation_settings, pruned_model
 
 LOG_RATE_RANGE = (math.log(1e-7), math.log(1.0))
 

@@ -21,12 +21,12 @@ import torch
 from peft import get_peft_model
 from torch import nn
 
-from ..adapters import apply_fixed_a, bt_penalty, select_ranks
-from ..adapters.bt_lora import bt_lora_config, lambdas_by_module, set_lambdas
-from ..adapters.priors import LAMBDA_MAX, LAMBDA_MIN
-from ..tasks import Task
-from ..training import copy_sharing_embeddings, train_model
-from ..training.batches import EncodedData
+from ...adapters import apply_fixed_a, bt_penalty, select_ranks
+from ...adapters.bt_lora import bt_lora_config, lambdas_by_module, set_lambdas
+from ...adapters.priors import LAMBDA_MAX, LAMBDA_MIN
+from ...tasks import Task
+from ...training import copy_sharing_embeddings, train_model
+from ...training.batches import EncodedData
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .base import ClientTask, TrainSettings
-from .bt_training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
-from .fedp2eft import FedP2EFTConfig
-from .registry import MethodSpec, register_method
+from ..base import ClientTask, TrainSettings
+from ..registry import MethodSpec, register_method
+from .method import FedP2EFTConfig
+from .training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
 
 
 class BTLoRAClientMethod:

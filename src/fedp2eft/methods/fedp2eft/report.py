@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, save_tensors, write_json
-from .features import client_lambdas, feature_modules
+from ...atomic import atomic_path, save_tensors, write_json
+from ...psg.features import client_lambdas, feature_modules
 
 
 def language_distance(lambdas: dict[str, torch.Tensor], languages: dict[str, str]) -> tuple[list[str], np.ndarray]:
