@@ -255,9 +255,12 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
 
     method = TunedMethod(Inner(), lrs=(1e-4, 3e-4, 1e-3))
     assert method.name == "fake-tuned"
-    selection = {}
-    per_language = personalise_pool(method, None, tasks, 2, TrainSettings(), selection=selection).per_language()
+    selection, ticks = {}, []
+    per_language = personalise_pool(method, None, tasks, 2, TrainSettings(), lambda: ticks.append(1),
+                                    selection=selection).per_language()
     assert selection["lr"] == 3e-4 and selection["validation_accuracy"]["0.0003"] == 1.0
+    # progress counts every fine-tuning: 3 candidate rates x 2 clients, then the 2 clients at the chosen rate
+    assert len(ticks) == method.fine_tunings_per_client * len(tasks) == 8
     assert all(v["value"] == 1.0 for v in per_language.values())
     final = Inner.calls[-2:]
     assert final == [(3e-4, 10, 6), (3e-4, 10, 6)]  # whole train split, at the chosen rate

@@ -84,12 +84,13 @@ def personalise_pool(
     """Personalise every client of a pool with ``method`` (each from ``base.for_client(id)`` when ``base``
     is a base source, else from ``base``); the per-language tally of every metric of the clients' task
 (rows pooled by their language). A method with a
-    ``prepare`` step (``*-tuned``) first makes its choice for the pool and reports it into ``selection``.
+    ``prepare`` step (``*-tuned``) first makes its choice for the pool and reports it into ``selection``
+    (calling ``advance`` after each of its fine-tunings too).
     ``per_client`` (given) receives each client's language, rows and score sums (for paired bootstraps)."""
     tally = LanguageTally()
     client_settings = lambda i: replace(settings, seed=settings.seed * 100_003 + i)  # noqa: E731
     if selection is not None and hasattr(method, "prepare"):  # a choice made on the pool's validation data
-        selection.update(method.prepare(base, tasks, budget, settings, client_settings))
+        selection.update(method.prepare(base, tasks, budget, settings, client_settings, advance))
     for i, task in enumerate(tasks):
         try:
             outputs = method.personalise(client_base(base, task.client_id), task, budget, client_settings(i))
@@ -205,13 +206,15 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                                          clients_base=base)
             for _, pool, method, budget in seed_todo:
                 label = f"seed {seed} {pool} {method}" + (f" r={budget}" if budget else "")
-                advance = progress.task(label, len(tasks[pool]))
+                personaliser = get_method(method, seed_cfg, resources.get(method), seed)
+                steps = getattr(personaliser, "fine_tunings_per_client", 1)  # a rate sweep first (*-tuned)
+                advance = progress.task(label, steps * len(tasks[pool]), "client" if steps == 1 else "fine-tuning")
                 start = time.perf_counter()
                 selection: dict = {}
                 per_client: dict = {}
                 tally = personalise_pool(
-                    get_method(method, seed_cfg, resources.get(method), seed), base, tasks[pool], budget,
-                    seed_cfg.personalise.train_settings(seed), advance, selection, per_client,
+                    personaliser, base, tasks[pool], budget, seed_cfg.personalise.train_settings(seed), advance,
+                    selection, per_client,
                 )
                 run = {
                     "method": method, "budget": budget, "pool": pool, "seed": seed, **run_scores(tally),

@@ -53,7 +53,7 @@ class RunProgress:
         if self._progress is not None:
             self._progress.__exit__(*exc)
 
-    def task(self, label: str, total: int) -> Callable[[], None]:
+    def task(self, label: str, total: int, unit: str = "client") -> Callable[[], None]:
         if self._progress is not None:
             bar = self._progress.add_task(label, total=total)
             return lambda: self._progress.advance(bar)
@@ -64,7 +64,7 @@ class RunProgress:
             spent = time.perf_counter() - started
             left = spent / count[0] * (total - count[0])
             tail = f", ~{duration(left)} left in this run" if count[0] < total else ""
-            self.console.print(f"{label}: client {count[0]}/{total}, {duration(spent)}{tail} "
+            self.console.print(f"{label}: {unit} {count[0]}/{total}, {duration(spent)}{tail} "
                                f"(run {self.finished + 1}/{self.runs}, {duration(time.perf_counter() - self.start)} "
                                "in all)")
 

@@ -36,9 +36,15 @@ class TunedMethod:
     def name(self) -> str:
         return f"{self.inner.name}-tuned"
 
+    @property
+    def fine_tunings_per_client(self) -> int:
+        """One per candidate rate on the held-out split, then the chosen rate's."""
+        return len(self.lrs) + 1
+
     def prepare(self, base: nn.Module, tasks: list[ClientTask], budget: int, settings: TrainSettings,
-                client_settings) -> dict:
-        """Choose the rate for this pool; ``client_settings(i)`` gives client i's settings (its seed)."""
+                client_settings, advance=lambda: None) -> dict:
+        """Choose the rate for this pool; ``client_settings(i)`` gives client i's settings (its seed);
+        ``advance()`` after each client's fine-tuning at each candidate rate (progress)."""
         if budget is None or budget < 1:
             raise UserError(f"{self.name} needs a rank budget >= 1, got {budget}")
         scores = {}
@@ -51,6 +57,7 @@ class TunedMethod:
                 fit, val = task.train.split(self.fraction, s.seed)
                 held = ClientTask(task.client_id, task.language, fit, val, task.kind)
                 tally.add_scores(*held.score(self.inner.personalise(client_base(base, task.client_id), held, budget, s)))
+                advance()
             scores[lr] = mean_over_languages(tally.per_language())
         scores = {lr: v for lr, v in scores.items() if not math.isnan(v)}
         if not scores:
