@@ -89,7 +89,7 @@ def step_times(cfg, bench, task, steps: int) -> dict:
     from fedp2eft.training.loop import model_inputs
 
     rank = cfg.fedp2eft.r_init
-    targets = bench.kind.adapted_modules(bench.base, cfg.personalise.head)
+    targets = bench.kind.adapted_modules(bench.base, cfg.personalise.recipe.head)
     batch = task.train.batch(list(range(min(len(task.train), cfg.fedp2eft.batch_size))))
     models = {
         "lora": get_peft_model(copy.deepcopy(bench.base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)),

@@ -50,19 +50,18 @@ def measure(args, cfg) -> dict:
         raise SystemExit(f"--client {args.client}: no such client (known: {', '.join(c.cid for c in clients)})")
     task = client_task(chosen, bench.tokenizer, cfg.data.max_length, kind)
     p = cfg.personalise
-    settings = p.train_settings(0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if args.variant == "lora":
-        model = lora_model(base, args.budget, settings, kind)
+        model = lora_model(base, args.budget, p.recipe, kind)
     elif args.variant == "fedp2eft":
         psg_file = RunLayout(args.run).stage(PSG_STAGE.name, 0) / PSG_STAGE.artifact
         if not psg_file.is_file():
             raise SystemExit(f"{psg_file}: missing (run the config with fedp2eft first)")
         s = PSG_STAGE.client_settings(cfg, 0, None)
         psg = PSG_STAGE.finalize(base, load_file(str(psg_file)), s, psg_file.parent)
-        lambdas = client_lambdas(base, psg, task, p.head)
+        lambdas = client_lambdas(base, psg, task, p.recipe.head)
         model = pruned_model(base, lambdas, args.budget,
-                             personalisation_settings(cfg.fedp2eft.bt_settings(p, 0), settings), kind)
+                             personalisation_settings(cfg.fedp2eft.bt_settings(p, 0), p.recipe, 0), kind)
     else:
         model = base
     adapted = sum(1 for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A))

@@ -36,7 +36,7 @@ VARIANTS = {
 }
 
 
-def evaluate_method(method, base, tasks, budget, settings, val_fraction):
+def evaluate_method(method, base, tasks, budget, p, seed, val_fraction):
     """``method`` personalising every client on its train split minus a held-out part, scored there."""
     from fedp2eft.evaluation import LanguageTally, mean_over_languages
     from fedp2eft.methods import ClientTask
@@ -45,9 +45,10 @@ def evaluate_method(method, base, tasks, budget, settings, val_fraction):
     for i, task in enumerate(tasks):
         if len(task.train) < 2:
             continue
-        s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
-        fit, val = task.train.split(val_fraction, s.seed)
-        preds = method.personalise(base, ClientTask(task.client_id, task.language, fit, val, task.kind), budget, s)
+        client_seed = seed * 100_003 + i
+        fit, val = task.train.split(val_fraction, client_seed)
+        preds = method.personalise(base, ClientTask(task.client_id, task.language, fit, val, task.kind), budget, p,
+                                   client_seed)
         tally.add_scores(task.language, task.kind.score(preds, val))
     return mean_over_languages(tally.per_language())
 
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     shared = base_source(cfg, layout).open(cfg, len(fed.label_names), args.seed)
     base, tok = shared.model, shared.tokenizer
     tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length, task_for(cfg)) for pool in pools}
-    settings = cfg.personalise.train_settings(args.seed)
+    p = cfg.personalise
     results_path = work / "accuracy_vs_rounds.json"
     curves = json.loads(results_path.read_text()) if results_path.is_file() else {}
 
@@ -135,10 +136,11 @@ def main(argv=None) -> int:
 
         tally = LanguageTally()
         for i, task in enumerate(tasks[pool]):
-            s = dataclasses.replace(settings, seed=settings.seed * 100_003 + i)
-            fit, val = task.train.split(args.val_fraction, s.seed)
-            model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val, task.kind), args.budget, s)
-            tally.add_scores(task.language, task.kind.score(task.kind.predict(model, val, s.eval_batch_size), val))
+            client_seed = args.seed * 100_003 + i
+            fit, val = task.train.split(args.val_fraction, client_seed)
+            model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val, task.kind), args.budget,
+                                  p.recipe, client_seed)
+            tally.add_scores(task.language, task.kind.score(task.kind.predict(model, val, p.eval_batch_size), val))
         return mean_over_languages(tally.per_language())
 
     def score_snapshots(name, folder, overrides, method_for):
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
                 if rnd in entry["accuracy"].get(pool, {}):
                     continue
                 method = method or method_for(load_file(str(snap)))
-                acc = evaluate_method(method, base, tasks[pool], args.budget, settings, args.val_fraction)
+                acc = evaluate_method(method, base, tasks[pool], args.budget, p, args.seed, args.val_fraction)
                 entry["accuracy"].setdefault(pool, {})[rnd] = acc
                 print(f"{name} round {rnd} {pool}: {100 * acc:.1f}", flush=True)
                 write_json(results_path, curves)
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
         bt = section.bt_settings(cfg.personalise, args.seed)
 
         def make(state):
-            psg = new_psg(base, section.r_init, args.seed, cfg.personalise.head, section.psg_init)
+            psg = new_psg(base, section.r_init, args.seed, cfg.personalise.recipe.head, section.psg_init)
             psg.load_state_dict(state)
             return FedP2EFTMethod(psg, bt)
         return make

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bench_config(args.config, args)
     bench = open_bench(cfg, "off-the-shelf" if args.fast else args.base)
     tasks = bench.tasks("unseen")
-    head = cfg.personalise.head
+    head = cfg.personalise.recipe.head
     names = feature_modules(bench.base, head)
     feats = [meta_features(bench.base, t.train, head=head) for t in tasks]  # they do not depend on the PSG
     settings = PSG_STAGE.client_settings(cfg, 0, None)

@@ -8,7 +8,7 @@ Writes ``<root>/results.json`` (every run, each naming its base in ``base_kind``
 base-model record under ``bases``) and ``<root>/results.md``. A base folder without results is left
 out with a note; a run's base comes from its own ``base_kind`` or, for runs written before runs
 recorded it, from its folder's config. Runs in ``<root>/head-only/<base>/`` (the same base model with
-``personalise.none_trains_head = true``: the head alone trained on each client) appear as method
+``none.trains_head = true``: the head alone trained on each client) appear as method
 ``head-only``. Per base, the analysis part gives FedP²EFT − LoRA per language and the PSG's λ: its
 spread and where the top-(r·L) ranks go by module type.
 """

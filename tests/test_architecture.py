@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fedp2eft"
 
 # Lowest first; a module may import its own layer (without cycles) and the layers below it.
 LAYERS = [
-    {"fedp2eft", "errors", "atomic", "offline", "memory"},
+    {"fedp2eft", "errors", "atomic", "offline", "memory", "schema"},
     {"data", "adapters", "models"},
     {"evaluation", "training"},
     {"tasks", "psg"},

@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 
 from fedp2eft.config import load_config
 from fedp2eft.fl.engines import run_stage, train_stage
-from fedp2eft.methods import TrainSettings, get_method
+from fedp2eft.methods import PersonaliseConfig, get_method
 from fedp2eft.methods.fedl2p import FEDL2P_STAGE, new_lr_generator
 from fedp2eft.methods.pf2lora import PF2LORA_STAGE, PF2LoRASettings, initial_shared_state, pf2lora_client_update
 from fedp2eft.models import load_classifier
+from fedp2eft.training import Recipe
 from fl_helpers import tiny_overrides
 from test_fedp2eft import recording_client_app, toy_task
 
@@ -35,12 +36,13 @@ def test_fedl2p_rounds_send_only_the_generator_and_move_the_rates(tmp_path, masa
     keys = sorted(dict(generator.state_dict()))
     assert len(log) == 2 * 2 * 2 and all(sorted(k) == keys for _, k in log)  # no LoRA, no base weights
     base, tok = load_classifier("tiny-bert", 7)
-    fresh = new_lr_generator(base, cfg.personalise.lr, seed=0)
+    fresh = new_lr_generator(base, cfg.personalise.recipe.lr, seed=0)
     assert any(not torch.equal(a, b) for a, b in zip(generator.state_dict().values(), fresh.state_dict().values()))
     rounds = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 2 and all(r["val_loss"] > 0 and r["lr_mean"] > 0 for r in rounds)
     task = toy_task(tok)
-    preds = get_method("fedl2p", resources={2: generator}).personalise(base, task, 2, TrainSettings(epochs=1, batch_size=4))
+    preds = get_method("fedl2p", resources={2: generator}).personalise(
+        base, task, 2, PersonaliseConfig(recipe=Recipe(epochs=1, batch_size=4)), 0)
     assert len(preds) == len(task.test)
 
 

@@ -94,7 +94,7 @@ def test_version_resume_refusal_and_the_untrained_head_warning(tmp_path, masakha
     assert refused.returncode == 2 and "not a run folder" in refused.stderr and len(refused.stderr.splitlines()) == 1
     assert sorted(p.name for p in stray.iterdir()) == ["cat.jpg"]
     args = cli(tmp_path, tmp_path / "ots", data_set(masakhanews_dir), 'base_model.kind="off-the-shelf"',
-               "personalise.none_trains_head=false")
+               "none.trains_head=false")
     warned = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
     assert warned.returncode == 0 and "warning: method 'none'" in warned.stderr
 

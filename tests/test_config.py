@@ -44,9 +44,46 @@ def test_bad_configs(tmp_path, text, match):
 def test_overrides(tmp_path):
     cfg = load_config(write(tmp_path, "[data]\nlanguages=['hau']\n"),
                       ["data.languages=['yor','amh']", "personalise.lr=0.5", "model.name=tiny-bert"])
-    assert cfg.data.languages == ["yor", "amh"] and cfg.personalise.lr == 0.5 and cfg.model.name == "tiny-bert"
+    assert cfg.data.languages == ["yor", "amh"] and cfg.personalise.recipe.lr == 0.5 and cfg.model.name == "tiny-bert"
     assert parse_override("experiment.name=hello world") == (["experiment", "name"], "hello world")
     with pytest.raises(UserError, match="section.key"):
         load_config(None, ["lr=1"])
     with pytest.raises(UserError, match="config file not found"):
         load_config(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize("old, new", [("personalise.adalora_lr = 1e-3", "adalora.lr"),
+                                      ("personalise.adalora_alpha = 8", "adalora.alpha"),
+                                      ("personalise.none_trains_head = false", "none.trains_head"),
+                                      ("personalise.tune_lrs = [1e-3]", "tuned.lrs"),
+                                      ("personalise.tune_fraction = 0.3", "tuned.fraction")])
+def test_a_moved_key_is_a_one_line_error_naming_its_new_place(tmp_path, old, new):
+    section, rest = old.split(".", 1)
+    with pytest.raises(UserError, match=rf"config key {section}\.{rest.split(' ')[0]} has moved: set {new} instead"):
+        load_config(write(tmp_path, f"[{section}]\n{rest}\n"))
+    with pytest.raises(UserError, match=rf"set {new} instead"):
+        load_config(None, [old.replace(" ", "")])
+    key = new.split(".")[1]
+    value = rest.split(" = ")[1]
+    cfg = load_config(write(tmp_path, f"[{new.split('.')[0]}]\n{key} = {value}\n"))
+    assert getattr(getattr(cfg, new.split(".")[0]), key) is not None
+
+
+def test_the_recipe_is_declared_once_and_composed_into_personalise_with_flat_keys(tmp_path):
+    import dataclasses
+
+    from fedp2eft.config import from_dict, migrate
+    from fedp2eft.training import Recipe
+
+    cfg = load_config(write(tmp_path, "[personalise]\nlr = 3e-3\nhead = 'adapter'\nmethods = ['lora']\n"))
+    assert cfg.personalise.recipe == Recipe(lr=3e-3, head="adapter")
+    flat = cfg.to_dict()["personalise"]
+    assert flat["lr"] == 3e-3 and flat["head"] == "adapter" and "recipe" not in flat  # one level, as in TOML
+    assert from_dict(cfg.to_dict()) == cfg  # the results file's form reads back to the same config
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.personalise.recipe.lr = 1.0  # sections are frozen: what the code receives is what was loaded
+    # a results file written before the method keys moved reads back with the values in their new places
+    old = {"personalise": {"methods": ["none"], "adalora_lr": 2e-3, "none_trains_head": False, "tune_lrs": [1e-3]}}
+    moved = from_dict(migrate(old))
+    assert (moved.adalora.lr, moved.none.trains_head, moved.tuned.lrs) == (2e-3, False, [1e-3])
+    assert "adalora_lr" in old["personalise"]  # migrate copies; the stored dict is untouched

@@ -17,7 +17,7 @@ from fedp2eft.setup.federation import client_task, load_federation, task_for
 from fl_helpers import tiny_overrides
 
 SMALL = {"base_model.kind": '"off-the-shelf"', "personalise.epochs": 1, "personalise.batch_size": 8,
-         "personalise.tune_lrs": "[1e-4, 1e-3]", "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8,
+         "tuned.lrs": "[1e-4, 1e-3]", "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8,
          "fedp2eft.batch_size": 8, "fedp2eft.local_epochs": 1, "fedp2eft_paper.r_init": 4,
          "fedp2eft_paper.lora_alpha": 8, "fedp2eft_paper.batch_size": 8, "fedp2eft_paper.local_epochs": 1,
          "fedl2p.outer_steps": 1, "fedl2p.batch_pairs": 2, "pf2lora.steps": 2, "pf2lora.batch_size": 8}
@@ -59,7 +59,7 @@ def test_every_method_keeps_the_contract(name, setting, tmp_path):
     spec = get_spec(name)
     resources = untrained_resources(cfg, base, spec, tmp_path)
     budget = 2 if spec.uses_budget else None
-    settings = cfg.personalise.train_settings(seed=5)
+    p = cfg.personalise
     before = {k: v.detach().clone() for k, v in base.state_dict().items()}
 
     def personalise(rng_state: int) -> list:
@@ -67,8 +67,8 @@ def test_every_method_keeps_the_contract(name, setting, tmp_path):
         method = get_method(name, cfg, resources, seed=5)
         assert method.name == name
         if hasattr(method, "prepare"):
-            method.prepare(base, [task], budget, settings, lambda i: settings)
-        return method.personalise(base, task, budget, settings)
+            method.prepare(base, [task], budget, p, lambda i: 5)
+        return method.personalise(base, task, budget, p, 5)
 
     first, second = personalise(1), personalise(2)
     assert len(first) == len(task.test)  # one output per test row
@@ -130,8 +130,8 @@ def test_a_new_method_is_one_module_one_registration_and_its_config(tmp_path, ma
         def __init__(self, factor: int):
             self.factor = factor
 
-        def personalise(self, base, task, budget, settings):
-            return LoRAMethod().personalise(base, task, budget * self.factor, settings)
+        def personalise(self, base, task, budget, p, seed):
+            return LoRAMethod().personalise(base, task, budget * self.factor, p, seed)
 
     register_method(MethodSpec("wide-lora", lambda cfg, resources, seed: WideLoRA(cfg.wide_lora.rank_factor),
                                section="wide_lora", settings=WideLoRAConfig, recorded=True))

@@ -15,14 +15,14 @@ from fedp2eft.config import load_config
 from fedp2eft.data.records import Example
 from fedp2eft.fl import client_app as real_client_app
 from fedp2eft.fl.engines import train_stage
-from fedp2eft.methods import ClientTask, TrainSettings
+from fedp2eft.methods import ClientTask, PersonaliseConfig
 from fedp2eft.methods.fedp2eft import PSG, PSG_STAGE, FedP2EFTMethod, new_psg
 from fedp2eft.methods.fedp2eft.bt_lora_client import BTLoRAClientMethod
 from fedp2eft.methods.fedp2eft.training import BTSettings
 from fedp2eft.models import load_classifier
 from fedp2eft.psg import feature_modules, meta_features
 from fedp2eft.tasks import CLASSIFICATION
-from fedp2eft.training import linear_module_names
+from fedp2eft.training import Recipe, linear_module_names
 from fl_helpers import tiny_overrides
 
 
@@ -102,9 +102,9 @@ def test_personalisation_at_every_budget_uses_the_psg():
     with torch.no_grad():  # a PSG whose λ prefer the attention modules
         psg.net[2].bias.copy_(torch.linspace(1.0, 0.01, psg.net[2].bias.numel()))
     method = FedP2EFTMethod(psg, BTSettings(r_init=4, lora_alpha=8))
-    settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3)
+    settings = PersonaliseConfig(recipe=Recipe(epochs=1, batch_size=4, lr=1e-3))
     for budget in (1, 2, 4):
-        preds = method.personalise(base, task, budget, settings)
+        preds = method.personalise(base, task, budget, settings, 0)
         assert len(preds) == len(task.test)
     assert len(linear_module_names(base)) == 12
 
@@ -199,9 +199,9 @@ def test_bt_lora_per_client_learns_lambda_once_for_every_budget():
     base, tok = load_classifier("tiny-bert", 3)
     task = toy_task(tok)
     method = BTLoRAClientMethod(BTSettings(r_init=4, lora_alpha=8, epochs=2, batch_size=4))
-    settings = TrainSettings(epochs=1, batch_size=4, lr=1e-3)
+    settings = PersonaliseConfig(recipe=Recipe(epochs=1, batch_size=4, lr=1e-3))
     for budget in (1, 2, 4):
-        assert len(method.personalise(base, task, budget, settings)) == len(task.test)
+        assert len(method.personalise(base, task, budget, settings, 0)) == len(task.test)
     (key, lam), = method._lambdas.items()
     assert key == ("xx-seen-00", 0)
     assert all(not torch.allclose(v, torch.full_like(v, 1e-4)) for v in lam.values())  # λ moved from 1e-4

@@ -34,8 +34,8 @@ def aya_config(path: Path, tmp_path: Path, **extra) -> Path:
         "fedp2eft": {"rounds": 2, "r_init": 4, "lora_alpha": 8, "local_epochs": 1, "batch_size": 4},
         "fedl2p": {"rounds": 1, "outer_steps": 1, "batch_pairs": 2},
         "pf2lora": {"rounds": 1, "steps": 2, "batch_size": 4},
-        "personalise": {"methods": METHODS, "budgets": [2], "epochs": 1, "batch_size": 4, "lr": 1e-3,
-                        "tune_lrs": [1e-3, 1e-2]},
+        "personalise": {"methods": METHODS, "budgets": [2], "epochs": 1, "batch_size": 4, "lr": 1e-3},
+        "tuned": {"lrs": [1e-3, 1e-2]},
     }
     for key, value in extra.items():
         section, name = key.split(".")

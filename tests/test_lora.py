@@ -8,11 +8,11 @@ import torch
 from peft import get_peft_model
 
 from fedp2eft.data.records import Example
-from fedp2eft.methods import ClientTask, TrainSettings, get_method
+from fedp2eft.methods import ClientTask, PersonaliseConfig, get_method
 from fedp2eft.methods.lora import lora_config
 from fedp2eft.models import load_classifier
 from fedp2eft.tasks import CLASSIFICATION
-from fedp2eft.training import linear_module_names
+from fedp2eft.training import Recipe, linear_module_names
 
 WORDS = {0: "football goal match team", 1: "election minister vote parliament"}
 
@@ -33,12 +33,12 @@ def test_lora_learns_and_leaves_base_untouched():
     base, tok = load_classifier("tiny-bert", 2)
     before = copy.deepcopy(base.state_dict())
     task = toy_task(tok)
-    settings = TrainSettings(epochs=20, batch_size=8, lr=5e-3, head_lr=5e-2)
-    preds = get_method("lora").personalise(base, task, 2, settings)
+    settings = PersonaliseConfig(recipe=Recipe(epochs=20, batch_size=8, lr=5e-3, head_lr=5e-2))
+    preds = get_method("lora").personalise(base, task, 2, settings, 0)
     acc = sum(int(p == y) for p, y in zip(preds, task.test.labels)) / len(preds)
     assert acc == 1.0
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
-    none_preds = get_method("none").personalise(base, task, None, settings)
+    none_preds = get_method("none").personalise(base, task, None, settings, 0)
     assert len(none_preds) == len(task.test)
 
 
@@ -68,8 +68,8 @@ def test_adalora_allocates_and_predicts():
     base, tok = load_classifier("tiny-bert", 2)
     before = copy.deepcopy(base.state_dict())
     task = toy_task(tok, n=40)
-    settings = TrainSettings(epochs=10, batch_size=8, lr=5e-3, head_lr=5e-2)
-    preds = get_method("adalora").personalise(base, task, 2, settings)
+    settings = PersonaliseConfig(recipe=Recipe(epochs=10, batch_size=8, lr=5e-3, head_lr=5e-2))
+    preds = get_method("adalora").personalise(base, task, 2, settings, 0)
     acc = sum(int(p == y) for p, y in zip(preds, task.test.labels)) / len(preds)
     assert acc >= 0.9
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())

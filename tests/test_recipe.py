@@ -12,7 +12,7 @@ from torch import nn
 from fedp2eft.adapters import fixed_a_rows, select_ranks
 from fedp2eft.adapters.bt_lora import bt_modules
 from fedp2eft.data.records import Example
-from fedp2eft.methods import ClientTask, TrainSettings, get_method
+from fedp2eft.methods import ClientTask, PersonaliseConfig, get_method
 from fedp2eft.methods.fedp2eft import PSG, FedP2EFTMethod
 from fedp2eft.methods.fedp2eft.bt_lora_client import BTLoRAClientMethod
 from fedp2eft.methods.fedp2eft.training import BTSettings, pruned_model, stage1_model, train_lambdas
@@ -20,6 +20,7 @@ from fedp2eft.methods.lora import lora_model
 from fedp2eft.models import load_classifier
 from fedp2eft.models.classifier import SequenceClassifier
 from fedp2eft.tasks import CLASSIFICATION
+from fedp2eft.training import Recipe
 
 
 def toy_task(tok, n=16):
@@ -51,7 +52,7 @@ def test_fixed_a_is_the_same_in_every_round_client_and_at_personalisation():
     assert round1.keys() == round2.keys() and "head" in round1
     assert all(torch.equal(round1[k], round2[k]) for k in round1)
     # LoRA at rank 2 (any seed) uses the first two rows of the same A
-    lora = lora_a(lora_model(base, 2, TrainSettings(seed=5, head="adapter", lora_a_seed=42), CLASSIFICATION))
+    lora = lora_a(lora_model(base, 2, Recipe(head="adapter", lora_a_seed=42), CLASSIFICATION))
     assert all(torch.equal(lora[k], round1[k][:2]) for k in lora)
     # the pruned BT-LoRA keeps exactly the rows of the ranks it kept
     torch.manual_seed(0)
@@ -65,8 +66,8 @@ def test_fixed_a_is_the_same_in_every_round_client_and_at_personalisation():
         lam_kept = bt_modules(model)[k].lora_lambda["default"].detach()
         torch.testing.assert_close(lam_kept, lam[k][ids])
     # without a seed, A differs between clients
-    fresh1 = lora_a(lora_model(base, 2, TrainSettings(seed=1), CLASSIFICATION))
-    fresh2 = lora_a(lora_model(base, 2, TrainSettings(seed=2), CLASSIFICATION))
+    fresh1 = lora_a(lora_model(base, 2, Recipe(), CLASSIFICATION))
+    fresh2 = lora_a(lora_model(base, 2, Recipe(), CLASSIFICATION))
     assert any(not torch.equal(fresh1[k], fresh2[k]) for k in fresh1)
 
 
@@ -75,11 +76,12 @@ def test_head_as_adapter_keeps_head_weights_frozen():
     base, tok = load_classifier("tiny-bert", 3)
     task = toy_task(tok)
     head_before = base.head.weight.detach().clone()
-    model = lora_model(base, 2, TrainSettings(head="adapter"), CLASSIFICATION)
+    model = lora_model(base, 2, Recipe(head="adapter"), CLASSIFICATION)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert any(n.startswith("base_model.model.head.lora_") for n in trainable)
-    preds = get_method("lora").personalise(base, task, 2, TrainSettings(head="adapter", lr=1e-2, max_grad_norm=1.0))
+    preds = get_method("lora").personalise(
+        base, task, 2, PersonaliseConfig(recipe=Recipe(head="adapter", lr=1e-2, max_grad_norm=1.0)), 0)
     assert len(preds) == len(task.test)
     assert torch.equal(base.head.weight, head_before)  # the base model is never modified
 
@@ -101,8 +103,8 @@ def test_bt_lora_baseline_honours_its_settings_and_keeps_lambda_positive(monkeyp
     monkeypatch.setattr(bt_training, "train_model", recording)
     bt = BTSettings(r_init=4, lora_alpha=8, epochs=3, batch_size=4)  # stage 1: 3 epochs of 4 batches
     method = BTLoRAClientMethod(bt)
-    settings = TrainSettings(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, max_grad_norm=1.0)
-    method.personalise(base, task, 2, settings)
+    settings = PersonaliseConfig(recipe=Recipe(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, max_grad_norm=1.0))
+    method.personalise(base, task, 2, settings, 0)
     stage1, finetune = calls
     assert (stage1["epochs"], stage1["batch_size"]) == (3, 4)
     assert finetune == {"epochs": 1, "batch_size": 8, "weight_decay": 0.05, "max_grad_norm": 1.0}
@@ -120,7 +122,8 @@ def test_fedp2eft_personalisation_honours_weight_decay_and_clipping(monkeypatch)
     monkeypatch.setattr(bt_training, "train_model", lambda *a, **kw: seen.append((a[6], kw)) or real(*a, **kw))
     psg = new_psg(base, 4, head="adapter", psg_init=1.0)
     method = FedP2EFTMethod(psg, BTSettings(r_init=4, lora_alpha=8))
-    method.personalise(base, toy_task(tok), 2, TrainSettings(weight_decay=0.1, max_grad_norm=0.5, head="adapter"))
+    method.personalise(base, toy_task(tok), 2,
+                       PersonaliseConfig(recipe=Recipe(weight_decay=0.1, max_grad_norm=0.5, head="adapter")), 0)
     ((wd, kw),) = seen
     assert wd == 0.1 and kw["max_grad_norm"] == 0.5
 
@@ -246,17 +249,17 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
     class Inner:
         name, uses_budget, calls = "fake", True, []
 
-        def personalise(self, base, task, budget, settings):
-            self.calls.append((settings.lr, len(task.train), len(task.test)))
+        def personalise(self, base, task, budget, p, seed):
+            self.calls.append((p.recipe.lr, len(task.train), len(task.test)))
             assert not {tuple(ids) for ids in task.train.input_ids} & test_ids  # test never trains
             if len(task.test) != 6:  # a validation pass: its rows are train rows
                 assert not {tuple(ids) for ids in task.test.input_ids} & test_ids
-            return list(task.test.labels) if settings.lr == 3e-4 else [(y + 1) % 3 for y in task.test.labels]
+            return list(task.test.labels) if p.recipe.lr == 3e-4 else [(y + 1) % 3 for y in task.test.labels]
 
     method = TunedMethod(Inner(), lrs=(1e-4, 3e-4, 1e-3))
     assert method.name == "fake-tuned"
     selection, ticks = {}, []
-    per_language = personalise_pool(method, None, tasks, 2, TrainSettings(), lambda: ticks.append(1),
+    per_language = personalise_pool(method, None, tasks, 2, PersonaliseConfig(), 0, lambda: ticks.append(1),
                                     selection=selection).per_language()
     assert selection["lr"] == 3e-4 and selection["validation_accuracy"]["0.0003"] == 1.0
     # progress counts every fine-tuning: 3 candidate rates x 2 clients, then the 2 clients at the chosen rate
@@ -283,7 +286,7 @@ def test_pf2lora_with_the_head_as_adapter_keeps_level2_and_head_weights_home(tmp
     assert torch.equal(base.head.weight, head_before)
     assert any(tmp_path.iterdir())  # the client's level 2 stayed in its own folder
     preds = PF2LoRAMethod({2: (new, str(tmp_path))}, s).personalise(
-        base, toy_task(tok), 2, TrainSettings(head="adapter", epochs=1, batch_size=8))
+        base, toy_task(tok), 2, PersonaliseConfig(recipe=Recipe(head="adapter", epochs=1, batch_size=8)), 0)
     assert len(preds) == 16
 
 

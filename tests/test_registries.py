@@ -195,8 +195,8 @@ class TokenTagging:
                     out.append(tags[row][keep].tolist())
         return out
 
-    def probe(self, model, train, test, settings):
-        return self.predict(model, test, settings.eval_batch_size)
+    def probe(self, model, train, test, p, seed):
+        return self.predict(model, test, p.eval_batch_size)
 
     def score(self, outputs, data):
         rows = []
@@ -285,7 +285,7 @@ def test_a_new_base_kind_is_one_stage_and_one_registration(tmp_path, masakhanews
     out = tmp_path / "run"
     sets = tiny_overrides(masakhanews_dir, **{
         "base_model.kind": '"head-fedavg"', "base_model.lr": 1e-2, "personalise.methods": '["none","lora"]',
-        "personalise.none_trains_head": "false", "experiment.output_dir": json.dumps(str(out))})
+        "none.trains_head": "false", "experiment.output_dir": json.dumps(str(out))})
     assert cli_main(["run", "configs/quickstart.toml", *[x for s in sets for x in ("--set", s)]]) == 0
     meta = json.loads((out / "base_model" / "model" / "fedp2eft_classifier.json").read_text())
     assert meta["kind"] == "head-fedavg"

@@ -25,7 +25,7 @@ def test_replicate_config_offsets_partition_base_and_fixed_a_only_for_federation
     assert replicate_config(cfg, 2) is cfg  # personalisation replicates: one federation
     fed_cfg = load_config("configs/quickstart.toml", [*sets, 'experiment.replicate="federation"'])
     c2 = replicate_config(fed_cfg, 2)
-    assert (c2.data.partition_seed, c2.base_model.seed, c2.personalise.lora_a_seed) == (2, 2, 44)
+    assert (c2.data.partition_seed, c2.base_model.seed, c2.personalise.recipe.lora_a_seed) == (2, 2, 44)
     assert replicate_config(fed_cfg, 0).data == fed_cfg.data  # federation 0 is the shared one
     a, b = load_federation(replicate_config(fed_cfg, 0)), load_federation(c2)
     assert [c.cid for c in a.clients] == [c.cid for c in b.clients]

@@ -159,7 +159,7 @@ def personalise_seconds(method: str, cfg, base, task, budget: int, seed: int = 0
     with tempfile.TemporaryDirectory() as tmp:
         m = get_method(method, cfg, untrained_resources(method, cfg, base, budget, Path(tmp), seed), seed)
         t0 = time.perf_counter()
-        m.personalise(base, task, budget, cfg.personalise.train_settings(seed))
+        m.personalise(base, task, budget, cfg.personalise, seed)
         return time.perf_counter() - t0
 
 

@@ -1,10 +1,13 @@
 """Experiment configuration: TOML files validated on load, with ``--set section.key=value`` overrides.
 
-Every section is a settings dataclass whose fields are its keys (type, default and a comment each)
-and whose ``__post_init__`` validates them. The core sections are declared here; ``[personalise]``
+Every section is a frozen settings dataclass whose fields are its keys (type, default and a comment each)
+and whose ``__post_init__`` validates them; a section may compose a shared settings class whose keys sit in
+the section's own table (``[personalise]``'s fine-tuning recipe, ``schema.inline``). The core sections are declared here; ``[personalise]``
 and every method's section come from the method registry (``methods.registry``), and ``[base_model]``
 from the Standard-FL base source, so a new method's settings need no edit here. An unknown section or
-key, a value of the wrong type or outside its range is rejected with an error that names the key.
+key, a value of the wrong type or outside its range is rejected with an error that names the key; a key
+that moved (``personalise.adalora_lr`` is ``adalora.lr``) is refused naming its new place, and a results
+file written before it moved is read with the value moved (``migrate``).
 """
 
 from __future__ import annotations
@@ -21,14 +24,19 @@ from .data import get_dataset
 from .data.partition import POOLS, SCHEMES
 from .data.registry import specific_keys
 from .errors import SettingError, UserError, require
-from .methods.registry import get_spec, method_sections  # importing it fills the registry (methods/__init__)
+from .methods.registry import (  # importing it fills the registry (methods/__init__)
+    get_spec,
+    method_sections,
+    moved_keys,
+)
 from .models.classifier import POOLINGS
+from .schema import build_section, section_dict, section_keys
 from .tasks import TEMPLATES, task_names
 
 REPLICATES = ("personalisation", "federation")  # what a seed varies: setup/replicates.py
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -45,7 +53,7 @@ class ExperimentConfig:
         require(self.threads >= 0, "threads", "must be >= 0")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "masakhanews"  # a registered dataset (data.registry), or the name of your own TSV folder
     task: str = ""  # "" = the dataset's own task; else a registered task (tasks.registry)
@@ -90,7 +98,7 @@ class DataConfig:
                     f"is not read by dataset {self.dataset!r} (only by {', '.join(sorted(set(readers)))})")
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationConfig:
     """Instruction-tuned generation (Fed-Aya): the prompt and greedy decoding."""
 
@@ -104,7 +112,7 @@ class GenerationConfig:
         require(0 < self.max_prompt_fraction < 1, "max_prompt_fraction", "must be in (0, 1)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     name: str = "e5-small"
     pooling: str = ""  # "" = mean for encoders, last for decoders
@@ -114,7 +122,7 @@ class ModelConfig:
         require(bool(self.name), "name", "must not be empty")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FederationConfig:
     engine: str = "inprocess"  # "inprocess" | "simulation" | "deployment"
     fraction: float = 0.1  # of the seen pool sampled per round
@@ -153,7 +161,8 @@ def _sections() -> dict[str, type]:
 
 
 def _to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    """The config as TOML-shaped data: one flat table per section."""
+    return {f.name: section_dict(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
 @functools.lru_cache(maxsize=8)
@@ -198,7 +207,18 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
 
 
 def _section_types(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    return section_keys(cls)
+
+
+def migrate(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored config (a results file's) with every moved key put in its new place (a copy)."""
+    out = {s: dict(sec) if isinstance(sec, dict) else sec for s, sec in raw.items()}
+    for old, new in moved_keys().items():
+        (osec, okey), (nsec, nkey) = old.split("."), new.split(".")
+        if isinstance(out.get(osec), dict) and okey in out[osec]:
+            out.setdefault(nsec, {}).setdefault(nkey, out[osec][okey])
+            del out[osec][okey]
+    return out
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
@@ -212,11 +232,13 @@ def from_dict(raw: dict[str, Any]) -> Config:
         types = _section_types(sections[sname])
         checked = {}
         for key, value in given.items():
+            if f"{sname}.{key}" in moved_keys():
+                raise UserError(f"config key {sname}.{key} has moved: set {moved_keys()[f'{sname}.{key}']} instead")
             if key not in types:
                 raise UserError(f"unknown config key {sname}.{key}; keys of [{sname}] are {sorted(types)}")
             checked[key] = _check_type(f"{sname}.{key}", value, types[key])
         try:
-            values[sname] = sections[sname](**checked)
+            values[sname] = build_section(sections[sname], checked)
         except SettingError as exc:
             raise UserError(f"config key {sname}.{exc.key}: {exc.reason}") from None
     cfg = config_class()(**values)

@@ -25,7 +25,7 @@ PROBE = "a text to classify"  # LOAD.md's example input; its logits are recorded
 
 def run_config(run: Path, overrides: list[str] | None = None) -> Config:
     """The config a run folder's runs were made with (its ``results.json``), with ``overrides`` on top."""
-    from .config import apply_overrides
+    from .config import apply_overrides, migrate
 
     path = Path(run) / "results.json"
     if not path.is_file():
@@ -34,7 +34,7 @@ def run_config(run: Path, overrides: list[str] | None = None) -> Config:
         raw = json.loads(path.read_text())["config"]
     except (ValueError, KeyError) as exc:
         raise UserError(f"{path}: not a results file ({exc})") from None
-    return from_dict(apply_overrides(raw, overrides or []))
+    return from_dict(apply_overrides(migrate(raw), overrides or []))
 
 
 def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int, out: Path,
@@ -62,7 +62,7 @@ def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int
     if not hasattr(personaliser, "personalised_model"):
         raise UserError(f"--method {method}: it gives predictions, not a model to export (exportable: lora, fedp2eft)")
     task = client_task(client, shared.tokenizer, cfg.data.max_length, task_for(cfg))
-    model = personaliser.personalised_model(base, task, budget, p.train_settings(seed))
+    model = personaliser.personalised_model(base, task, budget, p, seed)
     if not hasattr(base, "num_labels"):
         raise UserError("export writes a personalised classifier; this run's task has no classifier head")
     folder = export_for_transformers(model, base, shared.tokenizer, out, fed.label_names, cfg.data.max_length)

@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .bases import SharedBase, base_source
-from .config import Config, from_dict
+from .config import Config, from_dict, migrate
 from .errors import UserError
 from .evaluation import LanguageTally, mean_over_languages
 from .fl.engines import stage_runner
 from .memory import trim_freed_memory
-from .methods import ClientTask, TrainSettings, get_method, get_spec
+from .methods import ClientTask, PersonaliseConfig, get_method, get_spec
 from .methods.base import client_base
 from .methods.registry import method_names
 from .models import resolve
@@ -76,7 +75,8 @@ def personalise_pool(
     base,
     tasks: list[ClientTask],
     budget: int | None,
-    settings: TrainSettings,
+    p: PersonaliseConfig,
+    seed: int,
     advance: Callable[[], None] = lambda: None,
     selection: dict | None = None,
     per_client: dict | None = None,
@@ -88,12 +88,12 @@ def personalise_pool(
     (calling ``advance`` after each of its fine-tunings too).
     ``per_client`` (given) receives each client's language, rows and score sums (for paired bootstraps)."""
     tally = LanguageTally()
-    client_settings = lambda i: replace(settings, seed=settings.seed * 100_003 + i)  # noqa: E731
+    client_seed = lambda i: seed * 100_003 + i  # noqa: E731
     if selection is not None and hasattr(method, "prepare"):  # a choice made on the pool's validation data
-        selection.update(method.prepare(base, tasks, budget, settings, client_settings, advance))
+        selection.update(method.prepare(base, tasks, budget, p, client_seed, advance))
     for i, task in enumerate(tasks):
         try:
-            outputs = method.personalise(client_base(base, task.client_id), task, budget, client_settings(i))
+            outputs = method.personalise(client_base(base, task.client_id), task, budget, p, client_seed(i))
         except FloatingPointError as exc:
             raise UserError(f"client {task.client_id}, method {method.name}: {exc}") from None
         languages, scores = task.score(outputs)
@@ -142,9 +142,9 @@ def open_results(cfg: Config, out_dir: Path, fresh: bool) -> dict[str, Any]:
     existing = load_results(out_dir / "results.json")
     if existing is not None:
         try:  # fill keys added since the file was written with their defaults
-            previous = from_dict(existing.get("config", {})).to_dict()
+            previous = from_dict(migrate(existing.get("config", {}))).to_dict()
         except UserError:
-            previous = existing.get("config", {})
+            previous = migrate(existing.get("config", {}))
         if comparable(previous) != comparable(config):
             diff = "; ".join(settings_diff(comparable(previous), comparable(config))[:6])
             raise UserError(
@@ -171,10 +171,10 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     console.print(f"[bold]{fed.dataset}[/]: {len(fed.clients)} clients in {n_lang} language{'s' if n_lang != 1 else ''}")
     p = cfg.personalise
     kind = task_for(cfg)
-    if "none" in p.methods and not p.none_trains_head and cfg.base_model.kind == "off-the-shelf" \
+    if "none" in p.methods and not cfg.none.trains_head and cfg.base_model.kind == "off-the-shelf" \
             and isinstance(getattr(kind, "metric", None), str) and kind.metric == "accuracy":
-        console.print("warning: method 'none' with personalise.none_trains_head = false scores an off-the-shelf "
-                      "model's untrained head (about chance or below); set none_trains_head = true or use a trained base")
+        console.print("warning: method 'none' with none.trains_head = false scores an off-the-shelf "
+                      "model's untrained head (about chance or below); set [none] trains_head = true or use a trained base")
     plan = [
         (seed, pool, m, b)
         for seed in cfg.experiment.seeds
@@ -213,7 +213,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 selection: dict = {}
                 per_client: dict = {}
                 tally = personalise_pool(
-                    personaliser, base, tasks[pool], budget, seed_cfg.personalise.train_settings(seed), advance,
+                    personaliser, base, tasks[pool], budget, seed_cfg.personalise, seed, advance,
                     selection, per_client,
                 )
                 run = {

@@ -125,11 +125,13 @@ def markdown_tables(results: dict[str, Any]) -> str:
 def fine_tunings_per_client(method: str, config: dict) -> int:
     """How many times a method fine-tunes each client: a ``*-tuned`` method once per candidate rate (on the
     train rows minus the held-out part) and once more; ``none`` only when it trains the head."""
-    p = config.get("personalise", {})
+    from .config import migrate
+
+    config = migrate(config)  # results files written before the rate sweep's keys moved to [tuned]
     if method.endswith("-tuned"):
-        return len(p.get("tune_lrs", [])) + 1
+        return len(config.get("tuned", {}).get("lrs", [])) + 1
     if method == "none":
-        return int(bool(p.get("none_trains_head", True)))
+        return int(bool(config.get("none", {}).get("trains_head", True)))
     return 1
 
 

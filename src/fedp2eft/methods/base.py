@@ -1,7 +1,7 @@
 """The interface every personalisation method implements, and the ``[personalise]`` settings.
 
 A method is a plain object with a ``name``, a flag saying whether it takes a rank budget,
-and ``personalise(base, task, budget, settings) -> outputs``: it receives the client's
+and ``personalise(base, task, budget, p, seed) -> outputs``: it receives the client's
 base model (never modified in place), the client's encoded train and test data, and returns
 its outputs on the test split, which the client's task scores (``tasks``). It knows nothing about
 federation or transport. Methods register themselves (``registry``).
@@ -9,39 +9,18 @@ federation or transport. Methods register themselves (``registry``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from torch import nn
 
 from ..data.partition import POOLS
 from ..errors import require
+from ..schema import inline
 from ..tasks import Task
-from ..training import HEAD_MODES
+from ..training import Recipe
 from ..training.batches import EncodedData
 from .registry import method_names, register_section
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Local fine-tuning hyperparameters (paper defaults: AdamW 1e-4, 2 epochs, batch 32)."""
-
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 1e-4
-    head_lr: float = 1e-4
-    weight_decay: float = 0.0
-    eval_batch_size: int = 64
-    seed: int = 0
-    none_trains_head: bool = True
-    head: str = "train"  # "train": the head is trained at head_lr; "adapter": adapted like every linear layer, frozen
-    max_grad_norm: float = 0.0  # > 0: clip the gradient norm (authors: 1.0, the HF Trainer default)
-    lora_a_seed: int = -1  # >= 0: one fixed LoRA A per module (authors: 42); -1: a fresh random A per client
-
-    def param_groups(self, adapter: list, head: list, adapter_lr: float | None = None) -> list[dict]:
-        """AdamW groups: the adapter at ``adapter_lr`` (default ``lr``), a trained head at ``head_lr``."""
-        return [{"params": adapter, "lr": self.lr if adapter_lr is None else adapter_lr},
-                {"params": head, "lr": self.head_lr}]
 
 
 @dataclass
@@ -65,7 +44,10 @@ class Method(Protocol):
     name: str
     uses_budget: bool
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[Any]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                    seed: int) -> list[Any]:
+        """The client's outputs on its test split: ``p`` is ``[personalise]`` (its ``recipe`` says how to
+        fine-tune), ``seed`` the client's own (the pipeline derives it from the run's)."""
         ...
 
 
@@ -75,29 +57,17 @@ def client_base(base, client_id: str) -> nn.Module:
     return base.for_client(client_id) if hasattr(base, "for_client") else base
 
 
-@dataclass
+@dataclass(frozen=True)
 class PersonaliseConfig:
-    """``[personalise]``: what is personalised and how every method fine-tunes a client (paper: AdamW
-    1e-4, 2 epochs, batch 32). ``train_settings(seed)`` gives one run's :class:`TrainSettings`."""
+    """``[personalise]``: what is personalised (methods, budgets, pools) and the fine-tuning recipe every
+    method follows (``recipe``: its keys are written in this table; paper: AdamW 1e-4, 2 epochs, batch 32).
+    A method's own keys are in its section (``[adalora]``, ``[none]``, ``[tuned]``, …)."""
 
     methods: list[str] = field(default_factory=lambda: ["none", "lora"])  # registered method names
     budgets: list[int] = field(default_factory=lambda: [2])  # rank budgets r
     pools: list[str] = field(default_factory=lambda: ["seen", "unseen"])
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 1e-4
-    head_lr: float = 1e-4
-    weight_decay: float = 0.0
     eval_batch_size: int = 64
-    none_trains_head: bool = True
-    adalora_lr: float = 1e-3  # AdaLoRA's own rate (paper)
-    adalora_alpha: int = 0  # 0 = 2 · budget, as LoRA; the authors' AdaLoRA leaves peft's default 8
-    # The authors' recipe (paper protocol: head = "adapter", max_grad_norm = 1.0, lora_a_seed = 42):
-    head: str = "train"  # "train": head trained at head_lr; "adapter": LoRA on the head too, head weights frozen
-    max_grad_norm: float = 0.0  # > 0 clips the gradient norm when fine-tuning (HF Trainer default 1.0)
-    lora_a_seed: int = -1  # >= 0: one fixed LoRA A per module for every round, client and personalisation
-    tune_lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # *-tuned's candidates
-    tune_fraction: float = 0.2  # *-tuned: share of each client's train split held out for validation
+    recipe: Recipe = inline(Recipe)  # epochs, batch_size, lr, head_lr, weight_decay, max_grad_norm, head, lora_a_seed
 
     def __post_init__(self) -> None:
         for i, meth in enumerate(self.methods):
@@ -108,27 +78,11 @@ class PersonaliseConfig:
         for i, pool in enumerate(self.pools):
             require(pool in POOLS, f"pools[{i}]", f"unknown pool {pool!r}; pools are {list(POOLS)}")
         require(len(self.pools) > 0, "pools", "needs at least one pool")
-        for k in ("epochs", "batch_size", "eval_batch_size"):
-            require(getattr(self, k) >= 1, k, "must be >= 1")
-        for k in ("lr", "head_lr", "adalora_lr"):
-            require(getattr(self, k) > 0, k, "must be > 0")
-        require(self.weight_decay >= 0, "weight_decay", "must be >= 0")
-        require(self.adalora_alpha >= 0, "adalora_alpha", "must be >= 0 (0 = 2 · budget)")
-        require(self.head in HEAD_MODES, "head", f"must be one of {list(HEAD_MODES)}")
-        require(self.max_grad_norm >= 0, "max_grad_norm", "must be >= 0 (0 = no clipping)")
-        require(self.lora_a_seed >= -1, "lora_a_seed", "must be >= 0, or -1 for a fresh random A")
-        require(len(self.tune_lrs) > 0 and all(x > 0 for x in self.tune_lrs), "tune_lrs",
-                "needs at least one rate, all > 0")
-        require(0 < self.tune_fraction < 1, "tune_fraction", "must be in (0, 1)")
+        require(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
 
-    def train_settings(self, seed: int) -> TrainSettings:
-        """One run's fine-tuning settings (``seed`` is the run's; clients derive theirs from it)."""
-        return TrainSettings(
-            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, head_lr=self.head_lr,
-            weight_decay=self.weight_decay, eval_batch_size=self.eval_batch_size, seed=seed,
-            none_trains_head=self.none_trains_head, head=self.head, max_grad_norm=self.max_grad_norm,
-            lora_a_seed=self.lora_a_seed,
-        )
+    def with_lr(self, lr: float) -> PersonaliseConfig:
+        """The same settings with the recipe's adapter rate ``lr`` (a candidate rate, a chosen rate)."""
+        return replace(self, recipe=self.recipe.with_lr(lr))
 
 
 register_section("personalise", PersonaliseConfig)

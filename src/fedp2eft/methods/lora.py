@@ -16,8 +16,8 @@ from torch import nn
 from ..adapters import apply_fixed_a
 from ..errors import UserError
 from ..tasks import Task
-from ..training import copy_sharing_embeddings, train_model
-from .base import ClientTask, TrainSettings
+from ..training import Recipe, copy_sharing_embeddings
+from .base import ClientTask, PersonaliseConfig
 from .registry import MethodSpec, register_method
 from .tuned import tuned_spec
 
@@ -34,11 +34,12 @@ def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "
     )
 
 
-def lora_model(base: nn.Module, rank: int, settings: TrainSettings, kind: Task) -> nn.Module:
-    """A fresh copy of ``base`` with LoRA of ``rank`` (fixed A when ``settings.lora_a_seed >= 0``)."""
-    model = get_peft_model(copy_sharing_embeddings(base), lora_config(base, rank, head=settings.head, kind=kind))
-    if settings.lora_a_seed >= 0:
-        apply_fixed_a(model, settings.lora_a_seed)
+def lora_model(base: nn.Module, rank: int, recipe: Recipe, kind: Task) -> nn.Module:
+    """A fresh copy of ``base`` with LoRA of ``rank`` on the recipe's modules (fixed A when
+    ``recipe.lora_a_seed >= 0``)."""
+    model = get_peft_model(copy_sharing_embeddings(base), lora_config(base, rank, head=recipe.head, kind=kind))
+    if recipe.lora_a_seed >= 0:
+        apply_fixed_a(model, recipe.lora_a_seed)
     return model
 
 
@@ -49,36 +50,36 @@ def split_trainable(model: nn.Module) -> tuple[list, list]:
     return adapter, head
 
 
-def trained_lora(base: nn.Module, task: ClientTask, rank: int, settings: TrainSettings) -> nn.Module:
+def trained_lora(base: nn.Module, task: ClientTask, rank: int, recipe: Recipe, seed: int) -> nn.Module:
     """LoRA fine-tuning of one client; returns the peft model (unmerged). The fresh A is drawn from the
     client's seed, so the result never depends on what ran before in the process."""
-    torch.manual_seed(settings.seed)
-    model = lora_model(base, rank, settings, task.kind)
+    torch.manual_seed(seed)
+    model = lora_model(base, rank, recipe, task.kind)
     adapter, head = split_trainable(model)
-    train_model(model, settings.param_groups(adapter, head), task.train, settings.epochs, settings.batch_size,
-                settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm, loss=task.kind.loss)
+    recipe.train(model, recipe.param_groups(adapter, head), task.train, seed, loss=task.kind.loss)
     return model
 
 
-def finetune_lora(base: nn.Module, task: ClientTask, rank: int, settings: TrainSettings) -> nn.Module:
+def finetune_lora(base: nn.Module, task: ClientTask, rank: int, recipe: Recipe, seed: int) -> nn.Module:
     """``trained_lora``, merged."""
-    return trained_lora(base, task, rank, settings).merge_and_unload()
+    return trained_lora(base, task, rank, recipe, seed).merge_and_unload()
 
 
 class LoRAMethod:
     name = "lora"
     uses_budget = True
 
-    def personalised_model(self, base: nn.Module, task: ClientTask, budget: int | None,
-                           settings: TrainSettings) -> nn.Module:
+    def personalised_model(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                           seed: int) -> nn.Module:
         """The client's personalised peft model, unmerged (what ``fedp2eft export`` writes)."""
         if budget is None or budget < 1:
             raise UserError(f"lora needs a rank budget >= 1, got {budget}")
-        return trained_lora(base, task, budget, settings)
+        return trained_lora(base, task, budget, p.recipe, seed)
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
-        model = self.personalised_model(base, task, budget, settings).merge_and_unload()
-        return task.kind.predict(model, task.test, settings.eval_batch_size)
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                    seed: int) -> list:
+        model = self.personalised_model(base, task, budget, p, seed).merge_and_unload()
+        return task.kind.predict(model, task.test, p.eval_batch_size)
 
 
 LORA = register_method(MethodSpec("lora", lambda cfg, resources, seed: LoRAMethod(),

@@ -185,6 +185,20 @@ def register_section(name: str, settings: type) -> None:
         raise ValueError(f"section [{name}] is declared with two settings classes")
 
 
+_MOVED_KEYS: dict[str, str] = {}
+
+
+def register_moved_key(old: str, new: str) -> None:
+    """A config key that moved (``"personalise.adalora_lr"`` -> ``"adalora.lr"``): a config that sets the old
+    key is refused with a one-line error naming the new place; a results file that holds it is read with
+    the value moved (``moved_keys``)."""
+    _MOVED_KEYS[old] = new
+
+
+def moved_keys() -> dict[str, str]:
+    return dict(_MOVED_KEYS)
+
+
 def register_stage(stage: FederatedStage) -> FederatedStage:
     """A federated stage that no method owns (a base source's, e.g. Standard FL)."""
     if stage.name in _STAGES:

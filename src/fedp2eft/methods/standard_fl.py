@@ -41,7 +41,7 @@ class FedAvgHP:
     seed: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class BaseModelConfig:
     """``[base_model]``: how the base model that personalisation starts from is obtained."""
 

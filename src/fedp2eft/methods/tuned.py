@@ -1,9 +1,9 @@
 """``lora-tuned``, ``fedp2eft-tuned``: a method with its fine-tuning rate chosen per pool on
 validation data, never on test.
 
-Before personalising a pool, every candidate rate (``personalise.tune_lrs``, default
+Before personalising a pool, every candidate rate (``[tuned] lrs``, default
 {1e-4, 3e-4, 1e-3, 3e-3}) personalises every client of the pool on its train split minus a held-out
-``tune_fraction`` (20 %, seeded per client) and is scored on those held-out rows (the task's primary
+``fraction`` (20 %, seeded per client) and is scored on those held-out rows (the task's primary
 metric — accuracy, METEOR — pooled per language, then averaged over languages: the benchmark's own). The best rate (the
 smaller one on a tie) then personalises each client on its whole train split, as the method itself
 does, and the test split is predicted. Held-out rows come only from the clients' train splits: an unseen
@@ -13,14 +13,31 @@ client has its train data at personalisation time, so choosing on it uses nothin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, require
 from ..evaluation import LanguageTally, mean_over_languages
-from .base import ClientTask, TrainSettings, client_base
-from .registry import MethodSpec
+from .base import ClientTask, PersonaliseConfig, client_base
+from .registry import MethodSpec, register_moved_key, register_section
+
+
+@dataclass(frozen=True)
+class TunedConfig:
+    """``[tuned]``: the rate sweep of every ``*-tuned`` method."""
+
+    lrs: list[float] = field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # candidate adapter rates
+    fraction: float = 0.2  # share of each client's train split held out for validation
+
+    def __post_init__(self) -> None:
+        require(len(self.lrs) > 0 and all(x > 0 for x in self.lrs), "lrs", "needs at least one rate, all > 0")
+        require(0 < self.fraction < 1, "fraction", "must be in (0, 1)")
+
+
+register_section("tuned", TunedConfig)
+register_moved_key("personalise.tune_lrs", "tuned.lrs")
+register_moved_key("personalise.tune_fraction", "tuned.fraction")
 
 
 @dataclass
@@ -41,10 +58,10 @@ class TunedMethod:
         """One per candidate rate on the held-out split, then the chosen rate's."""
         return len(self.lrs) + 1
 
-    def prepare(self, base: nn.Module, tasks: list[ClientTask], budget: int, settings: TrainSettings,
-                client_settings, advance=lambda: None) -> dict:
-        """Choose the rate for this pool; ``client_settings(i)`` gives client i's settings (its seed);
-        ``advance()`` after each client's fine-tuning at each candidate rate (progress)."""
+    def prepare(self, base: nn.Module, tasks: list[ClientTask], budget: int, p: PersonaliseConfig,
+                client_seed, advance=lambda: None) -> dict:
+        """Choose the rate for this pool; ``client_seed(i)`` gives client i's seed; ``advance()`` after each
+        client's fine-tuning at each candidate rate (progress)."""
         if budget is None or budget < 1:
             raise UserError(f"{self.name} needs a rank budget >= 1, got {budget}")
         scores = {}
@@ -53,10 +70,11 @@ class TunedMethod:
             for i, task in enumerate(tasks):
                 if len(task.train) < 2:
                     continue  # nothing to hold out
-                s = replace(client_settings(i), lr=lr)
-                fit, val = task.train.split(self.fraction, s.seed)
+                seed = client_seed(i)
+                fit, val = task.train.split(self.fraction, seed)
                 held = ClientTask(task.client_id, task.language, fit, val, task.kind)
-                tally.add_scores(*held.score(self.inner.personalise(client_base(base, task.client_id), held, budget, s)))
+                outputs = self.inner.personalise(client_base(base, task.client_id), held, budget, p.with_lr(lr), seed)
+                tally.add_scores(*held.score(outputs))
                 advance()
             scores[lr] = mean_over_languages(tally.per_language())
         scores = {lr: v for lr, v in scores.items() if not math.isnan(v)}
@@ -68,18 +86,18 @@ class TunedMethod:
         metric = tasks[0].kind.metric if tasks else "accuracy"
         return {"lr": self.chosen, f"validation_{metric}": self.validation}
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list[int]:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                    seed: int) -> list[int]:
         if self.chosen is None:
             raise UserError(f"{self.name}: its rate is chosen per pool first (prepare)")
-        return self.inner.personalise(base, task, budget, replace(settings, lr=self.chosen))
+        return self.inner.personalise(base, task, budget, p.with_lr(self.chosen), seed)
 
 
 def tuned_spec(inner: MethodSpec) -> MethodSpec:
-    """``<inner>-tuned``: ``inner`` with its rate chosen per pool (``personalise.tune_lrs``)."""
+    """``<inner>-tuned``: ``inner`` with its rate chosen per pool (``[tuned] lrs``)."""
 
     def build(cfg, resources: dict, seed: int) -> TunedMethod:
-        p = cfg.personalise
-        return TunedMethod(inner.build(cfg, resources, seed), lrs=tuple(p.tune_lrs), fraction=p.tune_fraction)
+        return TunedMethod(inner.build(cfg, resources, seed), lrs=tuple(cfg.tuned.lrs), fraction=cfg.tuned.fraction)
 
     return MethodSpec(f"{inner.name}-tuned", build, uses_budget=True, section=inner.section, settings=inner.settings,
                       stage=inner.stage, recorded=inner.recorded, max_budget=inner.max_budget,

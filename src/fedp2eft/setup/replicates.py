@@ -25,12 +25,13 @@ def replicate_config(cfg, seed: int):
     replicates, ``cfg`` with the partition, base-model and fixed-A seeds offset by ``seed``."""
     if cfg.experiment.replicate != "federation":
         return cfg
-    p = cfg.personalise
+    recipe = cfg.personalise.recipe
     return dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, partition_seed=cfg.data.partition_seed + seed),
         base_model=dataclasses.replace(cfg.base_model, seed=cfg.base_model.seed + seed),
-        personalise=dataclasses.replace(p, lora_a_seed=p.lora_a_seed + seed if p.lora_a_seed >= 0 else -1),
+        personalise=dataclasses.replace(cfg.personalise, recipe=dataclasses.replace(
+            recipe, lora_a_seed=recipe.lora_a_seed + seed if recipe.lora_a_seed >= 0 else -1)),
     )
 
 

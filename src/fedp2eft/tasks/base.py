@@ -37,9 +37,10 @@ class Task(Protocol):
 
     def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 64) -> list[Any]: ...
 
-    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, settings) -> list[Any]:
-        """``none`` with ``none_trains_head``: the model with its head alone fitted on ``train`` (a linear
-        probe; ``settings``' head rate, epochs, batch size, seed), predicting ``test``."""
+    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, p, seed: int) -> list[Any]:
+        """``none`` with ``[none] trains_head``: the model with its head alone fitted on ``train`` (a linear
+        probe; ``p`` is ``[personalise]``: its recipe's head rate, epochs, batch size; ``seed``), predicting
+        ``test``."""
         ...
 
     def score(self, outputs: list[Any], data: EncodedData) -> dict[str, list[float]]: ...

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data.records import Example
-from ..training import adapted_modules, device_of, model_inputs, saved_modules, to_device
+from ..training import Recipe, adapted_modules, device_of, model_inputs, saved_modules, to_device
 from ..training.batches import EncodedData, one_label_per_row
 
 
@@ -45,29 +45,30 @@ def pooled_features(model: nn.Module, data: EncodedData, batch_size: int) -> tor
     return torch.cat(feats)
 
 
-def train_head(head: nn.Linear, feats: torch.Tensor, labels: list[int], settings) -> None:
+def train_head(head: nn.Linear, feats: torch.Tensor, labels: list[int], recipe: Recipe, seed: int) -> None:
     y = torch.tensor(labels, device=feats.device)
-    opt = torch.optim.AdamW(head.parameters(), lr=settings.head_lr, weight_decay=settings.weight_decay)
-    gen = torch.Generator().manual_seed(settings.seed)
-    for _ in range(settings.epochs):
+    opt = torch.optim.AdamW(head.parameters(), lr=recipe.head_lr, weight_decay=recipe.weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(recipe.epochs):
         order = torch.randperm(len(y), generator=gen).to(feats.device)
-        for start in range(0, len(y), settings.batch_size):
-            idx = order[start : start + settings.batch_size]
+        for start in range(0, len(y), recipe.batch_size):
+            idx = order[start : start + recipe.batch_size]
             loss = F.cross_entropy(head(feats[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
 
 
-def linear_probe(model: nn.Module, train: EncodedData, test: EncodedData, settings) -> list[int]:
+def linear_probe(model: nn.Module, train: EncodedData, test: EncodedData, recipe: Recipe, seed: int,
+                 eval_batch_size: int = 64) -> list[int]:
     """A copy of the head alone fine-tuned on ``train`` (the backbone frozen; its pooled features computed
-    once in eval mode, so no dropout) with the settings' head rate, epochs and batch size; predicts ``test``."""
+    once in eval mode, so no dropout) with the recipe's head rate, epochs and batch size; predicts ``test``."""
     if not isinstance(getattr(model, "head", None), nn.Linear):
-        return predict(model, test, settings.eval_batch_size)
+        return predict(model, test, eval_batch_size)
     head = copy.deepcopy(model.head)
-    train_head(head, pooled_features(model, train, settings.eval_batch_size), train.labels, settings)
+    train_head(head, pooled_features(model, train, eval_batch_size), train.labels, recipe, seed)
     with torch.no_grad():
-        logits = head(pooled_features(model, test, settings.eval_batch_size))
+        logits = head(pooled_features(model, test, eval_batch_size))
     return logits.argmax(-1).tolist()
 
 
@@ -112,8 +113,8 @@ class ClassificationTask:
     def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 64) -> list[int]:
         return predict(model, data, batch_size)
 
-    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, settings) -> list[int]:
-        return linear_probe(model, train, test, settings)
+    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, p, seed: int) -> list[int]:
+        return linear_probe(model, train, test, p.recipe, seed, p.eval_batch_size)
 
     def score(self, outputs: list[Any], data: EncodedData) -> dict[str, list[int]]:
         if len(outputs) != len(data.labels):

@@ -134,8 +134,8 @@ class GenerationTask:
         return causal_lm_loss(outputs, batch)
 
     @torch.no_grad()
-    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, settings) -> list[str]:
-        return self.predict(model, test, settings.eval_batch_size)  # a causal LM has no head to probe
+    def probe(self, model: nn.Module, train: EncodedData, test: EncodedData, p, seed: int) -> list[str]:
+        return self.predict(model, test, p.eval_batch_size)  # a causal LM has no head to probe
 
     def predict(self, model: nn.Module, data: EncodedData, batch_size: int = 8) -> list[str]:
         """Greedy continuations of every row's prompt (left-padded batches), decoded with the rows' own

@@ -4,6 +4,7 @@ method, the PSG's meta-features and the federated stages share (below ``psg`` an
 from .batches import EncodedData
 from .loop import Loss, device_of, model_inputs, to_device, train_model
 from .modules import HEAD_MODES, adapted_modules, copy_sharing_embeddings, linear_module_names, saved_modules
+from .recipe import Recipe
 
 __all__ = ["HEAD_MODES", "EncodedData", "adapted_modules", "copy_sharing_embeddings", "device_of", "linear_module_names",
-           "Loss", "model_inputs", "saved_modules", "to_device", "train_model"]
+           "Loss", "model_inputs", "Recipe", "saved_modules", "to_device", "train_model"]

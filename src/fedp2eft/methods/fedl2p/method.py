@@ -33,16 +33,16 @@ from ...errors import UserError, require
 from ...psg import feature_modules, meta_features
 from ...psg.rate_report import rates_by_type, write_rate_report
 from ...tasks import Task
-from ...training import device_of, model_inputs, to_device, train_model
+from ...training import Recipe, device_of, model_inputs, to_device
 from ...training.batches import EncodedData
-from ..base import ClientTask, PersonaliseConfig, TrainSettings
+from ..base import ClientTask, PersonaliseConfig
 from ..lora import lora_model, split_trainable
 from ..registry import FederatedStage, MethodSpec, register_method
 from .generator import PARAMETERISATIONS, LRGenerator
 from .hypergrad import lr_hypergradient
 
 
-@dataclass
+@dataclass(frozen=True)
 class FedL2PConfig:
     """``[fedl2p]``: FedL2P's federated learning-rate generator (one training per budget; the authors'
     meta settings). Its inner fine-tuning uses ``[personalise]`` epochs, batch size and head rate: it
@@ -72,12 +72,13 @@ class FedL2PConfig:
                 f"must be one of {list(PARAMETERISATIONS)}")
 
     def client_settings(self, p: PersonaliseConfig, budget: int, seed: int) -> FedL2PSettings:
+        r = p.recipe
         return FedL2PSettings(
-            budget=budget, base_lr=self.base_lr or p.lr, head_lr=p.head_lr, epochs=p.epochs, batch_size=p.batch_size,
+            budget=budget, base_lr=self.base_lr or r.lr, head_lr=r.head_lr, epochs=r.epochs, batch_size=r.batch_size,
             outer_steps=self.outer_steps, batch_pairs=self.batch_pairs, neumann_terms=self.neumann_terms,
             neumann_lr=self.neumann_lr, net_lr=self.net_lr, base_lr_lr=self.base_lr_lr,
-            val_fraction=self.val_fraction, seed=seed, head=p.head, weight_decay=p.weight_decay,
-            max_grad_norm=p.max_grad_norm, lora_a_seed=p.lora_a_seed, parameterisation=self.parameterisation)
+            val_fraction=self.val_fraction, seed=seed, head=r.head, weight_decay=r.weight_decay,
+            max_grad_norm=r.max_grad_norm, lora_a_seed=r.lora_a_seed, parameterisation=self.parameterisation)
 
 
 @dataclass(frozen=True)
@@ -101,11 +102,11 @@ class FedL2PSettings:
     lora_a_seed: int = -1
     parameterisation: str = "linear"
 
-    def inner(self, seed: int) -> TrainSettings:
-        """The inner fine-tuning's settings (the rates come from the generator)."""
-        return TrainSettings(epochs=self.epochs, batch_size=self.batch_size, head_lr=self.head_lr,
-                             weight_decay=self.weight_decay, seed=seed, head=self.head,
-                             max_grad_norm=self.max_grad_norm, lora_a_seed=self.lora_a_seed)
+    def inner(self) -> Recipe:
+        """The inner fine-tuning's recipe (the adapter rates come from the generator)."""
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, head_lr=self.head_lr,
+                      weight_decay=self.weight_decay, head=self.head, max_grad_norm=self.max_grad_norm,
+                      lora_a_seed=self.lora_a_seed)
 
 
 def new_lr_generator(base: nn.Module, base_lr: float, seed: int = 0, head: str = "train",
@@ -153,17 +154,17 @@ def lora_matrices(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
     return out
 
 
-def finetune_with_rates(base: nn.Module, data: EncodedData, rates: torch.Tensor, budget: int,
-                        ts: TrainSettings, kind: Task) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
-    """A fresh rank-``budget`` LoRA trained with one AdamW rate per matrix; returns (model, matrices, init)."""
-    torch.manual_seed(ts.seed)
-    model = lora_model(base, budget, ts, kind)
-    matrices = lora_matrices(model, feature_modules(base, ts.head))
+def finetune_with_rates(base: nn.Module, data: EncodedData, rates: torch.Tensor, budget: int, recipe: Recipe,
+                        seed: int, kind: Task) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
+    """A fresh rank-``budget`` LoRA trained with one AdamW rate per matrix (the recipe's other settings);
+    returns (model, matrices, init)."""
+    torch.manual_seed(seed)
+    model = lora_model(base, budget, recipe, kind)
+    matrices = lora_matrices(model, feature_modules(base, recipe.head))
     init = [p.detach().clone() for p in matrices]
     _, head = split_trainable(model)
     groups = [{"params": [p], "lr": float(r)} for p, r in zip(matrices, rates.detach().tolist(), strict=True)]
-    train_model(model, [*groups, {"params": head, "lr": ts.head_lr}], data, ts.epochs, ts.batch_size, ts.seed,
-                ts.weight_decay, max_grad_norm=ts.max_grad_norm, loss=kind.loss)
+    recipe.train(model, [*groups, {"params": head, "lr": recipe.head_lr}], data, seed, loss=kind.loss)
     return model, matrices, init
 
 
@@ -218,7 +219,8 @@ def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
     val_losses = []
     for step in range(s.outer_steps):
         rates = generator(feats)
-        model, matrices, init = finetune_with_rates(base, train, rates, s.budget, s.inner(s.seed + step), task.kind)
+        model, matrices, init = finetune_with_rates(base, train, rates, s.budget, s.inner(), s.seed + step,
+                                                    task.kind)
         hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, s.seed + step, task.kind)
         if not torch.isfinite(hyper).all():
             raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
@@ -242,13 +244,14 @@ class FedL2PMethod:
         self.generators = generators or {}
         self.name = name
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                    seed: int) -> list:
         if budget not in self.generators:
             raise UserError(f"{self.name} has no trained learning-rate generator for budget {budget}")
         with torch.no_grad():
-            rates = self.generators[budget](meta_features(base, task.train, head=settings.head))
-        model, _, _ = finetune_with_rates(base, task.train, rates, budget, settings, task.kind)
-        return task.kind.predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
+            rates = self.generators[budget](meta_features(base, task.train, head=p.recipe.head))
+        model, _, _ = finetune_with_rates(base, task.train, rates, budget, p.recipe, seed, task.kind)
+        return task.kind.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
 
 
 def _initial_generator(base: nn.Module, s: FedL2PSettings) -> dict[str, torch.Tensor]:
@@ -281,7 +284,7 @@ def fedl2p_stage(name: str, section: str) -> FederatedStage:
                                                                              replace(s, seed=ctx.seed)),
         finalize=_trained_generator,
         report=lambda base, generator, tasks, folder, cfg: write_fedl2p_rates(base, generator, tasks, folder,
-                                                                              cfg.personalise.head),
+                                                                              cfg.personalise.recipe.head),
         round_metrics=("val_loss", "lr_mean"),
     )
 

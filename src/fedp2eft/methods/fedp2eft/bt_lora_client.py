@@ -10,7 +10,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from ..base import ClientTask, TrainSettings
+from ..base import ClientTask, PersonaliseConfig
 from ..registry import MethodSpec, register_method
 from .method import FedP2EFTConfig
 from .training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
@@ -32,10 +32,11 @@ class BTLoRAClientMethod:
             self._lambdas[key] = train_lambdas(base, task.train, 1e-4, s, task.kind)[0]
         return self._lambdas[key]
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
-        lambdas = self.client_lambdas(base, task, settings.seed)
-        s = personalisation_settings(self.bt, settings)
-        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, settings.eval_batch_size, task.kind)
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                    seed: int) -> list:
+        lambdas = self.client_lambdas(base, task, seed)
+        s = personalisation_settings(self.bt, p.recipe, seed)
+        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, p.eval_batch_size, task.kind)
 
 
 register_method(MethodSpec(

@@ -24,7 +24,7 @@ from torch import nn
 from ...errors import require
 from ...psg import client_lambdas, feature_modules, meta_features
 from ...psg.module_types import lambda_statistics
-from ..base import ClientTask, PersonaliseConfig, TrainSettings
+from ..base import ClientTask, PersonaliseConfig
 from ..registry import FederatedStage, MethodSpec, StageContext, register_method
 from ..tuned import tuned_spec
 from .generator import PSG
@@ -50,7 +50,7 @@ class PSGSettings:
     psg_init: float = 1e-4  # the PSG's first λ̂ (the authors': BT-LoRA's initial 1e-4)
 
 
-@dataclass
+@dataclass(frozen=True)
 class FedP2EFTConfig:
     """``[fedp2eft]`` (and ``[fedp2eft_paper]``, method ``fedp2eft-paper``): federated PSG training
     (Alg. 1) and BT-LoRA's stage 1 (eq. 1); defaults are the authors'."""
@@ -86,8 +86,8 @@ class FedP2EFTConfig:
         """Stage 1's settings; the adapter recipe (head mode, fixed A) comes from ``[personalise]``."""
         return BTSettings(r_init=self.r_init, lora_alpha=self.lora_alpha, alpha_s=self.alpha_s, alpha_p=self.alpha_p,
                           lambda_lr=self.lambda_lr, lr=self.lr, head_lr=self.head_lr, epochs=self.local_epochs,
-                          batch_size=self.batch_size, seed=seed, head=personalise.head,
-                          lora_a_seed=personalise.lora_a_seed)
+                          batch_size=self.batch_size, seed=seed, head=personalise.recipe.head,
+                          lora_a_seed=personalise.recipe.lora_a_seed)
 
     def psg_settings(self, personalise: PersonaliseConfig, seed: int) -> PSGSettings:
         return PSGSettings(bt=self.bt_settings(personalise, seed), regress_steps=self.regress_steps,
@@ -171,22 +171,23 @@ class FedP2EFTMethod:
         if mean_one:
             self.name = "fedp2eft-mean1"
 
-    def personalised_model(self, base: nn.Module, task: ClientTask, budget: int | None,
-                           settings: TrainSettings) -> nn.Module:
+    def personalised_model(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                           seed: int) -> nn.Module:
         """Alg. 2 for one client: its λ from the PSG, pruned to the budget, fine-tuned (peft model, unmerged:
         what ``fedp2eft export`` writes)."""
         if self.psg is None:
             raise ValueError("fedp2eft needs a trained PSG")
-        lambdas = client_lambdas(base, self.psg, task, settings.head)
+        lambdas = client_lambdas(base, self.psg, task, p.recipe.head)
         if self.mean_one:
             lambdas = rescale_to_mean_one(lambdas, budget)
-        s = personalisation_settings(self.bt, settings)
+        s = personalisation_settings(self.bt, p.recipe, seed)
         select_by = width_free_scores(lambdas, module_widths(base, list(lambdas))) if self.width_free else None
         return finetune_pruned_model(base, task.train, lambdas, budget, s, task.kind, select_by)
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
-        model = self.personalised_model(base, task, budget, settings).merge_and_unload()
-        return task.kind.predict(model, task.test, settings.eval_batch_size)
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                    seed: int) -> list:
+        model = self.personalised_model(base, task, budget, p, seed).merge_and_unload()
+        return task.kind.predict(model, task.test, p.eval_batch_size)
 
 
 def _new_psg_state(base: nn.Module, s: PSGSettings) -> dict[str, torch.Tensor]:
@@ -208,7 +209,7 @@ def psg_stage(name: str, section: str) -> FederatedStage:
         client_settings=lambda cfg, seed, budget: getattr(cfg, section).psg_settings(cfg.personalise, seed),
         settings_type=PSGSettings, initial_state=_new_psg_state, client_update=_psg_update, finalize=_trained_psg,
         after=write_lambda_trajectory, report=lambda base, psg, tasks, folder, cfg: write_lambda_report(
-            base, psg, tasks, folder, cfg.personalise.head),
+            base, psg, tasks, folder, cfg.personalise.recipe.head),
         round_metrics=("train_loss", "l1", "lambda_mean"),
     )
 

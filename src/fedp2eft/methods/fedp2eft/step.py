@@ -45,9 +45,9 @@ from ...psg import feature_modules, meta_features
 from ...psg.module_types import MODULE_TYPES, module_type
 from ...psg.rate_report import write_rate_report
 from ...tasks import Task
-from ...training import model_inputs, to_device, train_model
+from ...training import Recipe, model_inputs, to_device, train_model
 from ...training.batches import EncodedData
-from ..base import ClientTask, TrainSettings
+from ..base import ClientTask, PersonaliseConfig
 from ..lora import lora_model
 from ..registry import FederatedStage, MethodSpec, keep_prior, register_method, split_prior
 from .method import PSG_STAGE, new_psg
@@ -76,7 +76,7 @@ class StepHead(nn.Module):
             return {t: math.exp(float(v)) for t, v in zip(MODULE_TYPES, self(features), strict=True)}
 
 
-@dataclass
+@dataclass(frozen=True)
 class FedP2EFTStepConfig:
     """``[fedp2eft_step]`` / ``[lora_step]``: the step head's federated training (one per budget; for
     ``fedp2eft-step`` after the ``[fedp2eft]`` PSG, which it uses frozen). Fine-tuning itself follows
@@ -121,8 +121,8 @@ def step_settings(section: str, structure: str):
     """``client_settings`` of a step stage from config section ``section``."""
     def settings(cfg, seed: int, budget: int) -> StepSettings:
         q, p = getattr(cfg, section), cfg.personalise
-        bt = personalisation_settings(cfg.fedp2eft.bt_settings(p, seed), p.train_settings(seed))
-        return StepSettings(budget=budget, bt=bt, step_init=q.step_init or p.lr, grid=tuple(q.grid),
+        bt = personalisation_settings(cfg.fedp2eft.bt_settings(p, seed), p.recipe, seed)
+        return StepSettings(budget=budget, bt=bt, step_init=q.step_init or p.recipe.lr, grid=tuple(q.grid),
                             type_grid=tuple(q.type_grid), regress_steps=q.regress_steps, regress_lr=q.regress_lr,
                             val_fraction=q.val_fraction, hidden=q.hidden, structure=structure)
     return settings
@@ -133,7 +133,7 @@ def adapter_model(base: nn.Module, s: StepSettings, lambdas: dict[str, torch.Ten
     """The adapter the step is learned for, before training: the PSG's pruned BT-LoRA, or plain LoRA."""
     torch.manual_seed(s.bt.seed)
     if s.structure == "lora":
-        return lora_model(base, s.budget, TrainSettings(head=s.bt.head, lora_a_seed=s.bt.lora_a_seed), kind)
+        return lora_model(base, s.budget, Recipe(head=s.bt.head, lora_a_seed=s.bt.lora_a_seed), kind)
     return pruned_model(base, lambdas, s.budget, s.bt, kind)
 
 
@@ -276,16 +276,18 @@ class FedP2EFTStepMethod:
         self.bt = bt or BTSettings()
         self.name = name
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                    seed: int) -> list:
         if budget not in self.resources:
             raise UserError(f"{self.name} has no trained step head for budget {budget}")
         r = self.resources[budget]
-        s = replace(r.settings, budget=budget, bt=personalisation_settings(self.bt, settings))
-        feats = meta_features(base, task.train, head=settings.head)
-        lambdas = r.psg.lambdas(feats, feature_modules(base, settings.head)) if r.psg is not None else None
+        head = p.recipe.head
+        s = replace(r.settings, budget=budget, bt=personalisation_settings(self.bt, p.recipe, seed))
+        feats = meta_features(base, task.train, head=head)
+        lambdas = r.psg.lambdas(feats, feature_modules(base, head)) if r.psg is not None else None
         model = train_at_rates(adapter_model(base, s, lambdas, task.kind), task.train, r.head.rates(feats), s.bt,
                                task.kind)
-        return task.kind.predict(model.merge_and_unload(), task.test, settings.eval_batch_size)
+        return task.kind.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
 
 
 def _initial_head(base: nn.Module, s: StepSettings) -> dict[str, torch.Tensor]:
@@ -316,7 +318,7 @@ def step_stage(name: str, section: str, structure: str) -> FederatedStage:
         finalize=_trained, aggregate=keep_prior(PSG_STAGE.name) if on_psg else None,
         needs=PSG_STAGE.name if on_psg else None,
         report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,
-                                                                           cfg.personalise.head),
+                                                                           cfg.personalise.recipe.head),
         round_metrics=("l1", "val_loss", "lr_mean"),
     )
 

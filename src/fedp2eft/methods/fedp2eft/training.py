@@ -25,7 +25,7 @@ from ...adapters import apply_fixed_a, bt_penalty, select_ranks
 from ...adapters.bt_lora import bt_lora_config, lambdas_by_module, set_lambdas
 from ...adapters.priors import LAMBDA_MAX, LAMBDA_MIN
 from ...tasks import Task
-from ...training import copy_sharing_embeddings, train_model
+from ...training import Recipe, copy_sharing_embeddings, train_model
 from ...training.batches import EncodedData
 
 
@@ -149,10 +149,10 @@ def width_free_scores(lambdas: dict[str, torch.Tensor], widths: dict[str, int]) 
     return {n: v * (mean / widths[n]) ** 0.5 for n, v in lambdas.items()}
 
 
-def personalisation_settings(bt: BTSettings, ts) -> BTSettings:
-    """``bt`` with the personalisation's fine-tuning settings (a ``TrainSettings``)."""
+def personalisation_settings(bt: BTSettings, recipe: Recipe, seed: int) -> BTSettings:
+    """``bt`` with the personalisation's fine-tuning ``recipe`` and the client's ``seed``."""
     from dataclasses import replace
 
-    return replace(bt, lr=ts.lr, head_lr=ts.head_lr, epochs=ts.epochs, batch_size=ts.batch_size, seed=ts.seed,
-                   weight_decay=ts.weight_decay, max_grad_norm=ts.max_grad_norm, head=ts.head,
-                   lora_a_seed=ts.lora_a_seed)
+    return replace(bt, lr=recipe.lr, head_lr=recipe.head_lr, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                   seed=seed, weight_decay=recipe.weight_decay, max_grad_norm=recipe.max_grad_norm,
+                   head=recipe.head, lora_a_seed=recipe.lora_a_seed)

@@ -30,14 +30,14 @@ from torch import nn
 from ...adapters.two_level import TwoLevelLinear, attach_two_level, level_state, load_level_state, merge_two_level
 from ...atomic import save_tensors
 from ...errors import UserError, require
-from ...training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, to_device, train_model
+from ...training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, to_device
 from ...training.batches import EncodedData
-from ..base import ClientTask, PersonaliseConfig, TrainSettings
+from ..base import ClientTask, PersonaliseConfig
 from ..registry import FederatedStage, MethodSpec, register_method
 from .bilevel import bilevel_local_steps
 
 
-@dataclass
+@dataclass(frozen=True)
 class PF2LoRAConfig:
     """``[pf2lora]``: PF2LoRA's federated bilevel training (one training per budget; level-1 rank = the
     budget)."""
@@ -61,7 +61,7 @@ class PF2LoRAConfig:
     def client_settings(self, p: PersonaliseConfig, budget: int, seed: int) -> PF2LoRASettings:
         return PF2LoRASettings(budget=budget, local_rank=self.local_rank, lr=self.lr, head_lr=self.head_lr,
                                lower_lr=self.lower_lr, steps=self.steps, inner_steps=self.inner_steps,
-                               batch_size=self.batch_size, seed=seed, head=p.head)
+                               batch_size=self.batch_size, seed=seed, head=p.recipe.head)
 
 
 @dataclass(frozen=True)
@@ -175,24 +175,24 @@ class PF2LoRAMethod:
         self.trained = trained or {}
         self.settings = settings or PF2LoRASettings()
 
-    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, settings: TrainSettings) -> list:
+    def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
+                    seed: int) -> list:
         if budget not in self.trained:
             raise UserError(f"pf2lora has no trained shared adapter for budget {budget}")
+        recipe = p.recipe
         state, local_dir = self.trained[budget]
         r_local = replace(self.settings, budget=budget).r_local
-        model, layers = two_level_model(base, budget, r_local, client_seed(task.client_id, settings.seed), settings.head)
+        model, layers = two_level_model(base, budget, r_local, client_seed(task.client_id, seed), recipe.head)
         load_shared_state(model, layers, state)
         own = local_state_path(local_dir, task.client_id) if local_dir is not None else None
         if own is not None and own.is_file():
             load_level_state(layers, load_file(str(own)))
-        local = [p for layer in layers.values() for p in layer.local_parameters()]
-        for p in (p for layer in layers.values() for p in layer.shared_parameters()):
-            p.requires_grad_(False)
-        train_model(model, settings.param_groups(local, head_parameters(model)), task.train, settings.epochs,
-                    settings.batch_size, settings.seed, settings.weight_decay, max_grad_norm=settings.max_grad_norm,
-                    loss=task.kind.loss)
+        local = [w for layer in layers.values() for w in layer.local_parameters()]
+        for w in (w for layer in layers.values() for w in layer.shared_parameters()):
+            w.requires_grad_(False)
+        recipe.train(model, recipe.param_groups(local, head_parameters(model)), task.train, seed, loss=task.kind.loss)
         merge_two_level(layers)
-        return task.kind.predict(model, task.test, settings.eval_batch_size)
+        return task.kind.predict(model, task.test, p.eval_batch_size)
 
 
 def _trained_pf2lora(base: nn.Module, state, s: PF2LoRASettings, folder: Path):
@@ -211,6 +211,6 @@ PF2LORA_STAGE = FederatedStage(
 register_method(MethodSpec(
     "pf2lora",
     lambda cfg, resources, seed: PF2LoRAMethod(resources, PF2LoRASettings(local_rank=cfg.pf2lora.local_rank, seed=seed,
-                                                                          head=cfg.personalise.head)),
+                                                                          head=cfg.personalise.recipe.head)),
     section="pf2lora", settings=PF2LoRAConfig, stage=PF2LORA_STAGE, recorded=True,
     summary="PF2LoRA: a federated level-1 LoRA plus each client's own level 2"))
