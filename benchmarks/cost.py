@@ -49,7 +49,7 @@ def child(args, cfg) -> dict:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     stage = ROUNDS[args.child]
     if stage is None:
-        secs = benchkit.personalise_seconds("lora", cfg, bench.base, task, cfg.fedp2eft.r_init)
+        secs = benchkit.personalise_seconds("lora", cfg, bench.base, task, cfg.fedp2eft.prior.r_init)
     else:
         secs = benchkit.client_round(stage, cfg, bench.base, task, args.budget)
     return {"seconds": secs, "rows": len(task.train), "client": task.client_id,
@@ -88,7 +88,7 @@ def step_times(cfg, bench, task, steps: int) -> dict:
     from fedp2eft.adapters.bt_lora import bt_lora_config
     from fedp2eft.training.loop import model_inputs
 
-    rank = cfg.fedp2eft.r_init
+    rank = cfg.fedp2eft.prior.r_init
     targets = bench.kind.adapted_modules(bench.base, cfg.personalise.recipe.head)
     batch = task.train.batch(list(range(min(len(task.train), cfg.fedp2eft.batch_size))))
     models = {
@@ -120,7 +120,7 @@ def payloads(cfg, base, budget: int) -> tuple[dict, dict]:
     n_psg = payload("psg", cfg, base, budget)
     n_gen, n_pf = payload("fedl2p", cfg, base, budget), payload("pf2lora", cfg, base, budget)
     psg = {"psg_parameters": n_psg, "base_parameters": n_base, "percent": 100 * n_psg / n_base,
-           "r_init": cfg.fedp2eft.r_init}
+           "r_init": cfg.fedp2eft.prior.r_init}
     baseline = {"fedl2p_parameters": n_gen, "fedl2p_percent": 100 * n_gen / n_base,
                 "pf2lora_parameters": n_pf, "pf2lora_percent": 100 * n_pf / n_base, "budget": budget}
     return psg, baseline

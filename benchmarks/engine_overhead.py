@@ -85,7 +85,7 @@ def measure(args, job_name: str) -> dict:
     cfg = config(args.data, args.rounds, job_name, args.sets)
     job = stage_job(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed)
     base, _ = worker.base_model(job)
-    init = STANDARD_FL_STAGE.initial_state(base, cfg.base_model.fedavg_hp())
+    init = STANDARD_FL_STAGE.initial_state(base, cfg.base_model, worker.stage_context(job))
     bare_loop(cfg, job, init)  # warm the caches (federation, base model, tokenizer)
     times = {"bare": [], "engine": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -39,7 +39,7 @@ def measure(args, cfg) -> dict:
     from fedp2eft.methods.fedp2eft.training import personalisation_settings, pruned_model
     from fedp2eft.methods.lora import lora_model
     from fedp2eft.psg import client_lambdas
-    from fedp2eft.setup.federation import client_task
+    from fedp2eft.setup.federation import client_task, stage_context
     from fedp2eft.setup.layout import RunLayout
 
     bench = open_bench(cfg)
@@ -57,11 +57,11 @@ def measure(args, cfg) -> dict:
         psg_file = RunLayout(args.run).stage(PSG_STAGE.name, 0) / PSG_STAGE.artifact
         if not psg_file.is_file():
             raise SystemExit(f"{psg_file}: missing (run the config with fedp2eft first)")
-        s = PSG_STAGE.client_settings(cfg, 0, None)
-        psg = PSG_STAGE.finalize(base, load_file(str(psg_file)), s, psg_file.parent)
+        s = PSG_STAGE.client_settings(cfg)
+        psg = PSG_STAGE.finalize(base, load_file(str(psg_file)), s, psg_file.parent, stage_context(cfg, 0))
         lambdas = client_lambdas(base, psg, task, p.recipe.head)
         model = pruned_model(base, lambdas, args.budget,
-                             personalisation_settings(cfg.fedp2eft.bt_settings(p, 0), p.recipe, 0), kind)
+                             personalisation_settings(cfg.fedp2eft.bt_settings(p), p.recipe), kind)
     else:
         model = base
     adapted = sum(1 for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A))

@@ -46,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     bench = open_bench(cfg, args.base)
     task = bench.tasks("seen", 1)[0]
     data = task.train.subset(list(range(min(args.rows, len(task.train)))))
-    bt = cfg.fedp2eft.bt_settings(cfg.personalise, 0)
+    bt = cfg.fedp2eft.bt_settings(cfg.personalise)
     rows = []
     for epochs in map(int, epochs_list.split(",")):
-        lam, losses = train_lambdas(bench.base, data, 1e-4, replace(bt, epochs=epochs), bench.kind)
+        lam, losses = train_lambdas(bench.base, data, 1e-4, replace(bt, recipe=replace(bt.recipe, epochs=epochs)), 0,
+                                    bench.kind)
         row = {"rows": len(data), "epochs": epochs, "steps": len(losses), **spread(lam)}
         rows.append(row)
         print(f"{row['rows']} rows, {epochs} epochs = {row['steps']} steps: λ mean {row['mean']:.4f}, SD {row['sd']:.4f} "

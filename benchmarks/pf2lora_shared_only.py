@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = bench_config(args.config, args)
     bench = open_bench(cfg, layout.base_model if layout.base_model.is_dir() else cfg.base_model.kind)
-    s = stage.client_settings(cfg, args.seed, args.budget)
-    model, layers = two_level_model(bench.base, args.budget, s.r_local, 0, s.head)
+    s = stage.client_settings(cfg)
+    model, layers = two_level_model(bench.base, args.budget, s.training.r_local(args.budget), 0, s.head)
     load_shared_state(model, layers, load_file(str(shared_file)))  # level 2 keeps D = 0: it adds nothing
     result = {"seed": args.seed, "budget": args.budget, "run": str(args.run)}
     with torch.no_grad():

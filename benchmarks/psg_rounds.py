@@ -110,7 +110,8 @@ def main(argv=None) -> int:
     from fedp2eft.methods.fedp2eft import PSG_STAGE, new_psg
     from fedp2eft.methods.lora import finetune_lora
     from fedp2eft.methods.registry import get_method, get_spec
-    from fedp2eft.setup.federation import client_tasks, load_federation, task_for
+    from fedp2eft.schema import with_keys
+    from fedp2eft.setup.federation import client_tasks, load_federation, stage_context, task_for
     from fedp2eft.setup.layout import RunLayout
     from fedp2eft.setup.replicates import replicate_config, replicate_layout
     from fedp2eft.stages import load_or_train
@@ -167,18 +168,19 @@ def main(argv=None) -> int:
     def psg_method(section):  # a snapshot of a PSG stage → FedP²EFT with that PSG
         from fedp2eft.methods.fedp2eft import FedP2EFTMethod
 
-        bt = section.bt_settings(cfg.personalise, args.seed)
+        bt = section.bt_settings(cfg.personalise)
 
         def make(state):
-            psg = new_psg(base, section.r_init, args.seed, cfg.personalise.recipe.head, section.psg_init)
+            psg = new_psg(base, section.prior.r_init, args.seed, cfg.personalise.recipe.head,
+                          section.regression.psg_init)
             psg.load_state_dict(state)
             return FedP2EFTMethod(psg, bt)
         return make
 
     lora = {}
     for name in args.variant or ([] if args.stage_snapshots else list(VARIANTS)):
-        section = dataclasses.replace(dataclasses.replace(cfg.fedp2eft.__class__()), **VARIANTS[name],
-                                      rounds=args.rounds, snapshot_every=args.every)
+        section = with_keys(cfg.fedp2eft.__class__(), **VARIANTS[name], rounds=args.rounds,
+                            snapshot_every=args.every)
         vcfg = dataclasses.replace(cfg, fedp2eft=section)
         folder = work / name
         t0 = time.perf_counter()
@@ -188,9 +190,10 @@ def main(argv=None) -> int:
         entry["train_seconds"] = entry.get("train_seconds") or trained_seconds
         write_json(results_path, curves)
     def stage_method(method, spec, folder):  # a snapshot of any stage → the method with that resource
-        stage_settings = spec.stage.client_settings(cfg, args.seed, args.budget)
-        return lambda state: get_method(method, cfg, {args.budget: spec.stage.finalize(
-            base, state, stage_settings, folder)}, args.seed)
+        stage_settings = spec.stage.client_settings(cfg)
+        budget = args.budget if spec.stage.per_budget else None
+        return lambda state: get_method(method, cfg, {budget: spec.stage.finalize(
+            base, state, stage_settings, folder, stage_context(cfg, args.seed, budget))}, args.seed)
 
     for method in args.stage_snapshots:  # a stage the run itself trained (e.g. fedp2eft-paper's psg-paper)
         spec = get_spec(method)

@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from fedp2eft.benchkit import add_options, bench_config, open_bench, write_result
 from fedp2eft.methods.fedp2eft import PSG_STAGE
 from fedp2eft.psg import feature_modules, meta_features
+from fedp2eft.setup.federation import stage_context
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     head = cfg.personalise.recipe.head
     names = feature_modules(bench.base, head)
     feats = [meta_features(bench.base, t.train, head=head) for t in tasks]  # they do not depend on the PSG
-    settings = PSG_STAGE.client_settings(cfg, 0, None)
+    settings = PSG_STAGE.client_settings(cfg)
     rows = []
     for path in sorted(args.states):
-        psg = PSG_STAGE.finalize(bench.base, load_file(str(path)), settings, path.parent)
+        psg = PSG_STAGE.finalize(bench.base, load_file(str(path)), settings, path.parent, stage_context(cfg, 0))
         with torch.no_grad():
             lam = torch.stack([torch.stack(list(psg.lambdas(f, names).values())) for f in feats]).double()
         m = re.search(r"(\d+)", path.stem)

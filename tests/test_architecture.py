@@ -122,3 +122,20 @@ def test_only_tasks_import_a_tasks_internals():
     offenders = [f"{m} -> {d}" for m, deps in graph().items() if component(m) != "tasks"
                  for d in deps if d.startswith("fedp2eft.tasks.") and d != "fedp2eft.tasks.registry"]
     assert not offenders, offenders
+
+
+def test_no_task_is_assumed_outside_tasks_and_setup():
+    """Below ``setup/`` the task is always passed in (a client's ``task.kind``, a stage's ``context.kind``):
+    no module outside ``tasks/`` and ``setup/`` names a built-in task such as ``CLASSIFICATION``, so no
+    signature can default to one (issue 27)."""
+    builtin = {"CLASSIFICATION", "GENERATION"}
+    offenders = []
+    for path in PACKAGE.rglob("*.py"):
+        if component(module_name(path)) in ("tasks", "setup"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else \
+                node.name if isinstance(node, ast.alias) else None
+            if name in builtin:
+                offenders.append(f"{module_name(path)}:{node.lineno}" if hasattr(node, "lineno") else module_name(path))
+    assert not offenders, offenders

@@ -13,7 +13,13 @@ from fedp2eft.config import load_config
 from fedp2eft.fl.engines import run_stage, train_stage
 from fedp2eft.methods import PersonaliseConfig, get_method
 from fedp2eft.methods.fedl2p import FEDL2P_STAGE, new_lr_generator
-from fedp2eft.methods.pf2lora import PF2LORA_STAGE, PF2LoRASettings, initial_shared_state, pf2lora_client_update
+from fedp2eft.methods.pf2lora import (
+    PF2LORA_STAGE,
+    PF2LoRASettings,
+    PF2LoRATraining,
+    initial_shared_state,
+    pf2lora_client_update,
+)
 from fedp2eft.models import load_classifier
 from fedp2eft.training import Recipe
 from fl_helpers import tiny_overrides
@@ -64,13 +70,14 @@ def test_pf2lora_level_two_never_travels_and_persists_on_the_client(tmp_path, ma
     # a client's second round starts from its stored level 2 (with the lower level frozen it stays put)
     base, tok = load_classifier("tiny-bert", 3)
     task = toy_task(tok)
-    s = PF2LoRASettings(budget=4, batch_size=4, steps=3, lower_lr=0.5, lr=1e-3)
-    state = initial_shared_state(base, s)
+    s = PF2LoRASettings(PF2LoRATraining(batch_size=4, steps=3, lower_lr=0.5, lr=1e-3))
+    state = initial_shared_state(base, s, 4, 0)
     folder = tmp_path / "own"
-    pf2lora_client_update(base, state, task, s, folder)
+    pf2lora_client_update(base, state, task, s, 4, 0, folder)
     first = load_file(str(folder / f"{task.client_id}.safetensors"))
     assert any(v.abs().sum() > 0 for k, v in first.items() if k.endswith(".local_D"))
-    pf2lora_client_update(base, state, task, PF2LoRASettings(budget=4, batch_size=4, steps=1, lower_lr=0.0), folder)
+    pf2lora_client_update(base, state, task, PF2LoRASettings(PF2LoRATraining(batch_size=4, steps=1, lower_lr=0.0)), 4,
+                          0, folder)
     second = load_file(str(folder / f"{task.client_id}.safetensors"))
     assert all(torch.equal(first[k], second[k]) for k in first)
 

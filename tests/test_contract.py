@@ -13,7 +13,7 @@ from fedp2eft.fl.engines import run_stage
 from fedp2eft.methods import get_method, get_spec, method_names
 from fedp2eft.methods.registry import federated_stages, get_stage, prior_key
 from fedp2eft.setup.base_models import load_base
-from fedp2eft.setup.federation import client_task, load_federation, task_for
+from fedp2eft.setup.federation import client_task, load_federation, stage_context, task_for
 from fl_helpers import tiny_overrides
 
 SMALL = {"base_model.kind": '"off-the-shelf"', "personalise.epochs": 1, "personalise.batch_size": 8,
@@ -37,7 +37,7 @@ def prior_state(cfg, base, stage) -> dict:
     if stage.needs is None:
         return {}
     needed = get_stage(stage.needs)
-    init = needed.initial_state(base, needed.client_settings(cfg, 0, None))
+    init = needed.initial_state(base, needed.client_settings(cfg), stage_context(cfg, 0))
     return {prior_key(needed.name, k): v for k, v in init.items()}
 
 
@@ -47,9 +47,9 @@ def untrained_resources(cfg, base, spec, folder) -> dict:
         return {}
     out = {}
     for budget in ([2] if spec.stage.per_budget else [None]):
-        settings = spec.stage.client_settings(cfg, 0, budget)
-        state = {**spec.stage.initial_state(base, settings), **prior_state(cfg, base, spec.stage)}
-        out[budget] = spec.stage.finalize(base, state, settings, folder)
+        settings, ctx = spec.stage.client_settings(cfg), stage_context(cfg, 0, budget)
+        state = {**spec.stage.initial_state(base, settings, ctx), **prior_state(cfg, base, spec.stage)}
+        out[budget] = spec.stage.finalize(base, state, settings, folder, ctx)
     return out
 
 
@@ -92,7 +92,8 @@ def test_every_stage_resumed_equals_uninterrupted(name, masakhanews_dir, tmp_pat
     resumed = run_stage(cfg(3), stage, "off-the-shelf", 0, tmp_path / "cut", budget, resume=True, prior=prior)
     assert full.keys() == resumed.keys()
     assert all(torch.equal(full[k], resumed[k]) for k in full), name
-    init = {**stage.initial_state(*_base_and_settings(cfg(3), stage, budget)), **(prior or {})}
+    init = {**stage.initial_state(*_base_and_settings(cfg(3), stage, budget), stage_context(cfg(3), 0, budget)),
+            **(prior or {})}
     assert full.keys() == init.keys()  # the global state keeps its keys
     assert any(not torch.equal(full[k], init[k].to(full[k].device)) for k in full)  # and moves
 
@@ -100,7 +101,7 @@ def test_every_stage_resumed_equals_uninterrupted(name, masakhanews_dir, tmp_pat
 def _base_and_settings(cfg, stage, budget):
     fed = load_federation(cfg)
     base, _ = load_base(cfg, "off-the-shelf", len(fed.label_names), seed=0)
-    return base, stage.client_settings(cfg, 0, budget)
+    return base, stage.client_settings(cfg)
 
 
 def test_a_new_method_is_one_module_one_registration_and_its_config(tmp_path, masakhanews_dir, capsys):

@@ -18,7 +18,7 @@ from fedp2eft.fl.engines import train_stage
 from fedp2eft.methods import ClientTask, PersonaliseConfig
 from fedp2eft.methods.fedp2eft import PSG, PSG_STAGE, FedP2EFTMethod, new_psg
 from fedp2eft.methods.fedp2eft.bt_lora_client import BTLoRAClientMethod
-from fedp2eft.methods.fedp2eft.training import BTSettings
+from fedp2eft.methods.fedp2eft.training import BTPrior, BTSettings
 from fedp2eft.models import load_classifier
 from fedp2eft.psg import feature_modules, meta_features
 from fedp2eft.tasks import CLASSIFICATION
@@ -101,7 +101,7 @@ def test_personalisation_at_every_budget_uses_the_psg():
     psg = new_psg(base, r_init=4)
     with torch.no_grad():  # a PSG whose λ prefer the attention modules
         psg.net[2].bias.copy_(torch.linspace(1.0, 0.01, psg.net[2].bias.numel()))
-    method = FedP2EFTMethod(psg, BTSettings(r_init=4, lora_alpha=8))
+    method = FedP2EFTMethod(psg, BTSettings(BTPrior(r_init=4, lora_alpha=8)))
     settings = PersonaliseConfig(recipe=Recipe(epochs=1, batch_size=4, lr=1e-3))
     for budget in (1, 2, 4):
         preds = method.personalise(base, task, budget, settings, 0)
@@ -198,7 +198,7 @@ def test_bt_lora_per_client_learns_lambda_once_for_every_budget():
     torch.manual_seed(0)
     base, tok = load_classifier("tiny-bert", 3)
     task = toy_task(tok)
-    method = BTLoRAClientMethod(BTSettings(r_init=4, lora_alpha=8, epochs=2, batch_size=4))
+    method = BTLoRAClientMethod(BTSettings(BTPrior(r_init=4, lora_alpha=8), Recipe(epochs=2, batch_size=4)))
     settings = PersonaliseConfig(recipe=Recipe(epochs=1, batch_size=4, lr=1e-3))
     for budget in (1, 2, 4):
         assert len(method.personalise(base, task, budget, settings, 0)) == len(task.test)

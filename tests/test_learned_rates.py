@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from fedp2eft.methods.fedl2p import FedL2PSettings, LRGenerator, meta_optimisers, meta_step
+from fedp2eft.methods.fedl2p import FedL2PMeta, LRGenerator, meta_optimisers, meta_step
 from fedp2eft.psg.rate_report import pool_summary, rates_by_type
 
 
@@ -19,7 +19,7 @@ def _rate_after(parameterisation: str, net_lr: float, base_lr_lr: float, steps: 
     torch.manual_seed(0)
     feats = torch.randn(6)
     gen = LRGenerator(6, 4, base_lr=start, parameterisation=parameterisation)
-    s = FedL2PSettings(net_lr=net_lr, base_lr_lr=base_lr_lr)
+    s = FedL2PMeta(net_lr=net_lr, base_lr_lr=base_lr_lr)
     opts = meta_optimisers(gen, s)
     for _ in range(steps):
         rates = gen(feats)

@@ -15,7 +15,7 @@ from fedp2eft.data.records import Example
 from fedp2eft.methods import ClientTask, PersonaliseConfig, get_method
 from fedp2eft.methods.fedp2eft import PSG, FedP2EFTMethod
 from fedp2eft.methods.fedp2eft.bt_lora_client import BTLoRAClientMethod
-from fedp2eft.methods.fedp2eft.training import BTSettings, pruned_model, stage1_model, train_lambdas
+from fedp2eft.methods.fedp2eft.training import BTPrior, BTSettings, pruned_model, stage1_model, train_lambdas
 from fedp2eft.methods.lora import lora_model
 from fedp2eft.models import load_classifier
 from fedp2eft.models.classifier import SequenceClassifier
@@ -46,9 +46,9 @@ def test_fixed_a_rows_are_a_prefix_and_depend_on_module_and_seed():
 
 def test_fixed_a_is_the_same_in_every_round_client_and_at_personalisation():
     base, _ = load_classifier("tiny-bert", 3)
-    s = BTSettings(r_init=6, lora_alpha=12, head="adapter", lora_a_seed=42)
-    round1 = lora_a(stage1_model(base, 1e-4, s, CLASSIFICATION))
-    round2 = lora_a(stage1_model(base, 0.5, BTSettings(**{**s.__dict__, "seed": 99}), CLASSIFICATION))  # other client/round seed
+    s = BTSettings(BTPrior(r_init=6, lora_alpha=12), Recipe(head="adapter", lora_a_seed=42))
+    round1 = lora_a(stage1_model(base, 1e-4, s, 0, CLASSIFICATION))
+    round2 = lora_a(stage1_model(base, 0.5, s, 99, CLASSIFICATION))  # other client/round seed
     assert round1.keys() == round2.keys() and "head" in round1
     assert all(torch.equal(round1[k], round2[k]) for k in round1)
     # LoRA at rank 2 (any seed) uses the first two rows of the same A
@@ -101,7 +101,7 @@ def test_bt_lora_baseline_honours_its_settings_and_keeps_lambda_positive(monkeyp
         return real(model, groups, data, epochs, batch_size, seed, weight_decay, **kw)
 
     monkeypatch.setattr(bt_training, "train_model", recording)
-    bt = BTSettings(r_init=4, lora_alpha=8, epochs=3, batch_size=4)  # stage 1: 3 epochs of 4 batches
+    bt = BTSettings(BTPrior(r_init=4, lora_alpha=8), Recipe(epochs=3, batch_size=4))  # stage 1: 3 epochs of 4 batches
     method = BTLoRAClientMethod(bt)
     settings = PersonaliseConfig(recipe=Recipe(epochs=1, batch_size=8, lr=1e-3, weight_decay=0.05, max_grad_norm=1.0))
     method.personalise(base, task, 2, settings, 0)
@@ -121,7 +121,7 @@ def test_fedp2eft_personalisation_honours_weight_decay_and_clipping(monkeypatch)
     real = bt_training.train_model
     monkeypatch.setattr(bt_training, "train_model", lambda *a, **kw: seen.append((a[6], kw)) or real(*a, **kw))
     psg = new_psg(base, 4, head="adapter", psg_init=1.0)
-    method = FedP2EFTMethod(psg, BTSettings(r_init=4, lora_alpha=8))
+    method = FedP2EFTMethod(psg, BTSettings(BTPrior(r_init=4, lora_alpha=8)))
     method.personalise(base, toy_task(tok), 2,
                        PersonaliseConfig(recipe=Recipe(weight_decay=0.1, max_grad_norm=0.5, head="adapter")), 0)
     ((wd, kw),) = seen
@@ -155,8 +155,9 @@ def _wide_toy_lambdas():
     g = torch.Generator().manual_seed(0)
     ids = [torch.randint(5, 300, (12,), generator=g).tolist() for _ in range(32)]
     data = EncodedData(ids, [i % 3 for i in range(32)], pad_id=0)
-    lam, _ = train_lambdas(base, data, 1e-4, BTSettings(r_init=4, lora_alpha=8, epochs=40, batch_size=8,
-                                                        lambda_lr=0.01, lr=1e-3, lora_a_seed=42), CLASSIFICATION)
+    s = BTSettings(BTPrior(r_init=4, lora_alpha=8, lambda_lr=0.01), Recipe(epochs=40, batch_size=8, lr=1e-3,
+                                                                         lora_a_seed=42))
+    lam, _ = train_lambdas(base, data, 1e-4, s, 0, CLASSIFICATION)
     return base, lam
 
 
@@ -271,21 +272,27 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
 
 
 def test_pf2lora_with_the_head_as_adapter_keeps_level2_and_head_weights_home(tmp_path):
-    from fedp2eft.methods.pf2lora import PF2LoRAMethod, PF2LoRASettings, initial_shared_state, pf2lora_client_update
+    from fedp2eft.methods.pf2lora import (
+        PF2LoRAMethod,
+        PF2LoRASettings,
+        PF2LoRATraining,
+        initial_shared_state,
+        pf2lora_client_update,
+    )
 
     torch.manual_seed(0)
     base, tok = load_classifier("tiny-bert", 3)
-    s = PF2LoRASettings(budget=2, steps=2, batch_size=8, head="adapter", lr=1e-2, lower_lr=0.1)
-    state = initial_shared_state(base, s)
+    s = PF2LoRASettings(PF2LoRATraining(steps=2, batch_size=8, lr=1e-2, lower_lr=0.1), head="adapter")
+    state = initial_shared_state(base, s, 2, 0)
     assert "head.lora_A" in state and "head.weight" not in state
     assert not any("local_" in k for k in state)  # level 2 never travels
     head_before = base.head.weight.detach().clone()
-    new, n, _ = pf2lora_client_update(base, state, toy_task(tok), s, tmp_path)
+    new, n, _ = pf2lora_client_update(base, state, toy_task(tok), s, 2, 0, tmp_path)
     assert new.keys() == state.keys() and n == 16
     assert not torch.equal(new["head.lora_B"], state["head.lora_B"])  # the head's adapter trained
     assert torch.equal(base.head.weight, head_before)
     assert any(tmp_path.iterdir())  # the client's level 2 stayed in its own folder
-    preds = PF2LoRAMethod({2: (new, str(tmp_path))}, s).personalise(
+    preds = PF2LoRAMethod({2: (new, str(tmp_path))}, s.training).personalise(
         base, toy_task(tok), 2, PersonaliseConfig(recipe=Recipe(head="adapter", epochs=1, batch_size=8)), 0)
     assert len(preds) == 16
 

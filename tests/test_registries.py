@@ -262,7 +262,7 @@ def head_update(base, state, task, hp, ctx):
     params = list(model.head.parameters())
     for p in params:
         p.requires_grad_(True)
-    losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.epochs, hp.batch_size, ctx.seed,
+    losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.local_epochs, hp.batch_size, ctx.seed,
                          loss=task.kind.loss)
     return head_state(model), len(task.train), {"train_loss": sum(losses) / max(len(losses), 1)}
 
@@ -270,13 +270,13 @@ def head_update(base, state, task, hp, ctx):
 @pytest.fixture
 def head_fedavg_kind():
     from fedp2eft.methods.registry import FederatedStage, register_base_kind, unregister_base_kind
-    from fedp2eft.methods.standard_fl import FedAvgHP
+    from fedp2eft.methods.standard_fl import BaseModelConfig
 
     register_base_kind("head-fedavg", FederatedStage(
         name="base_head_fedavg", section="base_model", per_budget=False,
-        client_settings=lambda cfg, seed, budget: cfg.base_model.fedavg_hp(), settings_type=FedAvgHP,
-        initial_state=lambda base, hp: head_state(base), client_update=head_update,
-        finalize=lambda base, state, hp, folder: head_model(base, state)))
+        client_settings=lambda cfg: cfg.base_model, settings_type=BaseModelConfig,
+        initial_state=lambda base, hp, ctx: head_state(base), client_update=head_update,
+        finalize=lambda base, state, hp, folder, ctx: head_model(base, state)))
     yield
     unregister_base_kind("head-fedavg")
 

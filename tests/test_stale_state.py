@@ -110,8 +110,9 @@ def test_stage_jobs_carry_their_seed(masakhanews_dir, monkeypatch):
     assert stage_job(cfg, PSG_STAGE, "off-the-shelf", 3).seed == 3
     base_job = stage_job(cfg, STANDARD_FL_STAGE, "off-the-shelf", cfg.base_model.seed)
     assert base_job.seed == 7 and base_job.settings["seed"] == 7
-    assert STANDARD_FL_STAGE.client_settings(cfg, 0, None).seed == 7  # the base model's own seed, always
-    assert PF2LORA_STAGE.client_settings(cfg, 3, 2).seed == 3
+    assert STANDARD_FL_STAGE.client_settings(cfg).seed == 7  # the base model's own seed, always
+    pf2lora_job = stage_job(cfg, PF2LORA_STAGE, "off-the-shelf", 3, 2)  # the runner injects seed and budget
+    assert pf2lora_job.seed == 3 and pf2lora_job.budget == 2 and "seed" not in pf2lora_job.settings
     seen = []
     monkeypatch.setattr(worker, "cached_base", lambda exp, n, seed, base: seen.append(seed) or (None, None))
     worker.base_model(stage_job(cfg, PSG_STAGE, "off-the-shelf", 3))

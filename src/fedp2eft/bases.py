@@ -42,7 +42,7 @@ from .setup.base_models import (
     release_cached_base,
     save_base_model,
 )
-from .setup.federation import cached_federation
+from .setup.federation import cached_federation, stage_context
 from .setup.jobs import experiment_json
 from .setup.layout import RunLayout
 from .setup.stage_state import base_settings, claim_stage
@@ -127,7 +127,8 @@ class TrainedBase:
         experiment = experiment_json(cfg)
         fed = cached_federation(experiment)[1]
         base, _ = cached_base(experiment, len(fed.label_names), seed, OFF_THE_SHELF)
-        final = stage.finalize(base, state, stage.client_settings(cfg, seed, None), layout.base_stage)
+        final = stage.finalize(base, state, stage.client_settings(cfg), layout.base_stage,
+                               stage_context(cfg, seed, None, str(layout.base_stage / "clients")))
         meta = {"kind": self.kind, "rounds": cfg.base_model.rounds, "engine": cfg.federation.engine}
         if self.kind == "standard-fl":
             meta["mode"] = cfg.base_model.mode

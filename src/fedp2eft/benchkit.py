@@ -27,10 +27,10 @@ from .atomic import write_json
 from .config import load_config
 from .data import get_dataset
 from .data.registry import specific_keys
-from .methods.registry import StageContext, get_method, get_spec, get_stage, prior_key
+from .methods.registry import get_method, get_spec, get_stage, prior_key
 from .report import environment
 from .setup.base_models import load_base
-from .setup.federation import client_tasks, load_federation, task_for, task_name
+from .setup.federation import client_tasks, load_federation, stage_context, task_for, task_name
 
 # A script's fast mode: these overrides first, the script's own --set after them; the model is the tiny one
 # of the config's task (FAST_MODEL).
@@ -122,12 +122,12 @@ def open_bench(cfg, base: str = "off-the-shelf", seed: int = 0) -> Bench:
 def stage_start(stage, cfg, base, budget: int | None, seed: int = 0):
     """``(client settings, round-0 global state)`` of a stage; a stage that needs another carries the needed
     stage's round-0 state under its prefix."""
-    settings = stage.client_settings(cfg, seed, budget)
-    state = stage.initial_state(base, settings)
+    settings = stage.client_settings(cfg)
+    state = stage.initial_state(base, settings, stage_context(cfg, seed, budget))
     if stage.needs is not None:
         needed = get_stage(stage.needs)
-        state |= {prior_key(needed.name, k): v
-                  for k, v in needed.initial_state(base, needed.client_settings(cfg, seed, None)).items()}
+        state |= {prior_key(needed.name, k): v for k, v in needed.initial_state(
+            base, needed.client_settings(cfg), stage_context(cfg, seed)).items()}
     return settings, state
 
 
@@ -137,7 +137,7 @@ def client_round(stage_name: str, cfg, base, task, budget: int, seed: int = 0) -
     b = budget if stage.per_budget else None
     settings, state = stage_start(stage, cfg, base, b, seed)
     with tempfile.TemporaryDirectory() as tmp:
-        ctx = StageContext(seed=seed, budget=b, client_state_dir=tmp if stage.client_state else None)
+        ctx = stage_context(cfg, seed, b, tmp if stage.client_state else None)
         t0 = time.perf_counter()
         stage.client_update(base, state, task, settings, ctx)
         return time.perf_counter() - t0
@@ -151,7 +151,7 @@ def untrained_resources(method: str, cfg, base, budget: int, folder: Path, seed:
         return {}
     b = budget if stage.per_budget else None
     settings, state = stage_start(stage, cfg, base, b, seed)
-    return {b: stage.finalize(base, state, settings, folder)}
+    return {b: stage.finalize(base, state, settings, folder, stage_context(cfg, seed, b))}
 
 
 def personalise_seconds(method: str, cfg, base, task, budget: int, seed: int = 0) -> float:
@@ -167,8 +167,8 @@ def payload(stage_name: str, cfg, base, budget: int) -> int:
     """Parameters in the global state of one round of the named stage that a client sends back (a needed
     stage's frozen state excluded)."""
     stage = get_stage(stage_name)
-    settings = stage.client_settings(cfg, 0, budget if stage.per_budget else None)
-    return sum(v.numel() for v in stage.initial_state(base, settings).values())
+    b = budget if stage.per_budget else None
+    return sum(v.numel() for v in stage.initial_state(base, stage.client_settings(cfg), stage_context(cfg, 0, b)).values())
 
 
 def write_result(path: Path, data: dict) -> None:

@@ -79,3 +79,8 @@ def _plain(value):
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
+
+
+def with_keys(obj, **values: Any):
+    """Section ``obj`` with some of its flat keys set (an inline class's keys included), validated."""
+    return build_section(type(obj), {**section_dict(obj), **values})

@@ -22,6 +22,7 @@ from .errors import UserError
 from .methods.registry import FederatedStage, get_spec, get_stage, prior_key
 from .progress import duration
 from .setup.base_models import release_cached_base
+from .setup.federation import stage_context
 from .setup.layout import RunLayout
 from .setup.stage_state import base_settings, claim_stage, data_settings, flatten, sampling_settings
 
@@ -31,7 +32,9 @@ Runner = Callable[..., dict]
 
 def stage_record(cfg, stage: FederatedStage, seed: int, budget: int | None) -> dict:
     """What a stage folder records: a change to any of it means the stage must be trained again."""
-    settings = flatten(stage.settings_json(stage.client_settings(cfg, seed, budget)), dotted=False)
+    settings = flatten(stage.settings_json(stage.client_settings(cfg)), dotted=False)
+    settings = {k: v for k, v in settings.items() if k not in stage.unrecorded}
+    settings |= {"seed": seed, **({"budget": budget} if stage.per_budget else {})}  # injected by the runner
     record = {stage.name: settings, "rounds": stage.rounds(cfg),
               "snapshot_every": stage.snapshot_every(cfg), "base": base_settings(cfg), "data": data_settings(cfg),
               "federation": sampling_settings(cfg)}
@@ -99,7 +102,7 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
     folder = Path(folder) if folder is not None else layout.stage(stage.name, seed, budget)
     if runner is None and not (folder / stage.artifact).is_file():
         raise UserError(f"no trained {stage.name} at {folder}; run fedp2eft run first (with a method that needs it)")
-    settings = stage.client_settings(cfg, seed, budget)
+    settings = stage.client_settings(cfg)
     if stage.needs is not None:  # the stage it starts from: trained (or read) before this one is claimed
         needed = get_stage(stage.needs)
         load_or_train(cfg, needed, layout, seed, None, base, base_source, runner, fresh, log)
@@ -121,7 +124,7 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
         save_tensors(final, state, metadata=meta)
         if stage.after is not None:
             stage.after(folder)
-    return stage.finalize(base, state, settings, folder)
+    return stage.finalize(base, state, settings, folder, stage_context(cfg, seed, budget))
 
 
 def method_resources(cfg, layout: RunLayout, seed: int, base, base_source: str, tasks: dict,

@@ -39,7 +39,7 @@ def stage_job(cfg: Config, stage: FederatedStage, base: str, seed: int, budget: 
               client_state_dir: str | Path | None = None) -> Job:
     """The job of ``stage`` on top of ``base`` (a folder or ``off-the-shelf``) for one seed (and budget)."""
     experiment = experiment_json(cfg)
-    settings = stage.client_settings(cfg, seed, budget)
+    settings = stage.client_settings(cfg)
     return Job(stage=stage.name, experiment=experiment, base=base, seed=seed,
                settings=stage.settings_json(settings), num_clients=len(cached_federation(experiment)[1].clients),
                budget=budget, client_state_dir=str(client_state_dir) if client_state_dir is not None else None)
@@ -81,8 +81,8 @@ def run_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir:
     base_model, _ = worker.base_model(job)  # the process-wide instance the in-process clients use
     if stage.needs is not None and not prior:
         raise UserError(f"stage {stage.name} starts from stage {stage.needs}'s final state; none was given")
-    init = lambda: {**stage.initial_state(base_model, stage.settings_from_json(job.settings)),  # noqa: E731
-                    **(prior or {})}
+    init = lambda: {**stage.initial_state(base_model, stage.settings_from_json(job.settings),  # noqa: E731
+                                          worker.stage_context(job)), **(prior or {})}
     return run_job(cfg, job, init, loop_settings(cfg, stage, seed), out_dir, resume, client_app, on_round, grid,
                    stage.aggregate)
 
@@ -93,7 +93,8 @@ def train_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_di
     state = run_stage(cfg, stage, base, seed, out_dir, budget, resume, client_app, on_round, grid)
     job = stage_job(cfg, stage, base, seed, budget)
     base_model, _ = worker.base_model(job)  # the process-wide instance the in-process clients use
-    return stage.finalize(base_model, state, stage.settings_from_json(job.settings), Path(out_dir))
+    return stage.finalize(base_model, state, stage.settings_from_json(job.settings), Path(out_dir),
+                          worker.stage_context(job))
 
 
 def stage_runner(cfg: Config, client_app=None, grid=None, resume: bool = True) -> Runner:

@@ -45,11 +45,23 @@ def client_task(job: Job, cid: str) -> ClientTask:
     if client is None:
         raise KeyError(f"unknown client {cid!r}")
     _, tok = base_model(job)
-    return encode_client(client, tok, cfg.data.max_length, task_for(cfg))
+    return encode_client(client, tok, cfg.data.max_length, job_task(job))
+
+
+def job_task(job: Job):
+    """The job's task (``setup.federation.task_for`` of the job's sections)."""
+    cfg, _, _ = cached_federation(job.experiment)
+    return task_for(cfg)
 
 
 def _context(job: Job) -> StageContext:
-    return StageContext(seed=job.round_seed, budget=job.budget, client_state_dir=job.client_state_dir)
+    return StageContext(seed=job.round_seed, budget=job.budget, client_state_dir=job.client_state_dir,
+                        kind=job_task(job))
+
+
+def stage_context(job: Job) -> StageContext:
+    """The context of the job's ``initial_state`` and ``finalize``: the stage's seed (not a round's)."""
+    return StageContext(seed=job.seed, budget=job.budget, client_state_dir=job.client_state_dir, kind=job_task(job))
 
 
 def train(job: Job, cid: str, state: dict[str, torch.Tensor]):

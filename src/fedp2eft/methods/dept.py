@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -31,18 +30,10 @@ from ..adapters.client_part import apply_client_part, changed_rows_entries, clie
 from ..atomic import save_tensors
 from ..training import train_model
 from .base import ClientTask
-from .registry import BaseWithParts, FederatedStage, register_base_kind
-from .standard_fl import load_state
+from .registry import BaseWithParts, FederatedStage, StageContext, register_base_kind
+from .standard_fl import BaseModelConfig, load_state
 
 UNSEEN = "averaged body + the pretrained embeddings"
-
-
-@dataclass(frozen=True)
-class DEPTSettings:
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 5e-5
-    seed: int = 0
 
 
 def embedding_parameters(model: nn.Module) -> list[str]:
@@ -57,12 +48,13 @@ def body_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if n not in local}
 
 
-def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: DEPTSettings,
-                       local_dir: str | Path):
-    """One client's DEPT round; returns ``(body state, num_examples, metrics)``, stores its embeddings."""
+def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: BaseModelConfig,
+                       seed: int, local_dir: str | Path):
+    """One client's DEPT round (``[base_model]``'s local epochs, batch size and rate); returns ``(body state,
+    num_examples, metrics)``, stores its embeddings."""
     if len(task.train) == 0:
         raise ValueError(f"client {task.client_id} has no training data")
-    torch.manual_seed(s.seed)
+    torch.manual_seed(seed)
     model = copy.deepcopy(base)
     load_state(model, state)
     path = client_part_file(local_dir, task.client_id)  # the client's embeddings are its part
@@ -71,7 +63,7 @@ def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)
-    losses = train_model(model, [{"params": params, "lr": s.lr}], task.train, s.epochs, s.batch_size, s.seed,
+    losses = train_model(model, [{"params": params, "lr": s.lr}], task.train, s.local_epochs, s.batch_size, seed,
                          weight_decay=0.0, loss=task.kind.loss)
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"client {task.client_id}: non-finite DEPT loss")
@@ -83,11 +75,12 @@ def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
     return body_state(model), len(task.train), {"train_loss": sum(losses) / max(len(losses), 1)}
 
 
-def initial_body(base: nn.Module, s: DEPTSettings) -> dict[str, torch.Tensor]:
+def initial_body(base: nn.Module, s: BaseModelConfig, ctx: StageContext) -> dict[str, torch.Tensor]:
     return body_state(base)
 
 
-def dept_base(base: nn.Module, state: dict[str, torch.Tensor], s: DEPTSettings, folder: Path) -> BaseWithParts:
+def dept_base(base: nn.Module, state: dict[str, torch.Tensor], s: BaseModelConfig, folder: Path,
+              ctx: StageContext) -> BaseWithParts:
     """The averaged body with the pretrained embeddings; each trained client's embeddings are its part, in
     its own storage."""
     model = copy.deepcopy(base)
@@ -95,15 +88,10 @@ def dept_base(base: nn.Module, state: dict[str, torch.Tensor], s: DEPTSettings, 
     return BaseWithParts(model.eval(), Path(folder) / "clients", UNSEEN)
 
 
-def dept_settings(cfg, seed: int, budget: int | None) -> DEPTSettings:
-    b = cfg.base_model
-    return DEPTSettings(epochs=b.local_epochs, batch_size=b.batch_size, lr=b.lr, seed=b.seed)
-
-
 DEPT_STAGE = register_base_kind('dept', FederatedStage(
     name="base_dept", section="base_model", per_budget=False, client_state=True, artifact="body.safetensors",
-    client_settings=dept_settings, settings_type=DEPTSettings, initial_state=initial_body,
-    client_update=lambda base, state, task, s, ctx: dept_client_update(base, state, task, replace(s, seed=ctx.seed),
+    client_settings=lambda cfg: cfg.base_model, settings_type=BaseModelConfig, initial_state=initial_body,
+    client_update=lambda base, state, task, s, ctx: dept_client_update(base, state, task, s, ctx.seed,
                                                                        ctx.client_state_dir),
     finalize=dept_base,
 ))

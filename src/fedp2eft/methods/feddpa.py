@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -41,31 +40,27 @@ from ..adapters.two_level import (
 from ..atomic import save_tensors
 from ..training import adapted_modules, copy_sharing_embeddings, train_model
 from .base import ClientTask
-from .registry import BaseWithParts, FederatedStage, register_base_kind
+from .registry import BaseWithParts, FederatedStage, StageContext, register_base_kind
+from .standard_fl import BaseModelConfig
 
 UNSEEN = "pretrained + global adapter (no local adapter: a fresh one has D = 0)"
 
 
-@dataclass(frozen=True)
-class FedDPASettings:
-    rank: int = 8  # global adapter (authors 8)
-    local_rank: int = 8  # local adapter
-    alpha: float = 8.0  # both adapters' lora_alpha (authors 8)
-    dropout: float = 0.05
-    epochs: int = 1  # per adapter, per round
-    batch_size: int = 32
-    lr: float = 1e-4
-    seed: int = 0
+def local_rank(b: BaseModelConfig) -> int:
+    """The local adapter's rank: ``base_model.local_rank``, 0 = ``lora_rank`` (the global adapter's)."""
+    return b.local_rank or b.lora_rank
 
 
-def dpa_model(base: nn.Module, s: FedDPASettings, seed: int) -> tuple[nn.Module, dict[str, TwoLevelLinear]]:
+def dpa_model(base: nn.Module, s: BaseModelConfig, seed: int) -> tuple[nn.Module, dict[str, TwoLevelLinear]]:
     """A copy of ``base`` with a global and a local adapter on every adapted linear layer; the head (a
     classifier's) stays a plain layer that trains with the global adapter."""
     torch.manual_seed(seed)
     model = copy_sharing_embeddings(base)
     for p in model.parameters():
         p.requires_grad_(False)
-    layers = attach_two_level(model, adapted_modules(base, "train"), s.rank, s.local_rank, s.alpha, s.alpha, s.dropout)
+    alpha = float(s.lora_alpha)  # both adapters' lora_alpha (authors 8)
+    layers = attach_two_level(model, adapted_modules(base, "train"), s.lora_rank, local_rank(s), alpha, alpha,
+                              s.lora_dropout)
     return model, layers
 
 
@@ -87,8 +82,8 @@ def load_global_state(model: nn.Module, layers: dict[str, TwoLevelLinear], state
         model.head.load_state_dict(head)
 
 
-def initial_global_state(base: nn.Module, s: FedDPASettings) -> dict[str, torch.Tensor]:
-    model, layers = dpa_model(base, s, s.seed)
+def initial_global_state(base: nn.Module, s: BaseModelConfig, ctx: StageContext) -> dict[str, torch.Tensor]:
+    model, layers = dpa_model(base, s, ctx.seed)
     return global_state(model, layers)
 
 
@@ -100,12 +95,12 @@ def _client_seed(cid: str, seed: int) -> int:
     return (zlib.crc32(cid.encode()) + 7919 * seed) % 2**31
 
 
-def feddpa_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: FedDPASettings,
-                         local_dir: str | Path):
+def feddpa_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: BaseModelConfig,
+                         seed: int, local_dir: str | Path):
     """One client's FedDPA-T round; returns ``(global state, num_examples, metrics)``, stores the local adapter."""
     if len(task.train) == 0:
         raise ValueError(f"client {task.client_id} has no training data")
-    model, layers = dpa_model(base, s, _client_seed(task.client_id, s.seed))  # a fresh local C per client
+    model, layers = dpa_model(base, s, _client_seed(task.client_id, seed))  # a fresh local C per client
     load_global_state(model, layers, state)
     path = local_adapter_path(local_dir, task.client_id)
     if path.is_file():
@@ -120,35 +115,30 @@ def feddpa_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
             p.requires_grad_(True)
         for layer in layers.values():
             layer.use_local = use_local
-        out = train_model(model, [{"params": train, "lr": s.lr}], task.train, s.epochs, s.batch_size, s.seed,
+        out = train_model(model, [{"params": train, "lr": s.lr}], task.train, s.local_epochs, s.batch_size, seed,
                           loss=task.kind.loss)
         if not all(math.isfinite(x) for x in out):
             raise FloatingPointError(f"client {task.client_id}: non-finite FedDPA-T {step} loss")
         losses[f"{step}_loss"] = sum(out) / max(len(out), 1)
     local_state = level_state(layers, "local")
     save_tensors(path, local_state)
-    save_tensors(client_part_file(local_dir, task.client_id), local_part(local_state, s.alpha / s.local_rank))
+    save_tensors(client_part_file(local_dir, task.client_id), local_part(local_state, float(s.lora_alpha) / local_rank(s)))
     return global_state(model, layers), len(task.train), {"train_loss": losses["global_loss"], **losses}
 
 
-def feddpa_base(base: nn.Module, state: dict[str, torch.Tensor], s: FedDPASettings, folder: Path) -> BaseWithParts:
+def feddpa_base(base: nn.Module, state: dict[str, torch.Tensor], s: BaseModelConfig, folder: Path,
+                ctx: StageContext) -> BaseWithParts:
     """Pretrained + the global adapter merged (the head trained with it); each trained client's local
     adapter is its part, in its own storage."""
-    model, layers = dpa_model(base, s, s.seed)
+    model, layers = dpa_model(base, s, ctx.seed)
     load_global_state(model, layers, state)
     return BaseWithParts(shared_level_model(model, layers), Path(folder) / "clients", UNSEEN)
 
 
-def feddpa_settings(cfg, seed: int, budget: int | None) -> FedDPASettings:
-    b = cfg.base_model
-    return FedDPASettings(rank=b.lora_rank, local_rank=b.local_rank or b.lora_rank, alpha=float(b.lora_alpha),
-                          dropout=b.lora_dropout, epochs=b.local_epochs, batch_size=b.batch_size, lr=b.lr, seed=b.seed)
-
-
 FEDDPA_STAGE = register_base_kind('feddpa-t', FederatedStage(
     name="base_feddpa_t", section="base_model", per_budget=False, client_state=True, artifact="global.safetensors",
-    client_settings=feddpa_settings, settings_type=FedDPASettings, initial_state=initial_global_state,
-    client_update=lambda base, state, task, s, ctx: feddpa_client_update(base, state, task, replace(s, seed=ctx.seed),
+    client_settings=lambda cfg: cfg.base_model, settings_type=BaseModelConfig, initial_state=initial_global_state,
+    client_update=lambda base, state, task, s, ctx: feddpa_client_update(base, state, task, s, ctx.seed,
                                                                          ctx.client_state_dir),
     finalize=feddpa_base,
 ))

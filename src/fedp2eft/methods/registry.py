@@ -8,9 +8,10 @@ config's sections (``config``), the CLI's and the config's method names, the Dep
 stages, the resumable stage folders and the run's recorded settings.
 
 A :class:`FederatedStage` is the method's federated training as plain functions: the client settings
-(derived from the config, JSON-able: they travel in the job), the initial global state, one client's
-update ``client_update(base, state, task, settings, context)``, and ``finalize`` (the trained global
-state → the resource the method personalises with). Stages run through one generic load-or-train
+(derived from the config's sections, JSON-able: they travel in the job; never a seed or a budget), the
+initial global state, one client's update ``client_update(base, state, task, settings, context)``, and
+``finalize`` (the trained global state → the resource the method personalises with). The stage runner
+injects the seed, the budget and the run's task through the :class:`StageContext`. Stages run through one generic load-or-train
 (``stages``) on any engine.
 
 To add a method: write its module (the method class, its spec, ``register_method(spec)`` at the
@@ -36,13 +37,16 @@ State = dict[str, torch.Tensor]
 
 @dataclass(frozen=True)
 class StageContext:
-    """What a client's update gets besides base, state, data and settings: the round's seed (unique per
-    stage seed and round), the rank budget (per-budget stages) and the client's own storage folder
-    (stages whose clients keep state between rounds; it never leaves the client)."""
+    """What the stage runner injects besides base, state, data and settings: the seed (the stage's for
+    ``initial_state`` and ``finalize``; the round's, unique per stage seed and round, for ``client_update``),
+    the rank budget (per-budget stages), the run's task (``kind``: which modules are adapted, the head) and
+    the client's own storage folder (stages whose clients keep state between rounds; it never leaves the
+    client)."""
 
     seed: int
     budget: int | None = None
     client_state_dir: str | None = None
+    kind: Any = None  # the run's Task
 
 
 @dataclass(frozen=True)
@@ -51,11 +55,13 @@ class FederatedStage:
 
     ``name`` is the stage's folder under the run, its job's algorithm and its ServerApp ``stage``;
     ``section`` is the config section holding its ``rounds`` (and ``snapshot_every`` if it has one).
-    ``client_settings(cfg, seed, budget)`` returns the client settings (a frozen dataclass; they travel
-    in every job as JSON and are recorded in the stage folder); ``settings_type`` rebuilds them.
-    ``initial_state(base, settings)`` is the round-0 global state; ``client_update(base, state, task,
-    settings, context) -> (state, num_examples, metrics)`` one client's round; ``finalize(base, state,
-    settings, folder)`` the resource the method uses (a module, or state and the clients' folder).
+    ``client_settings(cfg)`` returns the client settings (a frozen dataclass composed of the config's
+    sections; they travel in every job as JSON and are recorded in the stage folder with the seed and, per
+    budget, the budget); ``settings_type`` rebuilds them. ``unrecorded``: settings keys the stage does not
+    depend on (left out of the record). ``initial_state(base, settings, context)`` is the round-0 global
+    state; ``client_update(base, state, task, settings, context) -> (state, num_examples, metrics)`` one
+    client's round; ``finalize(base, state, settings, folder, context)`` the resource the method uses (a
+    module, or state and the clients' folder).
     ``artifact`` is the file the final state is saved to; ``after(folder, base, resource)`` runs once
     after training (e.g. λ plots); ``report(base, resource, tasks by pool, folder, cfg)`` each time a
     run uses it (e.g. every client's λ). ``evaluate(base, state, task, settings) -> ({metric: score sum}, n)`` enables
@@ -69,11 +75,11 @@ class FederatedStage:
     name: str
     section: str
     per_budget: bool
-    client_settings: Callable[[Any, int, int | None], Any]
+    client_settings: Callable[[Any], Any]
     settings_type: type
-    initial_state: Callable[[nn.Module, Any], State]
+    initial_state: Callable[[nn.Module, Any, StageContext], State]
     client_update: Callable[[nn.Module, State, Any, Any, StageContext], tuple[State, int, dict]]
-    finalize: Callable[[nn.Module, State, Any, Path], Any]
+    finalize: Callable[[nn.Module, State, Any, Path, StageContext], Any]
     artifact: str = "state.safetensors"
     client_state: bool = False  # clients keep state between rounds in <stage folder>/clients/
     after: Callable[[Path], None] | None = None
@@ -82,6 +88,7 @@ class FederatedStage:
     aggregate: Callable[[list[tuple[State, int]]], State] | None = None
     needs: str | None = None
     round_metrics: tuple[str, ...] = ("train_loss",)  # the round metrics each round's log line shows
+    unrecorded: tuple[str, ...] = ()
 
     def rounds(self, cfg) -> int:
         return getattr(cfg, self.section).rounds

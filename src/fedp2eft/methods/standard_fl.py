@@ -7,7 +7,7 @@ Two modes (method-facts "Standard FL"):
 - ``lora``: a LoRA adapter (rank, alpha, dropout) on all linear layers plus the head; the
   server averages adapter and head, and the final adapter is merged into the base weights.
 
-``client_update(model, global_state, task, hp)`` loads the global state into a fresh copy of
+``client_update(model, global_state, task, hp, seed)`` loads the global state into a fresh copy of
 the base model, trains locally and returns ``(new_state, num_examples, metrics)`` with the same
 keys, so the server never sees a torch module.
 """
@@ -15,30 +15,17 @@ keys, so the server never sees a torch module.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from peft import LoraConfig, get_peft_model
 from torch import nn
 
 from ..errors import require
-from ..tasks import CLASSIFICATION, Task
+from ..tasks import Task
 from ..training import copy_sharing_embeddings, train_model
 from .base import ClientTask
 from .registry import FederatedStage, StageContext, register_base_kind, register_section
-
-
-@dataclass(frozen=True)
-class FedAvgHP:
-    mode: str = "full"  # "full" | "lora"
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 5e-5
-    freeze_embeddings: bool = False
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -58,7 +45,7 @@ class BaseModelConfig:
     lora_alpha: int = 32  # standard-fl lora; feddpa-t's both LoRAs (authors 8)
     lora_dropout: float = 0.05
     local_rank: int = 0  # feddpa-t's local LoRA (0 = lora_rank); pf2lora's level 2 is [pf2lora] local_rank
-    seed: int = 0  # the base model is one artefact shared by every experiment seed
+    seed: int = 0  # the base model is one artefact shared by every experiment seed (the stage's seed)
 
     def __post_init__(self) -> None:
         require(bool(self.kind), "kind", "must not be empty")
@@ -69,13 +56,8 @@ class BaseModelConfig:
         require(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         require(self.local_rank >= 0, "local_rank", "must be >= 0 (0 = lora_rank)")
 
-    def fedavg_hp(self) -> FedAvgHP:
-        return FedAvgHP(mode=self.mode, epochs=self.local_epochs, batch_size=self.batch_size, lr=self.lr,
-                        freeze_embeddings=self.freeze_embeddings, lora_rank=self.lora_rank,
-                        lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout, seed=self.seed)
 
-
-def build_trainable(base: nn.Module, hp: FedAvgHP, kind: Task = CLASSIFICATION) -> nn.Module:
+def build_trainable(base: nn.Module, hp: BaseModelConfig, kind: Task) -> nn.Module:
     """A fresh copy of ``base`` with exactly the federated parameters trainable (embedding tables shared
     with ``base``, not copied, wherever they stay frozen: LoRA mode, or ``freeze_embeddings``)."""
     model = copy_sharing_embeddings(base) if hp.mode == "lora" or hp.freeze_embeddings else copy.deepcopy(base)
@@ -94,9 +76,9 @@ def federated_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def initial_state(base: nn.Module, hp: FedAvgHP) -> dict[str, torch.Tensor]:
-    torch.manual_seed(hp.seed)
-    return federated_state(build_trainable(base, hp))
+def initial_state(base: nn.Module, hp: BaseModelConfig, ctx: StageContext) -> dict[str, torch.Tensor]:
+    torch.manual_seed(ctx.seed)
+    return federated_state(build_trainable(base, hp, ctx.kind))
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -109,19 +91,20 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
             params[k].copy_(v)
 
 
-def client_update(base: nn.Module, global_state: dict[str, torch.Tensor], task: ClientTask, hp: FedAvgHP):
-    torch.manual_seed(hp.seed)  # dropout: the update depends only on (state, data, seed), not on history
+def client_update(base: nn.Module, global_state: dict[str, torch.Tensor], task: ClientTask, hp: BaseModelConfig,
+                  seed: int):
+    torch.manual_seed(seed)  # dropout: the update depends only on (state, data, seed), not on history
     model = build_trainable(base, hp, task.kind)
     load_state(model, global_state)
     params = [p for p in model.parameters() if p.requires_grad]
-    losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.epochs, hp.batch_size, hp.seed,
+    losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.local_epochs, hp.batch_size, seed,
                          loss=task.kind.loss)
     metrics = {"train_loss": sum(losses) / max(len(losses), 1)}
     return federated_state(model), len(task.train), metrics
 
 
 def evaluate_state(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask,
-                   hp: FedAvgHP) -> tuple[dict[str, float], int]:
+                   hp: BaseModelConfig) -> tuple[dict[str, float], int]:
     """``({metric: score sum}, rows)`` of the global model on the client's test split, every metric the
     task scores (accuracy; METEOR, ROUGE-1, ROUGE-L)."""
     model = build_trainable(base, hp, task.kind)
@@ -130,9 +113,9 @@ def evaluate_state(base: nn.Module, state: dict[str, torch.Tensor], task: Client
     return {m: float(sum(v)) for m, v in scores.items()}, len(task.test)
 
 
-def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: FedAvgHP) -> nn.Module:
+def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: BaseModelConfig, kind: Task) -> nn.Module:
     """The base model after federated training (LoRA merged into the weights)."""
-    model = build_trainable(base, hp)
+    model = build_trainable(base, hp, kind)
     load_state(model, state)
     if hp.mode == "lora":
         model = model.merge_and_unload()
@@ -141,15 +124,11 @@ def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: FedAvgHP) -
     return model.eval()
 
 
-def _update(base: nn.Module, state, task: ClientTask, hp: FedAvgHP, ctx: StageContext):
-    return client_update(base, state, task, replace(hp, seed=ctx.seed))
-
-
 STANDARD_FL_STAGE = register_base_kind('standard-fl', FederatedStage(
     name="base_model", section="base_model", per_budget=False,
-    client_settings=lambda cfg, seed, budget: cfg.base_model.fedavg_hp(),
-    settings_type=FedAvgHP, initial_state=initial_state, client_update=_update,
-    finalize=lambda base, state, hp, folder: final_model(base, state, hp), evaluate=evaluate_state,
+    client_settings=lambda cfg: cfg.base_model, settings_type=BaseModelConfig, initial_state=initial_state,
+    client_update=lambda base, state, task, hp, ctx: client_update(base, state, task, hp, ctx.seed),
+    finalize=lambda base, state, hp, folder, ctx: final_model(base, state, hp, ctx.kind), evaluate=evaluate_state,
 ))
 """Standard FL's federated training of the base model (FedAvg from the off-the-shelf model): the stage
 of base source ``standard-fl``. Its seed is ``base_model.seed``, not the experiment's."""

@@ -8,6 +8,7 @@ import json
 from ..data import FederationSpec, get_dataset
 from ..data.partition import Client, Federation
 from ..methods import ClientTask
+from ..methods.registry import StageContext
 from ..tasks import Task, make_task
 
 
@@ -20,6 +21,11 @@ def task_for(cfg) -> Task:
     """The task object of the config (``tasks.registry``): e.g. Fed-Aya's instruction-tuned generation, with
     the ``[generation]`` settings; MasakhaNEWS's and XNLI's classification."""
     return make_task(task_name(cfg), cfg)
+
+
+def stage_context(cfg, seed: int, budget: int | None = None, client_state_dir: str | None = None) -> StageContext:
+    """What a stage's functions get from the runner: the seed, the budget and the config's task."""
+    return StageContext(seed=seed, budget=budget, client_state_dir=client_state_dir, kind=task_for(cfg))
 
 
 def load_federation(cfg) -> Federation:

@@ -7,6 +7,7 @@ from .generator import PARAMETERISATIONS, LRGenerator
 from .method import (
     FEDL2P_STAGE,
     FedL2PConfig,
+    FedL2PMeta,
     FedL2PMethod,
     FedL2PSettings,
     fedl2p_client_update,
@@ -17,6 +18,6 @@ from .method import (
     settings_generator,
 )
 
-__all__ = ["FEDL2P_STAGE", "PARAMETERISATIONS", "FedL2PConfig", "FedL2PMethod", "FedL2PSettings", "LRGenerator",
+__all__ = ["FEDL2P_STAGE", "PARAMETERISATIONS", "FedL2PConfig", "FedL2PMeta", "FedL2PMethod", "FedL2PSettings", "LRGenerator",
            "fedl2p_client_update", "fedl2p_stage", "meta_optimisers", "meta_step", "new_lr_generator",
            "settings_generator"]

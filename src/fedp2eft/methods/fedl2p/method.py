@@ -23,7 +23,7 @@ with those rates (the head at ``head_lr``), merge, predict. One federated traini
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -32,25 +32,23 @@ from torch import nn
 from ...errors import UserError, require
 from ...psg import feature_modules, meta_features
 from ...psg.rate_report import rates_by_type, write_rate_report
+from ...schema import inline
 from ...tasks import Task
 from ...training import Recipe, device_of, model_inputs, to_device
 from ...training.batches import EncodedData
 from ..base import ClientTask, PersonaliseConfig
 from ..lora import lora_model, split_trainable
-from ..registry import FederatedStage, MethodSpec, register_method
+from ..registry import FederatedStage, MethodSpec, StageContext, register_method
 from .generator import PARAMETERISATIONS, LRGenerator
 from .hypergrad import lr_hypergradient
 
 
 @dataclass(frozen=True)
-class FedL2PConfig:
-    """``[fedl2p]``: FedL2P's federated learning-rate generator (one training per budget; the authors'
-    meta settings). Its inner fine-tuning uses ``[personalise]`` epochs, batch size and head rate: it
-    learns the rates of exactly the fine-tuning it is evaluated with."""
+class FedL2PMeta:
+    """FedL2P's meta-learning of the rates (its keys sit in ``[fedl2p]``; the authors' settings)."""
 
-    rounds: int = 150
     # "linear" (authors): multiplier × base rate, Adam on both; "log": log-multiplier + log base rate, so
-    # Adam's steps are relative and the rate can move by constant factors (psg/lr_generator.py)
+    # Adam's steps are relative and the rate can move by constant factors (fedl2p/generator.py)
     parameterisation: str = "linear"
     base_lr: float = 0.0  # initial per-matrix base rate; 0 = personalise.lr
     outer_steps: int = 3  # hypergradient steps per client round
@@ -62,7 +60,7 @@ class FedL2PConfig:
     val_fraction: float = 0.2  # of each client's train split held out for the hypergradient
 
     def __post_init__(self) -> None:
-        for k in ("rounds", "outer_steps", "batch_pairs", "neumann_terms"):
+        for k in ("outer_steps", "batch_pairs", "neumann_terms"):
             require(getattr(self, k) >= 1, k, "must be >= 1")
         for k in ("neumann_lr", "net_lr", "base_lr_lr"):
             require(getattr(self, k) > 0, k, "must be > 0")
@@ -71,42 +69,31 @@ class FedL2PConfig:
         require(self.parameterisation in PARAMETERISATIONS, "parameterisation",
                 f"must be one of {list(PARAMETERISATIONS)}")
 
-    def client_settings(self, p: PersonaliseConfig, budget: int, seed: int) -> FedL2PSettings:
-        r = p.recipe
-        return FedL2PSettings(
-            budget=budget, base_lr=self.base_lr or r.lr, head_lr=r.head_lr, epochs=r.epochs, batch_size=r.batch_size,
-            outer_steps=self.outer_steps, batch_pairs=self.batch_pairs, neumann_terms=self.neumann_terms,
-            neumann_lr=self.neumann_lr, net_lr=self.net_lr, base_lr_lr=self.base_lr_lr,
-            val_fraction=self.val_fraction, seed=seed, head=r.head, weight_decay=r.weight_decay,
-            max_grad_norm=r.max_grad_norm, lora_a_seed=r.lora_a_seed, parameterisation=self.parameterisation)
+
+@dataclass(frozen=True)
+class FedL2PConfig:
+    """``[fedl2p]``: FedL2P's federated learning-rate generator (one training per budget). Its inner
+    fine-tuning is ``[personalise]``'s recipe (epochs, batch size, head rate, …): it learns the rates of
+    exactly the fine-tuning it is evaluated with."""
+
+    rounds: int = 150
+    meta: FedL2PMeta = inline(FedL2PMeta)
+
+    def __post_init__(self) -> None:
+        require(self.rounds >= 1, "rounds", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class FedL2PSettings:
-    budget: int = 2
-    base_lr: float = 1e-4
-    head_lr: float = 1e-4
-    epochs: int = 2
-    batch_size: int = 32
-    outer_steps: int = 3
-    batch_pairs: int = 16
-    neumann_terms: int = 3
-    neumann_lr: float = 0.1
-    net_lr: float = 1e-4
-    base_lr_lr: float = 1e-6
-    val_fraction: float = 0.2
-    seed: int = 0
-    head: str = "train"
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.0
-    lora_a_seed: int = -1
-    parameterisation: str = "linear"
+    """What a FedL2P client round gets: the meta settings (base rate resolved) and the inner fine-tuning's
+    recipe, whose adapter rates come from the generator (the budget and seed come from the runner)."""
 
-    def inner(self) -> Recipe:
-        """The inner fine-tuning's recipe (the adapter rates come from the generator)."""
-        return Recipe(epochs=self.epochs, batch_size=self.batch_size, head_lr=self.head_lr,
-                      weight_decay=self.weight_decay, head=self.head, max_grad_norm=self.max_grad_norm,
-                      lora_a_seed=self.lora_a_seed)
+    meta: FedL2PMeta = field(default_factory=FedL2PMeta)
+    recipe: Recipe = field(default_factory=Recipe)
+
+
+def fedl2p_settings(section: FedL2PConfig, p: PersonaliseConfig) -> FedL2PSettings:
+    return FedL2PSettings(replace(section.meta, base_lr=section.meta.base_lr or p.recipe.lr), p.recipe)
 
 
 def new_lr_generator(base: nn.Module, base_lr: float, seed: int = 0, head: str = "train",
@@ -117,15 +104,15 @@ def new_lr_generator(base: nn.Module, base_lr: float, seed: int = 0, head: str =
 
 
 def settings_generator(base: nn.Module, s: FedL2PSettings, state: dict[str, torch.Tensor] | None = None,
-                       seed: int | None = None) -> LRGenerator:
-    """The generator ``s`` describes, loaded with ``state`` when given."""
-    generator = new_lr_generator(base, s.base_lr, s.seed if seed is None else seed, s.head, s.parameterisation)
+                       seed: int = 0) -> LRGenerator:
+    """The generator ``s`` describes (initialised from ``seed``), loaded with ``state`` when given."""
+    generator = new_lr_generator(base, s.meta.base_lr, seed, s.recipe.head, s.meta.parameterisation)
     if state is not None:
         generator.load_state_dict(state)
     return generator
 
 
-def meta_optimisers(generator: LRGenerator, s: FedL2PSettings) -> list[torch.optim.Optimizer]:
+def meta_optimisers(generator: LRGenerator, s: FedL2PMeta) -> list[torch.optim.Optimizer]:
     """Adam on the MLP at ``net_lr`` and on the base rates at ``base_lr_lr`` (a round's client starts both afresh)."""
     return [torch.optim.Adam(generator.net.parameters(), lr=s.net_lr),
             torch.optim.Adam(generator.base_parameters(), lr=s.base_lr_lr)]
@@ -182,16 +169,16 @@ def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: lis
     model.eval()
     device = device_of(model)
     gen = torch.Generator().manual_seed(seed)
-    train_batches = list(train.batches(s.batch_size, generator=gen, shuffle=True))
-    val_batches = list(val.batches(s.batch_size, generator=gen, shuffle=True))
-    pairs = min(s.batch_pairs, max(len(train_batches), len(val_batches)))
+    train_batches = list(train.batches(s.recipe.batch_size, generator=gen, shuffle=True))
+    val_batches = list(val.batches(s.recipe.batch_size, generator=gen, shuffle=True))
+    pairs = min(s.meta.batch_pairs, max(len(train_batches), len(val_batches)))
 
     def loss_on(batch):
         batch = to_device(batch, device)
         return lambda _params: kind.loss(model(**model_inputs(batch)), batch)
 
     rates = rates.detach()
-    alpha = s.neumann_lr * float(rates.min().clamp_min(1e-12))
+    alpha = s.meta.neumann_lr * float(rates.min().clamp_min(1e-12))
     total, val_loss = torch.zeros_like(rates), 0.0
     for i in range(pairs):
         tb, vb = train_batches[i % len(train_batches)], val_batches[i % len(val_batches)]
@@ -203,25 +190,25 @@ def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: lis
             seen.append(float(loss.detach()))
             return loss
 
-        total += lr_hypergradient(loss_on(tb), val_recorded, matrices, init, rates, alpha, s.neumann_terms)
+        total += lr_hypergradient(loss_on(tb), val_recorded, matrices, init, rates, alpha, s.meta.neumann_terms)
         val_loss += seen[0]
     return total / pairs, val_loss / pairs
 
 
-def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: FedL2PSettings):
-    """One client's FedL2P round; returns ``(generator_state, num_examples, metrics)``."""
+def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: FedL2PSettings,
+                         budget: int, seed: int):
+    """One client's FedL2P round at rank ``budget``; returns ``(generator_state, num_examples, metrics)``."""
     if len(task.train) < 2:
         raise ValueError(f"client {task.client_id}: FedL2P needs at least 2 training rows (train/val split)")
-    feats = meta_features(base, task.train, head=s.head)
-    generator = settings_generator(base, s, state, seed=0)
-    optimisers = meta_optimisers(generator, s)
-    train, val = task.train.split(s.val_fraction, s.seed)
+    feats = meta_features(base, task.train, head=s.recipe.head)
+    generator = settings_generator(base, s, state)
+    optimisers = meta_optimisers(generator, s.meta)
+    train, val = task.train.split(s.meta.val_fraction, seed)
     val_losses = []
-    for step in range(s.outer_steps):
+    for step in range(s.meta.outer_steps):
         rates = generator(feats)
-        model, matrices, init = finetune_with_rates(base, train, rates, s.budget, s.inner(), s.seed + step,
-                                                    task.kind)
-        hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, s.seed + step, task.kind)
+        model, matrices, init = finetune_with_rates(base, train, rates, budget, s.recipe, seed + step, task.kind)
+        hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, seed + step, task.kind)
         if not torch.isfinite(hyper).all():
             raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
         meta_step(rates, hyper, optimisers)
@@ -254,12 +241,12 @@ class FedL2PMethod:
         return task.kind.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
 
 
-def _initial_generator(base: nn.Module, s: FedL2PSettings) -> dict[str, torch.Tensor]:
-    return dict(settings_generator(base, s).state_dict())
+def _initial_generator(base: nn.Module, s: FedL2PSettings, ctx: StageContext) -> dict[str, torch.Tensor]:
+    return dict(settings_generator(base, s, seed=ctx.seed).state_dict())
 
 
-def _trained_generator(base: nn.Module, state, s: FedL2PSettings, folder: Path) -> LRGenerator:
-    return settings_generator(base, s, state)
+def _trained_generator(base: nn.Module, state, s: FedL2PSettings, folder: Path, ctx: StageContext) -> LRGenerator:
+    return settings_generator(base, s, state, ctx.seed)
 
 
 def write_fedl2p_rates(base, generator: LRGenerator, tasks: dict, folder: Path, head: str) -> dict:
@@ -278,11 +265,12 @@ def fedl2p_stage(name: str, section: str) -> FederatedStage:
     """FedL2P's federated generator training (one per budget) with the settings of ``section``."""
     return FederatedStage(
         name=name, section=section, per_budget=True, artifact="generator.safetensors",
-        client_settings=lambda cfg, seed, budget: getattr(cfg, section).client_settings(cfg.personalise, budget, seed),
+        client_settings=lambda cfg: fedl2p_settings(getattr(cfg, section), cfg.personalise),
         settings_type=FedL2PSettings, initial_state=_initial_generator,
-        client_update=lambda base, state, task, s, ctx: fedl2p_client_update(base, state, task,
-                                                                             replace(s, seed=ctx.seed)),
+        client_update=lambda base, state, task, s, ctx: fedl2p_client_update(base, state, task, s, ctx.budget,
+                                                                             ctx.seed),
         finalize=_trained_generator,
+        unrecorded=("lr",),  # the inner fine-tuning's adapter rates come from the generator, not personalise.lr
         report=lambda base, generator, tasks, folder, cfg: write_fedl2p_rates(base, generator, tasks, folder,
                                                                               cfg.personalise.recipe.head),
         round_metrics=("val_loss", "lr_mean"),

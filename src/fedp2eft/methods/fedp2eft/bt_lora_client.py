@@ -5,8 +5,6 @@ layer and steps as FedP²EFT, without the PSG. λ is learned once per client and
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from torch import nn
 
@@ -28,18 +26,18 @@ class BTLoRAClientMethod:
         key = (task.client_id, seed)
         if key not in self._lambdas:
             self._lambdas.clear()  # one client at a time: memory stays flat
-            s = replace(self.bt, seed=seed)  # stage 1 with the [fedp2eft] settings (epochs, batch, rates)
-            self._lambdas[key] = train_lambdas(base, task.train, 1e-4, s, task.kind)[0]
+            # stage 1 with the [fedp2eft] settings (epochs, batch, rates)
+            self._lambdas[key] = train_lambdas(base, task.train, 1e-4, self.bt, seed, task.kind)[0]
         return self._lambdas[key]
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
                     seed: int) -> list:
         lambdas = self.client_lambdas(base, task, seed)
-        s = personalisation_settings(self.bt, p.recipe, seed)
-        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, p.eval_batch_size, task.kind)
+        s = personalisation_settings(self.bt, p.recipe)
+        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, seed, p.eval_batch_size, task.kind)
 
 
 register_method(MethodSpec(
-    "bt-lora", lambda cfg, resources, seed: BTLoRAClientMethod(cfg.fedp2eft.bt_settings(cfg.personalise, seed)),
-    section="fedp2eft", settings=FedP2EFTConfig, max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.r_init),
+    "bt-lora", lambda cfg, resources, seed: BTLoRAClientMethod(cfg.fedp2eft.bt_settings(cfg.personalise)),
+    section="fedp2eft", settings=FedP2EFTConfig, max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.prior.r_init),
     summary="BT-LoRA's λ learned on the client alone (no PSG), pruned to r"))

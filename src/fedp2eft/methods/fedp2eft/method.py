@@ -15,7 +15,7 @@ One trained PSG serves every budget r with r·L ≤ L·r_init.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,12 +24,15 @@ from torch import nn
 from ...errors import require
 from ...psg import client_lambdas, feature_modules, meta_features
 from ...psg.module_types import lambda_statistics
+from ...schema import inline
+from ...training import Recipe
 from ..base import ClientTask, PersonaliseConfig
 from ..registry import FederatedStage, MethodSpec, StageContext, register_method
 from ..tuned import tuned_spec
 from .generator import PSG
 from .report import write_lambda_report, write_lambda_trajectory
 from .training import (
+    BTPrior,
     BTSettings,
     finetune_pruned_model,
     module_widths,
@@ -42,56 +45,60 @@ REGRESS_LOSSES = ("sum", "mean")
 
 
 @dataclass(frozen=True)
-class PSGSettings:
-    bt: BTSettings = field(default_factory=BTSettings)
-    regress_steps: int = 10
+class PSGRegression:
+    """Stage 2 (the PSG regressed onto the trained λ) and the untrained PSG's output (keys in ``[fedp2eft]``)."""
+
+    regress_steps: int = 10  # Adam steps of the PSG onto the trained λ
     regress_lr: float = 1e-4
-    regress_loss: str = "sum"  # authors: sum(|λ̂ − λ|) over every output
-    psg_init: float = 1e-4  # the PSG's first λ̂ (the authors': BT-LoRA's initial 1e-4)
+    regress_loss: str = "sum"  # L1 over the PSG outputs: "sum" (authors: sum(|λ̂ − λ|) over every output) or "mean"
+    psg_init: float = 1e-4  # the untrained PSG's λ̂ (authors: 1e-4, BT-LoRA's initial λ)
+
+    def __post_init__(self) -> None:
+        require(self.regress_steps >= 1, "regress_steps", "must be >= 1")
+        require(self.regress_lr > 0, "regress_lr", "must be > 0")
+        require(self.regress_loss in REGRESS_LOSSES, "regress_loss", f"must be one of {list(REGRESS_LOSSES)}")
+        require(1e-4 <= self.psg_init <= 1000, "psg_init", "must be in [1e-4, 1000] (λ's range)")
+
+
+@dataclass(frozen=True)
+class PSGSettings:
+    """What a PSG client round gets (the seed comes from the runner)."""
+
+    bt: BTSettings = field(default_factory=BTSettings)  # stage 1
+    regression: PSGRegression = field(default_factory=PSGRegression)
 
 
 @dataclass(frozen=True)
 class FedP2EFTConfig:
     """``[fedp2eft]`` (and ``[fedp2eft_paper]``, method ``fedp2eft-paper``): federated PSG training
-    (Alg. 1) and BT-LoRA's stage 1 (eq. 1); defaults are the authors'."""
+    (Alg. 1) and BT-LoRA's stage 1 (eq. 1); defaults are the authors'. Stage 1 fine-tunes with this
+    section's rates, epochs and batch size and ``[personalise]``'s head mode and fixed A."""
 
     rounds: int = 150  # PSG federated rounds
-    r_init: int = 32  # ranks per module in stage 1; one PSG serves every budget <= r_init
-    lora_alpha: int = 64  # BT-LoRA scaling alpha / r_init (kept for pruned modules)
-    alpha_s: float = 100.0  # significance prior weight (eq. 4)
-    alpha_p: float = 0.01  # λ prior weight (eq. 5)
-    lambda_lr: float = 0.01  # λ's AdamW rate in stage 1
-    lr: float = 1e-4  # A, B during stage 1
-    head_lr: float = 1e-4
-    local_epochs: int = 2
-    batch_size: int = 32
-    regress_steps: int = 10  # stage 2: Adam steps of the PSG onto the trained λ
-    regress_lr: float = 1e-4
-    regress_loss: str = "sum"  # stage-2 L1 over the PSG outputs: "sum" (authors) or "mean"
-    psg_init: float = 1e-4  # the untrained PSG's λ̂ (authors: 1e-4, BT-LoRA's initial λ)
+    prior: BTPrior = inline(BTPrior)  # r_init, lora_alpha, alpha_s, alpha_p, lambda_lr
+    lr: float = 1e-4  # stage 1: A, B
+    head_lr: float = 1e-4  # stage 1: a trained head
+    local_epochs: int = 2  # stage 1
+    batch_size: int = 32  # stage 1
+    regression: PSGRegression = inline(PSGRegression)  # regress_steps, regress_lr, regress_loss, psg_init
     snapshot_every: int = 0  # > 0: keep the PSG of every k-th round in psg/seed<S>/snapshots/
 
     def __post_init__(self) -> None:
-        for k in ("rounds", "r_init", "lora_alpha", "local_epochs", "batch_size", "regress_steps"):
+        for k in ("rounds", "local_epochs", "batch_size"):
             require(getattr(self, k) >= 1, k, "must be >= 1")
-        for k in ("lambda_lr", "lr", "head_lr", "regress_lr"):
+        for k in ("lr", "head_lr"):
             require(getattr(self, k) > 0, k, "must be > 0")
-        for k in ("alpha_s", "alpha_p"):
-            require(getattr(self, k) >= 0, k, "must be >= 0")
-        require(self.regress_loss in REGRESS_LOSSES, "regress_loss", f"must be one of {list(REGRESS_LOSSES)}")
-        require(1e-4 <= self.psg_init <= 1000, "psg_init", "must be in [1e-4, 1000] (λ's range)")
         require(self.snapshot_every >= 0, "snapshot_every", "must be >= 0 (0 = none)")
 
-    def bt_settings(self, personalise: PersonaliseConfig, seed: int) -> BTSettings:
+    def bt_settings(self, personalise: PersonaliseConfig) -> BTSettings:
         """Stage 1's settings; the adapter recipe (head mode, fixed A) comes from ``[personalise]``."""
-        return BTSettings(r_init=self.r_init, lora_alpha=self.lora_alpha, alpha_s=self.alpha_s, alpha_p=self.alpha_p,
-                          lambda_lr=self.lambda_lr, lr=self.lr, head_lr=self.head_lr, epochs=self.local_epochs,
-                          batch_size=self.batch_size, seed=seed, head=personalise.recipe.head,
-                          lora_a_seed=personalise.recipe.lora_a_seed)
+        p = personalise.recipe
+        stage1 = Recipe(lr=self.lr, head_lr=self.head_lr, epochs=self.local_epochs, batch_size=self.batch_size,
+                        head=p.head, lora_a_seed=p.lora_a_seed)
+        return BTSettings(self.prior, stage1)
 
-    def psg_settings(self, personalise: PersonaliseConfig, seed: int) -> PSGSettings:
-        return PSGSettings(bt=self.bt_settings(personalise, seed), regress_steps=self.regress_steps,
-                           regress_lr=self.regress_lr, regress_loss=self.regress_loss, psg_init=self.psg_init)
+    def psg_settings(self, personalise: PersonaliseConfig) -> PSGSettings:
+        return PSGSettings(self.bt_settings(personalise), self.regression)
 
 
 def new_psg(base: nn.Module, r_init: int, seed: int = 0, head: str = "train", psg_init: float = 1e-4) -> PSG:
@@ -100,25 +107,27 @@ def new_psg(base: nn.Module, r_init: int, seed: int = 0, head: str = "train", ps
     return PSG(2 * n, n, r_init, init_bias=psg_init)
 
 
-def settings_psg(base: nn.Module, s: PSGSettings, state: dict[str, torch.Tensor] | None = None) -> PSG:
-    """The PSG ``s`` describes (outputs for every adapted module of ``base``, seeded by ``s.bt.seed``),
+def settings_psg(base: nn.Module, s: PSGSettings, seed: int, state: dict[str, torch.Tensor] | None = None) -> PSG:
+    """The PSG ``s`` describes (outputs for every adapted module of ``base``, initialised from ``seed``),
     loaded with ``state`` when given: the one place a PSG is built from settings."""
-    psg = new_psg(base, s.bt.r_init, s.bt.seed, s.bt.head, s.psg_init)
+    psg = new_psg(base, s.bt.prior.r_init, seed, s.bt.recipe.head, s.regression.psg_init)
     if state is not None:
         psg.load_state_dict(state)
     return psg
 
 
-def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task: ClientTask, s: PSGSettings):
-    """One client's FedP²EFT round; returns ``(psg_state, num_examples, metrics)``."""
-    head = s.bt.head
+def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task: ClientTask, s: PSGSettings,
+                      seed: int):
+    """One client's FedP²EFT round (``seed``: the round's); returns ``(psg_state, num_examples, metrics)``."""
+    head = s.bt.recipe.head
     names = feature_modules(base, head)
     feats = meta_features(base, task.train, head=head)
-    psg = settings_psg(base, s, psg_state)
+    psg = settings_psg(base, s, seed, psg_state)
     lam_hat = psg.lambdas(feats, names)
-    trained, losses = train_lambdas(base, task.train, lam_hat, s.bt, task.kind)
+    trained, losses = train_lambdas(base, task.train, lam_hat, s.bt, seed, task.kind)
     target = torch.stack([trained[n] for n in names]).float()
-    l1 = regress_psg(psg, feats, target, s.regress_steps, s.regress_lr, s.regress_loss)
+    g = s.regression
+    l1 = regress_psg(psg, feats, target, g.regress_steps, g.regress_lr, g.regress_loss)
     metrics = {"train_loss": sum(losses) / max(len(losses), 1), "l1": l1,
                "lambda_hat_mean": float(torch.stack(list(lam_hat.values())).mean()),
                **lambda_statistics(names, target)}
@@ -180,9 +189,9 @@ class FedP2EFTMethod:
         lambdas = client_lambdas(base, self.psg, task, p.recipe.head)
         if self.mean_one:
             lambdas = rescale_to_mean_one(lambdas, budget)
-        s = personalisation_settings(self.bt, p.recipe, seed)
+        s = personalisation_settings(self.bt, p.recipe)
         select_by = width_free_scores(lambdas, module_widths(base, list(lambdas))) if self.width_free else None
-        return finetune_pruned_model(base, task.train, lambdas, budget, s, task.kind, select_by)
+        return finetune_pruned_model(base, task.train, lambdas, budget, s, seed, task.kind, select_by)
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
                     seed: int) -> list:
@@ -190,24 +199,21 @@ class FedP2EFTMethod:
         return task.kind.predict(model, task.test, p.eval_batch_size)
 
 
-def _new_psg_state(base: nn.Module, s: PSGSettings) -> dict[str, torch.Tensor]:
-    return dict(settings_psg(base, s).state_dict())
+def _new_psg_state(base: nn.Module, s: PSGSettings, ctx: StageContext) -> dict[str, torch.Tensor]:
+    return dict(settings_psg(base, s, ctx.seed).state_dict())
 
 
-def _psg_update(base: nn.Module, state, task: ClientTask, s: PSGSettings, ctx: StageContext):
-    return psg_client_update(base, state, task, replace(s, bt=replace(s.bt, seed=ctx.seed)))
-
-
-def _trained_psg(base: nn.Module, state, s: PSGSettings, folder: Path) -> PSG:
-    return settings_psg(base, s, state)
+def _trained_psg(base: nn.Module, state, s: PSGSettings, folder: Path, ctx: StageContext) -> PSG:
+    return settings_psg(base, s, ctx.seed, state)
 
 
 def psg_stage(name: str, section: str) -> FederatedStage:
     """The PSG's federated training (Alg. 1) with the settings of config section ``section``."""
     return FederatedStage(
         name=name, section=section, per_budget=False, artifact="psg.safetensors",
-        client_settings=lambda cfg, seed, budget: getattr(cfg, section).psg_settings(cfg.personalise, seed),
-        settings_type=PSGSettings, initial_state=_new_psg_state, client_update=_psg_update, finalize=_trained_psg,
+        client_settings=lambda cfg: getattr(cfg, section).psg_settings(cfg.personalise),
+        settings_type=PSGSettings, initial_state=_new_psg_state, finalize=_trained_psg,
+        client_update=lambda base, state, task, s, ctx: psg_client_update(base, state, task, s, ctx.seed),
         after=write_lambda_trajectory, report=lambda base, psg, tasks, folder, cfg: write_lambda_report(
             base, psg, tasks, folder, cfg.personalise.recipe.head),
         round_metrics=("train_loss", "l1", "lambda_mean"),
@@ -219,12 +225,12 @@ PSG_PAPER_STAGE = psg_stage("psg-paper", "fedp2eft_paper")
 
 
 def _budget_limit(section: str):
-    return lambda cfg: (f"{section}.r_init", getattr(cfg, section).r_init)
+    return lambda cfg: (f"{section}.r_init", getattr(cfg, section).prior.r_init)
 
 
 def _fedp2eft(section: str, mean_one: bool = False, name: str = "fedp2eft", width_free: bool = False):
     def build(cfg, resources: dict, seed: int) -> FedP2EFTMethod:
-        method = FedP2EFTMethod(resources.get(None), getattr(cfg, section).bt_settings(cfg.personalise, seed),
+        method = FedP2EFTMethod(resources.get(None), getattr(cfg, section).bt_settings(cfg.personalise),
                                 mean_one=mean_one, width_free=width_free)
         method.name = name
         return method

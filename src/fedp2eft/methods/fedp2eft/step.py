@@ -44,12 +44,13 @@ from ...errors import UserError, require
 from ...psg import feature_modules, meta_features
 from ...psg.module_types import MODULE_TYPES, module_type
 from ...psg.rate_report import write_rate_report
+from ...schema import inline
 from ...tasks import Task
-from ...training import Recipe, model_inputs, to_device, train_model
+from ...training import Recipe, model_inputs, to_device
 from ...training.batches import EncodedData
 from ..base import ClientTask, PersonaliseConfig
 from ..lora import lora_model
-from ..registry import FederatedStage, MethodSpec, keep_prior, register_method, split_prior
+from ..registry import FederatedStage, MethodSpec, StageContext, keep_prior, register_method, split_prior
 from .method import PSG_STAGE, new_psg
 from .training import BTSettings, personalisation_settings, pruned_model
 
@@ -77,12 +78,9 @@ class StepHead(nn.Module):
 
 
 @dataclass(frozen=True)
-class FedP2EFTStepConfig:
-    """``[fedp2eft_step]`` / ``[lora_step]``: the step head's federated training (one per budget; for
-    ``fedp2eft-step`` after the ``[fedp2eft]`` PSG, which it uses frozen). Fine-tuning itself follows
-    ``[personalise]`` (epochs, batch, clipping, head)."""
+class StepTraining:
+    """One client's round of the step head (its keys sit in ``[fedp2eft_step]`` / ``[lora_step]``)."""
 
-    rounds: int = 30
     step_init: float = 0.0  # the head's first rate for every type; 0 = personalise.lr
     grid: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0, 8.0])  # global multipliers
     type_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # per-type refinement ([] = none)
@@ -90,51 +88,57 @@ class FedP2EFTStepConfig:
     regress_lr: float = 0.01  # (Adam steps are ~this in log η per parameter; 0.05 oscillated between clients)
     val_fraction: float = 0.2  # of each client's train rows held out for the sweep
     hidden: int = 64
-    snapshot_every: int = 0
 
     def __post_init__(self) -> None:
-        for k in ("rounds", "regress_steps", "hidden"):
+        for k in ("regress_steps", "hidden"):
             require(getattr(self, k) >= 1, k, "must be >= 1")
         require(self.step_init >= 0, "step_init", "must be >= 0 (0 = personalise.lr)")
         require(len(self.grid) > 0 and all(c > 0 for c in self.grid), "grid", "needs multipliers > 0")
         require(all(c > 0 for c in self.type_grid), "type_grid", "multipliers must be > 0")
         require(self.regress_lr > 0, "regress_lr", "must be > 0")
         require(0 < self.val_fraction < 1, "val_fraction", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
+class FedP2EFTStepConfig:
+    """``[fedp2eft_step]`` / ``[lora_step]``: the step head's federated training (one per budget; for
+    ``fedp2eft-step`` after the ``[fedp2eft]`` PSG, which it uses frozen). Fine-tuning itself follows
+    ``[personalise]``'s recipe (epochs, batch, clipping, head)."""
+
+    rounds: int = 30
+    training: StepTraining = inline(StepTraining)
+    snapshot_every: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.rounds >= 1, "rounds", "must be >= 1")
         require(self.snapshot_every >= 0, "snapshot_every", "must be >= 0 (0 = none)")
 
 
 @dataclass(frozen=True)
 class StepSettings:
-    budget: int = 2
+    """What a step-head client round gets (the budget and seed come from the runner)."""
+
+    training: StepTraining = field(default_factory=StepTraining)  # step_init resolved
     bt: BTSettings = field(default_factory=BTSettings)  # the personalisation's fine-tuning (rates: the head's)
-    step_init: float = 1e-4
-    grid: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
-    type_grid: tuple[float, ...] = (0.5, 1.0, 2.0)
-    regress_steps: int = 10
-    regress_lr: float = 0.01
-    val_fraction: float = 0.2
-    hidden: int = 64
     structure: str = "psg"  # "psg": the PSG's pruned BT-LoRA (fedp2eft-step); "lora": rank r everywhere (lora-step)
 
 
 def step_settings(section: str, structure: str):
     """``client_settings`` of a step stage from config section ``section``."""
-    def settings(cfg, seed: int, budget: int) -> StepSettings:
-        q, p = getattr(cfg, section), cfg.personalise
-        bt = personalisation_settings(cfg.fedp2eft.bt_settings(p, seed), p.recipe, seed)
-        return StepSettings(budget=budget, bt=bt, step_init=q.step_init or p.recipe.lr, grid=tuple(q.grid),
-                            type_grid=tuple(q.type_grid), regress_steps=q.regress_steps, regress_lr=q.regress_lr,
-                            val_fraction=q.val_fraction, hidden=q.hidden, structure=structure)
+    def settings(cfg) -> StepSettings:
+        q, p = getattr(cfg, section).training, cfg.personalise
+        bt = personalisation_settings(cfg.fedp2eft.bt_settings(p), p.recipe)
+        return StepSettings(replace(q, step_init=q.step_init or p.recipe.lr), bt, structure)
     return settings
 
 
-def adapter_model(base: nn.Module, s: StepSettings, lambdas: dict[str, torch.Tensor] | None,
+def adapter_model(base: nn.Module, s: StepSettings, budget: int, seed: int, lambdas: dict[str, torch.Tensor] | None,
                   kind: Task) -> nn.Module:
     """The adapter the step is learned for, before training: the PSG's pruned BT-LoRA, or plain LoRA."""
-    torch.manual_seed(s.bt.seed)
+    torch.manual_seed(seed)
     if s.structure == "lora":
-        return lora_model(base, s.budget, Recipe(head=s.bt.head, lora_a_seed=s.bt.lora_a_seed), kind)
-    return pruned_model(base, lambdas, s.budget, s.bt, kind)
+        return lora_model(base, budget, s.bt.recipe, kind)
+    return pruned_model(base, lambdas, budget, s.bt, kind)
 
 
 def load_psg(base: nn.Module, s: StepSettings, state: dict[str, torch.Tensor]) -> nn.Module | None:
@@ -142,7 +146,7 @@ def load_psg(base: nn.Module, s: StepSettings, state: dict[str, torch.Tensor]) -
     psg_state, _ = split_prior(state, PSG_STAGE.name)
     if s.structure == "lora":
         return None
-    psg = new_psg(base, s.bt.r_init, 0, s.bt.head)
+    psg = new_psg(base, s.bt.prior.r_init, 0, s.bt.recipe.head)
     psg.load_state_dict(psg_state)
     return psg
 
@@ -155,7 +159,7 @@ def load_head(base: nn.Module, s: StepSettings, state: dict[str, torch.Tensor]) 
 
 def new_step_head(base: nn.Module, s: StepSettings, seed: int = 0) -> StepHead:
     torch.manual_seed(seed)
-    return StepHead(2 * len(feature_modules(base, s.bt.head)), s.step_init, s.hidden)
+    return StepHead(2 * len(feature_modules(base, s.bt.recipe.head)), s.training.step_init, s.training.hidden)
 
 
 def adapter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -167,13 +171,13 @@ def adapter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def train_at_rates(model: nn.Module, train: EncodedData, rates: dict[str, float], s: BTSettings,
+def train_at_rates(model: nn.Module, train: EncodedData, rates: dict[str, float], recipe: Recipe, seed: int,
                    kind: Task) -> nn.Module:
-    """AdamW at each module type's rate (a trained head at ``head_lr``), in place; returns ``model``."""
+    """AdamW at each module type's rate (a trained head at ``head_lr``; the recipe's other settings), in
+    place; returns ``model``."""
     head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
     groups = [{"params": ps, "lr": rates[t]} for t, ps in adapter_groups(model).items()]
-    train_model(model, [*groups, {"params": head, "lr": s.head_lr}], train, s.epochs, s.batch_size, s.seed,
-                s.weight_decay, max_grad_norm=s.max_grad_norm, loss=kind.loss)
+    recipe.train(model, [*groups, {"params": head, "lr": recipe.head_lr}], train, seed, loss=kind.loss)
     return model
 
 
@@ -230,25 +234,29 @@ def regress_head(head: StepHead, feats: torch.Tensor, targets: dict[str, float],
     return float(err.detach().mean())
 
 
-def step_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: StepSettings):
-    """One client's round (steps 1-5 above); returns ``(state, num_examples, metrics)``."""
+def step_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: StepSettings,
+                       budget: int, seed: int):
+    """One client's round (steps 1-5 above) at rank budget ``budget``; returns ``(state, num_examples,
+    metrics)``."""
     if len(task.train) < 2:
         raise ValueError(f"client {task.client_id}: the step head needs at least 2 training rows (fit/held-out)")
+    t, mode = s.training, s.bt.recipe.head
     psg, head = load_psg(base, s, state), load_head(base, s, state)
-    feats = meta_features(base, task.train, head=s.bt.head)
-    lambdas = psg.lambdas(feats, feature_modules(base, s.bt.head)) if psg is not None else None
-    fit, val = task.train.split(s.val_fraction, s.bt.seed)
+    feats = meta_features(base, task.train, head=mode)
+    lambdas = psg.lambdas(feats, feature_modules(base, mode)) if psg is not None else None
+    fit, val = task.train.split(t.val_fraction, seed)
     rates = head.rates(feats)
-    model = adapter_model(base, s, lambdas, task.kind)
-    init = {t: [p.detach().clone() for p in ps] for t, ps in adapter_groups(model).items()}
-    train_at_rates(model, fit, rates, s.bt, task.kind)
-    scale, seen = linearised_sweep(model, init, val, task.kind, s.grid, s.type_grid, s.bt.batch_size)
+    model = adapter_model(base, s, budget, seed, lambdas, task.kind)
+    init = {k: [p.detach().clone() for p in ps] for k, ps in adapter_groups(model).items()}
+    train_at_rates(model, fit, rates, s.bt.recipe, seed, task.kind)
+    scale, seen = linearised_sweep(model, init, val, task.kind, tuple(t.grid), tuple(t.type_grid),
+                                   s.bt.recipe.batch_size)
     del model
-    targets = {t: rates[t] * scale[t] for t in scale}
-    err = regress_head(head, feats, targets, s.regress_steps, s.regress_lr)
+    targets = {k: rates[k] * scale[k] for k in scale}
+    err = regress_head(head, feats, targets, t.regress_steps, t.regress_lr)
     kept = list(scale)
-    metrics = {**seen, "l1": err, "lr_mean": math.exp(sum(math.log(rates[t]) for t in kept) / max(len(kept), 1)),
-               "target_lr_mean": math.exp(sum(math.log(targets[t]) for t in kept) / max(len(kept), 1))}
+    metrics = {**seen, "l1": err, "lr_mean": math.exp(sum(math.log(rates[k]) for k in kept) / max(len(kept), 1)),
+               "target_lr_mean": math.exp(sum(math.log(targets[k]) for k in kept) / max(len(kept), 1))}
     prior, _ = split_prior(state, PSG_STAGE.name)
     new_state = {**{f"{PSG_STAGE.name}.{k}": v for k, v in prior.items()},
                  **{f"step.{k}": v.detach().clone() for k, v in head.state_dict().items()}}
@@ -282,19 +290,19 @@ class FedP2EFTStepMethod:
             raise UserError(f"{self.name} has no trained step head for budget {budget}")
         r = self.resources[budget]
         head = p.recipe.head
-        s = replace(r.settings, budget=budget, bt=personalisation_settings(self.bt, p.recipe, seed))
+        s = replace(r.settings, bt=personalisation_settings(self.bt, p.recipe))
         feats = meta_features(base, task.train, head=head)
         lambdas = r.psg.lambdas(feats, feature_modules(base, head)) if r.psg is not None else None
-        model = train_at_rates(adapter_model(base, s, lambdas, task.kind), task.train, r.head.rates(feats), s.bt,
-                               task.kind)
+        model = train_at_rates(adapter_model(base, s, budget, seed, lambdas, task.kind), task.train,
+                               r.head.rates(feats), p.recipe, seed, task.kind)
         return task.kind.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
 
 
-def _initial_head(base: nn.Module, s: StepSettings) -> dict[str, torch.Tensor]:
+def _initial_head(base: nn.Module, s: StepSettings, ctx: StageContext) -> dict[str, torch.Tensor]:
     return {f"step.{k}": v for k, v in new_step_head(base, s).state_dict().items()}
 
 
-def _trained(base: nn.Module, state, s: StepSettings, folder: Path) -> StepResource:
+def _trained(base: nn.Module, state, s: StepSettings, folder: Path, ctx: StageContext) -> StepResource:
     return StepResource(load_psg(base, s, state), load_head(base, s, state), s)
 
 
@@ -313,8 +321,8 @@ def step_stage(name: str, section: str, structure: str) -> FederatedStage:
     return FederatedStage(
         name=name, section=section, per_budget=True, artifact="step.safetensors",
         client_settings=step_settings(section, structure), settings_type=StepSettings, initial_state=_initial_head,
-        client_update=lambda base, state, task, s, ctx: step_client_update(
-            base, state, task, replace(s, bt=replace(s.bt, seed=ctx.seed))),
+        client_update=lambda base, state, task, s, ctx: step_client_update(base, state, task, s, ctx.budget,
+                                                                           ctx.seed),
         finalize=_trained, aggregate=keep_prior(PSG_STAGE.name) if on_psg else None,
         needs=PSG_STAGE.name if on_psg else None,
         report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,
@@ -325,7 +333,7 @@ def step_stage(name: str, section: str, structure: str) -> FederatedStage:
 
 def _step_method(name: str):
     return lambda cfg, resources, seed: FedP2EFTStepMethod(
-        resources, cfg.fedp2eft.bt_settings(cfg.personalise, seed), name=name)
+        resources, cfg.fedp2eft.bt_settings(cfg.personalise), name=name)
 
 
 STEP_STAGE = step_stage("fedp2eft-step", "fedp2eft_step", "psg")
@@ -333,7 +341,7 @@ LORA_STEP_STAGE = step_stage("lora-step", "lora_step", "lora")
 
 register_method(MethodSpec(
     "fedp2eft-step", _step_method("fedp2eft-step"), section="fedp2eft_step", settings=FedP2EFTStepConfig,
-    stage=STEP_STAGE, recorded=True, max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.r_init),
+    stage=STEP_STAGE, recorded=True, max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.prior.r_init),
     summary="FedP²EFT with a per-client rate per module type from a federated step head; one fine-tuning"))
 register_method(MethodSpec(
     "lora-step", _step_method("lora-step"), section="lora_step", settings=FedP2EFTStepConfig, stage=LORA_STEP_STAGE,

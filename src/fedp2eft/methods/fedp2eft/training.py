@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 from peft import get_peft_model
@@ -24,31 +24,38 @@ from torch import nn
 from ...adapters import apply_fixed_a, bt_penalty, select_ranks
 from ...adapters.bt_lora import bt_lora_config, lambdas_by_module, set_lambdas
 from ...adapters.priors import LAMBDA_MAX, LAMBDA_MIN
+from ...errors import require
 from ...tasks import Task
 from ...training import Recipe, copy_sharing_embeddings, train_model
 from ...training.batches import EncodedData
 
 
 @dataclass(frozen=True)
-class BTSettings:
-    """Stage 1 (eq. 1) and the pruned fine-tuning. ``lr``/``head_lr``/``epochs``/``batch_size``/
-    ``weight_decay``/``max_grad_norm`` are stage 1's in the PSG's and the per-client baseline's λ
-    training, and the personalisation's in ``finetune_pruned`` (callers replace them)."""
+class BTPrior:
+    """BT-LoRA's layer and priors (its keys sit in ``[fedp2eft]``; defaults the authors')."""
 
-    r_init: int = 32
-    lora_alpha: int = 64
-    alpha_s: float = 100.0
-    alpha_p: float = 0.01
-    lambda_lr: float = 0.01
-    lr: float = 1e-4
-    head_lr: float = 1e-4
-    epochs: int = 2
-    batch_size: int = 32
-    seed: int = 0
-    head: str = "train"
-    lora_a_seed: int = -1
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.0
+    r_init: int = 32  # ranks per module in stage 1; one PSG serves every budget <= r_init
+    lora_alpha: int = 64  # BT-LoRA scaling alpha / r_init (kept for pruned modules)
+    alpha_s: float = 100.0  # significance prior weight (eq. 4)
+    alpha_p: float = 0.01  # λ prior weight (eq. 5)
+    lambda_lr: float = 0.01  # λ's AdamW rate in stage 1
+
+    def __post_init__(self) -> None:
+        for k in ("r_init", "lora_alpha"):
+            require(getattr(self, k) >= 1, k, "must be >= 1")
+        require(self.lambda_lr > 0, "lambda_lr", "must be > 0")
+        for k in ("alpha_s", "alpha_p"):
+            require(getattr(self, k) >= 0, k, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class BTSettings:
+    """A BT-LoRA training: its layer and priors, and the recipe it fine-tunes with — stage 1's (eq. 1: the
+    ``[fedp2eft]`` rates, epochs and batch) in the PSG's and the per-client baseline's λ training, the
+    personalisation's (``[personalise]``) in ``finetune_pruned`` (``personalisation_settings``)."""
+
+    prior: BTPrior = field(default_factory=BTPrior)
+    recipe: Recipe = field(default_factory=Recipe)
 
 
 def _split_params(model: nn.Module) -> tuple[list, list, list]:
@@ -60,34 +67,35 @@ def _split_params(model: nn.Module) -> tuple[list, list, list]:
     return lam, ab, head
 
 
-def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSettings,
+def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSettings, seed: int,
                  kind: Task) -> nn.Module:
     """BT-LoRA with r_init ranks on every adapted module: λ from ``init``, B = 0, A fresh (seeded by
-    ``s.seed``) or the fixed A of ``s.lora_a_seed`` (the same in every round and on every client)."""
-    torch.manual_seed(s.seed)
-    targets = kind.adapted_modules(base, s.head)
+    ``seed``) or the fixed A of the recipe's ``lora_a_seed`` (the same in every round and on every client)."""
+    torch.manual_seed(seed)
+    r = s.recipe
+    targets = kind.adapted_modules(base, r.head)
     init_value = init if isinstance(init, float) else 1e-4
-    cfg = bt_lora_config(targets, r=s.r_init, lora_alpha=s.lora_alpha, init_lambda=init_value,
-                         modules_to_save=kind.saved_modules(s.head))
+    cfg = bt_lora_config(targets, r=s.prior.r_init, lora_alpha=s.prior.lora_alpha, init_lambda=init_value,
+                         modules_to_save=kind.saved_modules(r.head))
     model = get_peft_model(copy_sharing_embeddings(base), cfg)
-    if s.lora_a_seed >= 0:
-        apply_fixed_a(model, s.lora_a_seed)
+    if r.lora_a_seed >= 0:
+        apply_fixed_a(model, r.lora_a_seed)
     if isinstance(init, dict):
         set_lambdas(model, init)
     return model
 
 
 def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tensor] | float,
-                  s: BTSettings, kind: Task) -> tuple[dict[str, torch.Tensor], list[float]]:
+                  s: BTSettings, seed: int, kind: Task) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Stage 1: learn λ (and A, B, a trained head) on one client; returns (λ by module, step losses)."""
-    model = stage1_model(base, init, s, kind)
+    model = stage1_model(base, init, s, seed, kind)
     lam, ab, head = _split_params(model)
-    n = len(data)
+    n, r, prior = len(data), s.recipe, s.prior
     losses = train_model(
         model,
-        [{"params": lam, "lr": s.lambda_lr}, {"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
-        data, s.epochs, s.batch_size, s.seed, s.weight_decay,
-        extra_loss=lambda m: bt_penalty(m, n, s.alpha_s, s.alpha_p), max_grad_norm=s.max_grad_norm,
+        [{"params": lam, "lr": prior.lambda_lr}, {"params": ab, "lr": r.lr}, {"params": head, "lr": r.head_lr}],
+        data, r.epochs, r.batch_size, seed, r.weight_decay,
+        extra_loss=lambda m: bt_penalty(m, n, prior.alpha_s, prior.alpha_p), max_grad_norm=r.max_grad_norm,
         loss=kind.loss,
     )
     return {k: v.clamp(LAMBDA_MIN, LAMBDA_MAX).cpu() for k, v in lambdas_by_module(model).items()}, losses
@@ -101,38 +109,39 @@ def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int,
     index = select_ranks(lambdas if select_by is None else select_by, budget)
     kept = {n: lambdas[n].detach().flatten().cpu()[ids] for n, ids in index.items()}
     ranks = {n: int(v.numel()) for n, v in kept.items()}
-    scaling = s.lora_alpha / s.r_init
+    scaling = s.prior.lora_alpha / s.prior.r_init
     r_max = max(ranks.values())
     cfg = bt_lora_config(
         list(kept), r=r_max, lora_alpha=scaling * r_max,
         rank_pattern={re.escape(n): r for n, r in ranks.items()},
         alpha_pattern={re.escape(n): scaling * r for n, r in ranks.items()},
-        modules_to_save=kind.saved_modules(s.head),
+        modules_to_save=kind.saved_modules(s.recipe.head),
     )
     model = get_peft_model(copy_sharing_embeddings(base), cfg)
-    if s.lora_a_seed >= 0:
-        apply_fixed_a(model, s.lora_a_seed, index)
+    if s.recipe.lora_a_seed >= 0:
+        apply_fixed_a(model, s.recipe.lora_a_seed, index)
     set_lambdas(model, kept, requires_grad=False)
     return model
 
 
 def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str, torch.Tensor], budget: int,
-                          s: BTSettings, kind: Task,
+                          s: BTSettings, seed: int, kind: Task,
                           select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Alg. 2 steps 2-3: prune λ to the budget and fine-tune the resulting LoRA (unmerged peft model)."""
-    torch.manual_seed(s.seed)
+    torch.manual_seed(seed)
     model = pruned_model(base, lambdas, budget, s, kind, select_by)
     _, ab, head = _split_params(model)
-    train_model(model, [{"params": ab, "lr": s.lr}, {"params": head, "lr": s.head_lr}],
-                train, s.epochs, s.batch_size, s.seed, s.weight_decay, max_grad_norm=s.max_grad_norm, loss=kind.loss)
+    r = s.recipe
+    train_model(model, [{"params": ab, "lr": r.lr}, {"params": head, "lr": r.head_lr}],
+                train, r.epochs, r.batch_size, seed, r.weight_decay, max_grad_norm=r.max_grad_norm, loss=kind.loss)
     return model
 
 
 def finetune_pruned(base: nn.Module, train: EncodedData, test: EncodedData, lambdas: dict[str, torch.Tensor],
-                    budget: int, s: BTSettings, eval_batch_size: int, kind: Task,
+                    budget: int, s: BTSettings, seed: int, eval_batch_size: int, kind: Task,
                     select_by: dict[str, torch.Tensor] | None = None) -> list:
     """Fine-tune at the budget, merge, and predict the test split."""
-    model = finetune_pruned_model(base, train, lambdas, budget, s, kind, select_by)
+    model = finetune_pruned_model(base, train, lambdas, budget, s, seed, kind, select_by)
     return kind.predict(model.merge_and_unload(), test, eval_batch_size)
 
 
@@ -149,10 +158,6 @@ def width_free_scores(lambdas: dict[str, torch.Tensor], widths: dict[str, int]) 
     return {n: v * (mean / widths[n]) ** 0.5 for n, v in lambdas.items()}
 
 
-def personalisation_settings(bt: BTSettings, recipe: Recipe, seed: int) -> BTSettings:
-    """``bt`` with the personalisation's fine-tuning ``recipe`` and the client's ``seed``."""
-    from dataclasses import replace
-
-    return replace(bt, lr=recipe.lr, head_lr=recipe.head_lr, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                   seed=seed, weight_decay=recipe.weight_decay, max_grad_norm=recipe.max_grad_norm,
-                   head=recipe.head, lora_a_seed=recipe.lora_a_seed)
+def personalisation_settings(bt: BTSettings, recipe: Recipe) -> BTSettings:
+    """``bt`` fine-tuning with the personalisation's ``recipe``."""
+    return replace(bt, recipe=recipe)

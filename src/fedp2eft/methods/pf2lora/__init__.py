@@ -11,6 +11,7 @@ from .method import (
     PF2LoRAConfig,
     PF2LoRAMethod,
     PF2LoRASettings,
+    PF2LoRATraining,
     client_seed,
     initial_shared_state,
     load_shared_state,
@@ -20,6 +21,6 @@ from .method import (
     two_level_model,
 )
 
-__all__ = ["PF2LORA_STAGE", "PF2LoRAConfig", "PF2LoRAMethod", "PF2LoRASettings", "bilevel_local_steps", "client_seed",
+__all__ = ["PF2LORA_STAGE", "PF2LoRAConfig", "PF2LoRAMethod", "PF2LoRASettings", "PF2LoRATraining", "bilevel_local_steps", "client_seed",
            "initial_shared_state", "load_shared_state", "local_state_path", "pf2lora_client_update", "shared_state",
            "two_level_model"]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,11 +30,36 @@ from torch import nn
 from ...adapters.two_level import TwoLevelLinear, attach_two_level, level_state, load_level_state, merge_two_level
 from ...atomic import save_tensors
 from ...errors import UserError, require
+from ...schema import inline
 from ...training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, to_device
 from ...training.batches import EncodedData
 from ..base import ClientTask, PersonaliseConfig
-from ..registry import FederatedStage, MethodSpec, register_method
+from ..registry import FederatedStage, MethodSpec, StageContext, register_method
 from .bilevel import bilevel_local_steps
+
+
+@dataclass(frozen=True)
+class PF2LoRATraining:
+    """One client's bilevel round (its keys sit in ``[pf2lora]``)."""
+
+    local_rank: int = 0  # level-2 rank r̃; 0 = ceil(r / 4) (authors: r = 8, r̃ = 2)
+    lr: float = 1e-4  # level 1 (A, B), AdamW
+    head_lr: float = 1e-4
+    lower_lr: float = 1e-2  # level 2 (C_k, D_k), SGD
+    steps: int = 10  # upper steps per round (the authors communicate every 10 local steps)
+    inner_steps: int = 1  # lower steps before each upper step
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        for k in ("steps", "inner_steps", "batch_size"):
+            require(getattr(self, k) >= 1, k, "must be >= 1")
+        require(self.local_rank >= 0, "local_rank", "must be >= 0 (0 = ceil(budget / 4))")
+        for k in ("lr", "head_lr", "lower_lr"):
+            require(getattr(self, k) > 0, k, "must be > 0")
+
+    def r_local(self, rank: int) -> int:
+        """The level-2 rank for level-1 rank ``rank``."""
+        return self.local_rank or max(1, math.ceil(rank / 4))
 
 
 @dataclass(frozen=True)
@@ -43,43 +68,18 @@ class PF2LoRAConfig:
     budget)."""
 
     rounds: int = 150
-    local_rank: int = 0  # level-2 rank r̃; 0 = ceil(budget / 4) (authors: r = 8, r̃ = 2)
-    lr: float = 1e-4  # level 1 (A, B), AdamW
-    head_lr: float = 1e-4
-    lower_lr: float = 1e-2  # level 2 (C_k, D_k), SGD
-    steps: int = 10  # upper steps per round
-    inner_steps: int = 1  # lower steps before each upper step
-    batch_size: int = 32
+    training: PF2LoRATraining = inline(PF2LoRATraining)
 
     def __post_init__(self) -> None:
-        for k in ("rounds", "steps", "inner_steps", "batch_size"):
-            require(getattr(self, k) >= 1, k, "must be >= 1")
-        require(self.local_rank >= 0, "local_rank", "must be >= 0 (0 = ceil(budget / 4))")
-        for k in ("lr", "head_lr", "lower_lr"):
-            require(getattr(self, k) > 0, k, "must be > 0")
-
-    def client_settings(self, p: PersonaliseConfig, budget: int, seed: int) -> PF2LoRASettings:
-        return PF2LoRASettings(budget=budget, local_rank=self.local_rank, lr=self.lr, head_lr=self.head_lr,
-                               lower_lr=self.lower_lr, steps=self.steps, inner_steps=self.inner_steps,
-                               batch_size=self.batch_size, seed=seed, head=p.recipe.head)
+        require(self.rounds >= 1, "rounds", "must be >= 1")
 
 
 @dataclass(frozen=True)
 class PF2LoRASettings:
-    budget: int = 8
-    local_rank: int = 0  # 0 = ceil(budget / 4)
-    lr: float = 1e-4  # upper level (A, B), AdamW
-    head_lr: float = 1e-4
-    lower_lr: float = 1e-2  # lower level (C_k, D_k), SGD
-    steps: int = 10  # upper steps per round (the authors communicate every 10 local steps)
-    inner_steps: int = 1
-    batch_size: int = 32
-    seed: int = 0
-    head: str = "train"  # "adapter": the head gets a two-level adapter too and its weights stay frozen
+    """What a PF2LoRA client round gets (the rank and seed come from the runner)."""
 
-    @property
-    def r_local(self) -> int:
-        return self.local_rank or max(1, math.ceil(self.budget / 4))
+    training: PF2LoRATraining = field(default_factory=PF2LoRATraining)
+    head: str = "train"  # "adapter": the head gets a two-level adapter too and its weights stay frozen
 
 
 def client_seed(cid: str, seed: int) -> int:
@@ -121,8 +121,8 @@ def load_shared_state(model: nn.Module, layers: dict[str, TwoLevelLinear], state
         model.head.load_state_dict(head)
 
 
-def initial_shared_state(base: nn.Module, s: PF2LoRASettings) -> dict[str, torch.Tensor]:
-    model, layers = two_level_model(base, s.budget, s.r_local, s.seed, s.head)
+def initial_shared_state(base: nn.Module, s: PF2LoRASettings, rank: int, seed: int) -> dict[str, torch.Tensor]:
+    model, layers = two_level_model(base, rank, s.training.r_local(rank), seed, s.head)
     return shared_state(model, layers)
 
 
@@ -138,11 +138,13 @@ def _cycle(data: EncodedData, batch_size: int, seed: int, device: torch.device):
 
 
 def pf2lora_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: PF2LoRASettings,
-                          local_dir: str | Path):
-    """One client's PF2LoRA round; returns ``(shared_state, num_examples, metrics)`` and stores level 2."""
+                          rank: int, seed: int, local_dir: str | Path):
+    """One client's PF2LoRA round at level-1 rank ``rank``; returns ``(shared_state, num_examples, metrics)``
+    and stores level 2."""
     if len(task.train) == 0:
         raise ValueError(f"client {task.client_id} has no training data")
-    model, layers = two_level_model(base, s.budget, s.r_local, client_seed(task.client_id, s.seed), s.head)
+    t = s.training
+    model, layers = two_level_model(base, rank, t.r_local(rank), client_seed(task.client_id, seed), s.head)
     load_shared_state(model, layers, state)
     path = local_state_path(local_dir, task.client_id)
     if path.is_file():
@@ -150,14 +152,14 @@ def pf2lora_client_update(base: nn.Module, state: dict[str, torch.Tensor], task:
     shared = [p for layer in layers.values() for p in layer.shared_parameters()]
     local = [p for layer in layers.values() for p in layer.local_parameters()]
     head = head_parameters(model)
-    upper = torch.optim.AdamW([{"params": shared, "lr": s.lr}, {"params": head, "lr": s.head_lr}], weight_decay=0.0)
+    upper = torch.optim.AdamW([{"params": shared, "lr": t.lr}, {"params": head, "lr": t.head_lr}], weight_decay=0.0)
 
     def loss_fn(batch):
         return task.kind.loss(model(**model_inputs(batch)), batch)
 
     model.train()
-    losses = bilevel_local_steps(shared + head, local, loss_fn, _cycle(task.train, s.batch_size, s.seed, device_of(model)),
-                                 s.steps, s.inner_steps, upper, s.lower_lr)
+    losses = bilevel_local_steps(shared + head, local, loss_fn, _cycle(task.train, t.batch_size, seed, device_of(model)),
+                                 t.steps, t.inner_steps, upper, t.lower_lr)
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"client {task.client_id}: non-finite PF2LoRA loss")
     save_tensors(path, level_state(layers, "local"))
@@ -171,9 +173,9 @@ class PF2LoRAMethod:
     uses_budget = True
 
     def __init__(self, trained: dict[int, tuple[dict[str, torch.Tensor], str | None]] | None = None,
-                 settings: PF2LoRASettings | None = None):
+                 training: PF2LoRATraining | None = None):
         self.trained = trained or {}
-        self.settings = settings or PF2LoRASettings()
+        self.training = training or PF2LoRATraining()
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
                     seed: int) -> list:
@@ -181,7 +183,7 @@ class PF2LoRAMethod:
             raise UserError(f"pf2lora has no trained shared adapter for budget {budget}")
         recipe = p.recipe
         state, local_dir = self.trained[budget]
-        r_local = replace(self.settings, budget=budget).r_local
+        r_local = self.training.r_local(budget)
         model, layers = two_level_model(base, budget, r_local, client_seed(task.client_id, seed), recipe.head)
         load_shared_state(model, layers, state)
         own = local_state_path(local_dir, task.client_id) if local_dir is not None else None
@@ -195,22 +197,21 @@ class PF2LoRAMethod:
         return task.kind.predict(model, task.test, p.eval_batch_size)
 
 
-def _trained_pf2lora(base: nn.Module, state, s: PF2LoRASettings, folder: Path):
+def _trained_pf2lora(base: nn.Module, state, s: PF2LoRASettings, folder: Path, ctx: StageContext):
     return state, str(Path(folder) / "clients")
 
 
 PF2LORA_STAGE = FederatedStage(
     name="pf2lora", section="pf2lora", per_budget=True, artifact="shared.safetensors", client_state=True,
-    client_settings=lambda cfg, seed, budget: cfg.pf2lora.client_settings(cfg.personalise, budget, seed),
-    settings_type=PF2LoRASettings, initial_state=initial_shared_state,
-    client_update=lambda base, state, task, s, ctx: pf2lora_client_update(base, state, task, replace(s, seed=ctx.seed),
+    client_settings=lambda cfg: PF2LoRASettings(cfg.pf2lora.training, cfg.personalise.recipe.head),
+    settings_type=PF2LoRASettings,
+    initial_state=lambda base, s, ctx: initial_shared_state(base, s, ctx.budget, ctx.seed),
+    client_update=lambda base, state, task, s, ctx: pf2lora_client_update(base, state, task, s, ctx.budget, ctx.seed,
                                                                           ctx.client_state_dir),
     finalize=_trained_pf2lora,
 )
 
 register_method(MethodSpec(
-    "pf2lora",
-    lambda cfg, resources, seed: PF2LoRAMethod(resources, PF2LoRASettings(local_rank=cfg.pf2lora.local_rank, seed=seed,
-                                                                          head=cfg.personalise.recipe.head)),
+    "pf2lora", lambda cfg, resources, seed: PF2LoRAMethod(resources, cfg.pf2lora.training),
     section="pf2lora", settings=PF2LoRAConfig, stage=PF2LORA_STAGE, recorded=True,
     summary="PF2LoRA: a federated level-1 LoRA plus each client's own level 2"))
