@@ -10,7 +10,7 @@ import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedp2eft.config import load_config
+from fedp2eft.config import RoundSettings, load_config
 from fedp2eft.errors import UserError
 from fedp2eft.fl import client_app as real_client_app
 from fedp2eft.fl.engines import stage_job
@@ -47,7 +47,8 @@ def test_fedavg_equals_hand_computed_weighted_average(tmp_path):
     grid = InProcessGrid(app, 3)
     init = {"w": torch.ones(2, 3), "b": torch.zeros(4)}
     job = Job(stage="test", experiment="{}", base="off-the-shelf", seed=0, settings={}, num_clients=3)
-    out = run_rounds(grid, job, init, LoopSettings(rounds=1, fraction=1.0, min_clients=3), tmp_path)
+    out = run_rounds(grid, job, init, LoopSettings(rounds=1, round=RoundSettings(fraction=1.0, min_clients=3, checkpoint_every=1)),
+                     tmp_path)
     # clients add 1x, 2x, 3x arange with weights 10, 20, 30: mean multiplier (10+40+90)/60 = 7/3
     for k, v in init.items():
         expected = v + (7 / 3) * torch.arange(v.numel(), dtype=v.dtype).reshape(v.shape)
@@ -72,7 +73,8 @@ def test_a_stage_may_bring_its_own_server_aggregation(tmp_path):
 
     job = Job(stage="test", experiment="{}", base="off-the-shelf", seed=0, settings={}, num_clients=3)
     out = run_rounds(InProcessGrid(app, 3), job, {"w": torch.zeros(2)},
-                     LoopSettings(rounds=1, fraction=1.0, min_clients=3), tmp_path, aggregate=median)
+                     LoopSettings(rounds=1, round=RoundSettings(fraction=1.0, min_clients=3, checkpoint_every=1)),
+                     tmp_path, aggregate=median)
     torch.testing.assert_close(out["w"], torch.full((2,), 10.0))  # median of +1, +10, +100: not FedAvg's ~66
     line = json.loads((tmp_path / "rounds.jsonl").read_text().splitlines()[0])
     assert line["loss"] == (0 * 1 + 1 * 101 + 2 * 201) / 303  # metrics still weighted by examples

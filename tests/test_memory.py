@@ -14,6 +14,7 @@ import pytest
 import torch
 from flwr.app import Message
 
+from fedp2eft.config import RoundSettings
 from fedp2eft.fl.inprocess import InProcessGrid
 from fedp2eft.fl.records import RecordState, from_arrays, to_arrays, train_reply
 from fedp2eft.fl.server_loop import LoopSettings, run_rounds
@@ -93,12 +94,12 @@ def test_a_rounds_messages_are_gone_before_the_next_round_trains(tmp_path):
         return {"w": torch.zeros(8)}
 
     job = Job(stage="test", experiment="{}", base="off-the-shelf", seed=0, settings={}, num_clients=2)
-    settings = LoopSettings(rounds=3, fraction=1.0, min_clients=2, checkpoint_every=1)
+    settings = LoopSettings(rounds=3, round=RoundSettings(fraction=1.0, min_clients=2, checkpoint_every=1))
     out = run_rounds(InProcessGrid(app, 2), job, initial_state, settings, tmp_path)
     torch.testing.assert_close(out["w"], torch.full((8,), 3.0))
     assert made == [1]
     # per round: client 1 sees no reply alive, client 2 sees client 1's (needed for FedAvg), never older ones
     assert alive_when_training == [0, 1] * 3
-    resumed = run_rounds(InProcessGrid(app, 2), job, initial_state, LoopSettings(rounds=3, fraction=1.0, min_clients=2),
+    resumed = run_rounds(InProcessGrid(app, 2), job, initial_state, LoopSettings(rounds=3, round=RoundSettings(fraction=1.0, min_clients=2, checkpoint_every=1)),
                          tmp_path, resume=True)
     assert made == [1] and torch.equal(resumed["w"], out["w"])  # resumed from round 3: nothing made again

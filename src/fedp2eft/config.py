@@ -30,7 +30,7 @@ from .methods.registry import (  # importing it fills the registry (methods/__in
     moved_keys,
 )
 from .models.classifier import POOLINGS
-from .schema import build_section, section_dict, section_keys
+from .schema import build_section, inline, section_dict, section_keys
 from .tasks import TEMPLATES, task_names
 
 REPLICATES = ("personalisation", "federation")  # what a seed varies: setup/replicates.py
@@ -123,8 +123,10 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class FederationConfig:
-    engine: str = "inprocess"  # "inprocess" | "simulation" | "deployment"
+class RoundSettings:
+    """How every federated round samples, waits, tolerates failures, checkpoints and evaluates (keys in
+    ``[federation]``; the server loop, ``fl.server_loop``, runs with them)."""
+
     fraction: float = 0.1  # of the seen pool sampled per round
     min_clients: int = 2
     client_timeout_s: float = 600.0
@@ -132,12 +134,8 @@ class FederationConfig:
     checkpoint_every: int = 10
     eval_pool: str = ""  # "", "seen" or "unseen": federated evaluation of the global model
     eval_every: int = 0
-    num_cpus: float = 1.0  # simulation: per-client resources
-    num_gpus: float = 0.0
 
     def __post_init__(self) -> None:
-        require(self.engine in ("inprocess", "simulation", "deployment"), "engine",
-                "must be 'inprocess', 'simulation' or 'deployment'")
         require(0 < self.fraction <= 1, "fraction", "must be in (0, 1]")
         require(self.min_clients >= 1, "min_clients", "must be >= 1")
         require(self.client_timeout_s > 0, "client_timeout_s", "must be > 0")
@@ -145,6 +143,18 @@ class FederationConfig:
         require(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         require(self.eval_pool in ("", *POOLS), "eval_pool", f"must be one of {['', *POOLS]}")
         require(self.eval_every >= 0, "eval_every", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    engine: str = "inprocess"  # "inprocess" | "simulation" | "deployment"
+    round: RoundSettings = inline(RoundSettings)  # fraction, min_clients, timeouts, checkpoints, evaluation
+    num_cpus: float = 1.0  # simulation: per-client resources
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        require(self.engine in ("inprocess", "simulation", "deployment"), "engine",
+                "must be 'inprocess', 'simulation' or 'deployment'")
 
 
 CORE_SECTIONS: dict[str, type] = {"experiment": ExperimentConfig, "data": DataConfig, "model": ModelConfig,

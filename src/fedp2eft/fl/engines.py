@@ -11,6 +11,7 @@ ClientApp (transport only: what a round computes is the stage's, ``methods.regis
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import Config
@@ -26,13 +27,10 @@ from .server_loop import LoopSettings, run_rounds
 def loop_settings(cfg: Config, stage: FederatedStage, seed: int) -> LoopSettings:
     """The server loop of ``stage``: its rounds, the federation's sampling and fault settings, federated
     evaluation where the stage defines it, snapshots where its section asks for them."""
-    f = cfg.federation
-    evaluates = stage.evaluate is not None
-    return LoopSettings(rounds=stage.rounds(cfg), fraction=f.fraction, min_clients=f.min_clients,
-                        client_timeout_s=f.client_timeout_s, max_failure_fraction=f.max_failure_fraction,
-                        checkpoint_every=f.checkpoint_every, eval_pool=f.eval_pool if evaluates else "",
-                        eval_every=f.eval_every if evaluates else 0, seed=seed,
-                        snapshot_every=stage.snapshot_every(cfg))
+    r = cfg.federation.round
+    if stage.evaluate is None:
+        r = replace(r, eval_pool="", eval_every=0)
+    return LoopSettings(rounds=stage.rounds(cfg), round=r, seed=seed, snapshot_every=stage.snapshot_every(cfg))
 
 
 def stage_job(cfg: Config, stage: FederatedStage, base: str, seed: int, budget: int | None = None,
@@ -61,7 +59,7 @@ def run_job(cfg: Config, job: Job, init, settings: LoopSettings, out_dir: Path, 
     if engine == "inprocess":
         from .inprocess import InProcessGrid
 
-        grid = InProcessGrid(client_app, job.num_clients, client_timeout_s=settings.client_timeout_s)
+        grid = InProcessGrid(client_app, job.num_clients, client_timeout_s=settings.round.client_timeout_s)
         return run_rounds(grid, job, init, settings, out_dir, resume=resume, **kwargs)
     if engine == "simulation":
         return _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, job.num_clients, aggregate)

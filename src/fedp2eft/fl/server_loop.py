@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from ..atomic import save_tensors
+from ..config import RoundSettings
 from ..errors import UserError
 from ..memory import trim_freed_memory
 from ..setup.jobs import Job
@@ -33,14 +34,11 @@ from .records import from_arrays, job_config, to_arrays
 
 @dataclass(frozen=True)
 class LoopSettings:
+    """One stage's server loop: its rounds, the federation's round settings (``[federation]``; evaluation
+    off for a stage without federated evaluation), the stage's seed and its snapshots."""
+
     rounds: int
-    fraction: float = 0.1
-    min_clients: int = 2
-    client_timeout_s: float = 600.0
-    max_failure_fraction: float = 0.5
-    checkpoint_every: int = 1
-    eval_pool: str = ""
-    eval_every: int = 0
+    round: RoundSettings = field(default_factory=RoundSettings)
     seed: int = 0
     snapshot_every: int = 0  # > 0: keep the global state of every k-th round in <out>/snapshots/
 
@@ -81,7 +79,7 @@ def discover(grid, job: Job, expected: int = 1, minimum: int = 1) -> dict[int, t
 
 
 def sample(nodes: list[int], settings: LoopSettings, round_: int) -> list[int]:
-    k = min(len(nodes), max(settings.min_clients, int(round(settings.fraction * len(nodes)))))
+    k = min(len(nodes), max(settings.round.min_clients, int(round(settings.round.fraction * len(nodes)))))
     rng = np.random.default_rng([settings.seed, round_])
     picked = rng.choice(len(nodes), size=k, replace=False)  # indices: node ids may exceed int64
     return sorted(nodes[int(i)] for i in picked)
@@ -116,7 +114,7 @@ def run_rounds(
             metrics_path.write_text("".join(x + "\n" for x in keep))
     elif metrics_path.exists():
         metrics_path.unlink()
-    node_clients = discover(grid, job, expected=job.num_clients, minimum=settings.min_clients)
+    node_clients = discover(grid, job, expected=job.num_clients, minimum=settings.round.min_clients)
     seen = sorted(n for n, (_, pool) in node_clients.items() if pool == "seen")
     if not seen:
         raise UserError("no seen-pool client among the nodes: nothing can train")
@@ -130,14 +128,14 @@ def run_rounds(
                                      metrics_path)
         del content
         trim_freed_memory()  # the round's messages and the clients' copies
-        if settings.eval_pool and settings.eval_every and round_ % settings.eval_every == 0:
-            record["eval"] = evaluate_pool(grid, job, state, node_clients, settings.eval_pool, round_)
+        if settings.round.eval_pool and settings.round.eval_every and round_ % settings.round.eval_every == 0:
+            record["eval"] = evaluate_pool(grid, job, state, node_clients, settings.round.eval_pool, round_)
         record["seconds"] = round(time.perf_counter() - t0, 3)
         _append(metrics_path, record)
         if settings.snapshot_every and round_ % settings.snapshot_every == 0:
             save_tensors(out_dir / "snapshots" / f"round{round_:04d}.safetensors", state,
                          metadata={"round": str(round_)})
-        if round_ % settings.checkpoint_every == 0 or round_ == settings.rounds:
+        if round_ % settings.round.checkpoint_every == 0 or round_ == settings.rounds:
             save_checkpoint(ckpt_dir, round_, state, {"job": job.to_dict()})
         on_round(record)
     return state
@@ -148,17 +146,17 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
     ``(new state, round record)``. Its own function so that the round's messages and replies (a copy of
     the state each) are gone once it returns, not alive through the next round."""
     msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(round_)) for n in chosen]
-    replies = list(grid.send_and_receive(msgs, timeout=settings.client_timeout_s))
+    replies = list(grid.send_and_receive(msgs, timeout=settings.round.client_timeout_s))
     del msgs
     ok = [r for r in replies if not r.has_error()]
     ok_nodes = {r.metadata.src_node_id for r in ok}
     failed = {node_clients[n][0]: _reason(replies, n) for n in chosen if n not in ok_nodes}
     record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": failed}
-    if len(failed) > settings.max_failure_fraction * len(chosen) or not ok:
+    if len(failed) > settings.round.max_failure_fraction * len(chosen) or not ok:
         _append(metrics_path, {**record, "stopped": True})
         raise UserError(
             f"round {round_}: {len(failed)} of {len(chosen)} clients failed "
-            f"(max_failure_fraction {settings.max_failure_fraction}): {failed}"
+            f"(max_failure_fraction {settings.round.max_failure_fraction}): {failed}"
         )
     clients = {node_clients[r.metadata.src_node_id][0]: _client_metrics(r) for r in ok}
     del replies

@@ -72,7 +72,7 @@ def data_settings(cfg) -> dict:
 
 def sampling_settings(cfg) -> dict:
     """The federation settings that decide which clients a stage's rounds sample."""
-    return {"fraction": cfg.federation.fraction, "min_clients": cfg.federation.min_clients}
+    return {"fraction": cfg.federation.round.fraction, "min_clients": cfg.federation.round.min_clients}
 
 
 def base_settings(cfg) -> dict:

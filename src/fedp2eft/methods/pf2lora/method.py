@@ -45,7 +45,7 @@ class PF2LoRATraining:
     local_rank: int = 0  # level-2 rank r̃; 0 = ceil(r / 4) (authors: r = 8, r̃ = 2)
     lr: float = 1e-4  # level 1 (A, B), AdamW
     head_lr: float = 1e-4
-    lower_lr: float = 1e-2  # level 2 (C_k, D_k), SGD
+    lower_lr: float = 1e-2  # level 2 (C_k, D_k), SGD; 0 keeps a client's level 2 as it is
     steps: int = 10  # upper steps per round (the authors communicate every 10 local steps)
     inner_steps: int = 1  # lower steps before each upper step
     batch_size: int = 32
@@ -54,8 +54,9 @@ class PF2LoRATraining:
         for k in ("steps", "inner_steps", "batch_size"):
             require(getattr(self, k) >= 1, k, "must be >= 1")
         require(self.local_rank >= 0, "local_rank", "must be >= 0 (0 = ceil(budget / 4))")
-        for k in ("lr", "head_lr", "lower_lr"):
+        for k in ("lr", "head_lr"):
             require(getattr(self, k) > 0, k, "must be > 0")
+        require(self.lower_lr >= 0, "lower_lr", "must be >= 0 (0: level 2 stays as it is)")
 
     def r_local(self, rank: int) -> int:
         """The level-2 rank for level-1 rank ``rank``."""
