@@ -89,7 +89,7 @@ def step_times(cfg, bench, task, steps: int) -> dict:
     from fedp2eft.training.loop import model_inputs
 
     rank = cfg.fedp2eft.prior.r_init
-    targets = bench.kind.adapted_modules(bench.base, cfg.personalise.recipe.head)
+    targets = bench.problem.adapted_modules(bench.base, cfg.personalise.recipe.head)
     batch = task.train.batch(list(range(min(len(task.train), cfg.fedp2eft.batch_size))))
     models = {
         "lora": get_peft_model(copy.deepcopy(bench.base), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets)),
@@ -101,7 +101,7 @@ def step_times(cfg, bench, task, steps: int) -> dict:
         for name in (("lora", "bt_lora") if i % 2 == 0 else ("bt_lora", "lora")):
             m = models[name]
             t = time.perf_counter()
-            loss = bench.kind.loss(m(**model_inputs(batch)), batch)
+            loss = bench.problem.loss(m(**model_inputs(batch)), batch)
             if name == "bt_lora":
                 loss = loss + bt_penalty(m, len(task.train))
             opts[name].zero_grad()

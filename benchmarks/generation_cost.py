@@ -43,16 +43,16 @@ def measure(args, cfg) -> dict:
     from fedp2eft.setup.layout import RunLayout
 
     bench = open_bench(cfg)
-    kind, base = bench.kind, bench.base
+    problem, base = bench.problem, bench.base
     clients = bench.federation.clients
     chosen = next((c for c in clients if c.cid == args.client), None) if args.client else bench.federation.pool("unseen")[0]
     if chosen is None:
         raise SystemExit(f"--client {args.client}: no such client (known: {', '.join(c.cid for c in clients)})")
-    task = client_task(chosen, bench.tokenizer, cfg.data.max_length, kind)
+    task = client_task(chosen, bench.tokenizer, cfg.data.max_length, problem)
     p = cfg.personalise
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if args.variant == "lora":
-        model = lora_model(base, args.budget, p.recipe, kind)
+        model = lora_model(base, args.budget, p.recipe, problem)
     elif args.variant == "fedp2eft":
         psg_file = RunLayout(args.run).stage(PSG_STAGE.name, 0) / PSG_STAGE.artifact
         if not psg_file.is_file():
@@ -61,7 +61,7 @@ def measure(args, cfg) -> dict:
         psg = PSG_STAGE.finalize(base, load_file(str(psg_file)), s, psg_file.parent, stage_context(cfg, 0))
         lambdas = client_lambdas(base, psg, task, p.recipe.head)
         model = pruned_model(base, lambdas, args.budget,
-                             personalisation_settings(cfg.fedp2eft.bt_settings(p), p.recipe), kind)
+                             personalisation_settings(cfg.fedp2eft.bt_settings(p), p.recipe), problem)
     else:
         model = base
     adapted = sum(1 for n, m in model.named_modules() if hasattr(m, "lora_A") and len(m.lora_A))
@@ -70,7 +70,7 @@ def measure(args, cfg) -> dict:
     with torch.no_grad():
         for _ in range(args.repeats):
             start = time.perf_counter()
-            outputs = kind.predict(model, task.test, p.eval_batch_size)
+            outputs = problem.predict(model, task.test, p.eval_batch_size)
             seconds.append(time.perf_counter() - start)
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"variant": args.variant, "client": chosen.cid, "prompts": len(task.test), "adapted_modules": adapted,

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for epochs in map(int, epochs_list.split(",")):
         lam, losses = train_lambdas(bench.base, data, 1e-4, replace(bt, recipe=replace(bt.recipe, epochs=epochs)), 0,
-                                    bench.kind)
+                                    bench.problem)
         row = {"rows": len(data), "epochs": epochs, "steps": len(losses), **spread(lam)}
         rows.append(row)
         print(f"{row['rows']} rows, {epochs} epochs = {row['steps']} steps: λ mean {row['mean']:.4f}, SD {row['sd']:.4f} "

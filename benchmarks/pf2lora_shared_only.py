@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         for pool in ("seen", "unseen"):
             tallies = {name: LanguageTally() for name in ("base", "level1")}
             for task in bench.tasks(pool):
-                tallies["base"].add_scores(*task.score(bench.kind.predict(bench.base, task.test)))
-                tallies["level1"].add_scores(*task.score(bench.kind.predict(model, task.test)))
+                tallies["base"].add_scores(*task.score(bench.problem.predict(bench.base, task.test)))
+                tallies["level1"].add_scores(*task.score(bench.problem.predict(model, task.test)))
             result[pool] = {name: mean_over_languages(t.per_language()) for name, t in tallies.items()}
             print(f"{pool}: base model {100 * result[pool]['base']:.1f}, base + PF2LoRA level 1 (no personalisation) "
                   f"{100 * result[pool]['level1']:.1f}")

@@ -47,9 +47,9 @@ def evaluate_method(method, base, tasks, budget, p, seed, val_fraction):
             continue
         client_seed = seed * 100_003 + i
         fit, val = task.train.split(val_fraction, client_seed)
-        preds = method.personalise(base, ClientTask(task.client_id, task.language, fit, val, task.kind), budget, p,
+        preds = method.personalise(base, ClientTask(task.client_id, task.language, fit, val, task.problem), budget, p,
                                    client_seed)
-        tally.add_scores(task.language, task.kind.score(preds, val))
+        tally.add_scores(task.language, task.problem.score(preds, val))
     return mean_over_languages(tally.per_language())
 
 
@@ -139,9 +139,9 @@ def main(argv=None) -> int:
         for i, task in enumerate(tasks[pool]):
             client_seed = args.seed * 100_003 + i
             fit, val = task.train.split(args.val_fraction, client_seed)
-            model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val, task.kind), args.budget,
+            model = finetune_lora(base, ClientTask(task.client_id, task.language, fit, val, task.problem), args.budget,
                                   p.recipe, client_seed)
-            tally.add_scores(task.language, task.kind.score(task.kind.predict(model, val, p.eval_batch_size), val))
+            tally.add_scores(task.language, task.problem.score(task.problem.predict(model, val, p.eval_batch_size), val))
         return mean_over_languages(tally.per_language())
 
     def score_snapshots(name, folder, overrides, method_for):

@@ -125,7 +125,7 @@ def test_only_tasks_import_a_tasks_internals():
 
 
 def test_no_task_is_assumed_outside_tasks_and_setup():
-    """Below ``setup/`` the task is always passed in (a client's ``task.kind``, a stage's ``context.kind``):
+    """Below ``setup/`` the task is always passed in (a client's ``task.problem``, a stage's ``context.problem``):
     no module outside ``tasks/`` and ``setup/`` names a built-in task such as ``CLASSIFICATION``, so no
     signature can default to one (issue 27)."""
     builtin = {"CLASSIFICATION", "GENERATION"}

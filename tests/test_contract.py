@@ -74,7 +74,7 @@ def test_every_method_keeps_the_contract(name, setting, tmp_path):
     assert len(first) == len(task.test)  # one output per test row
     assert first == second  # deterministic under the seed
     assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())  # base untouched
-    assert len(task.kind.score(first, task.test)[task.kind.metric]) == len(task.test)
+    assert len(task.problem.score(first, task.test)[task.problem.metric]) == len(task.test)
 
 
 @pytest.mark.parametrize("name", list(federated_stages()))

@@ -46,7 +46,7 @@ def test_fedavg_equals_hand_computed_weighted_average(tmp_path):
 
     grid = InProcessGrid(app, 3)
     init = {"w": torch.ones(2, 3), "b": torch.zeros(4)}
-    job = Job(stage="test", experiment="{}", base="off-the-shelf", seed=0, settings={}, num_clients=3)
+    job = Job(stage="test", experiment="{}", base_spec="off-the-shelf", seed=0, settings={}, num_clients=3)
     out = run_rounds(grid, job, init, LoopSettings(rounds=1, round=RoundSettings(fraction=1.0, min_clients=3, checkpoint_every=1)),
                      tmp_path)
     # clients add 1x, 2x, 3x arange with weights 10, 20, 30: mean multiplier (10+40+90)/60 = 7/3
@@ -71,7 +71,7 @@ def test_a_stage_may_bring_its_own_server_aggregation(tmp_path):
     def median(pairs):
         return {k: torch.stack([s[k] for s, _ in pairs]).median(0).values for k in pairs[0][0]}
 
-    job = Job(stage="test", experiment="{}", base="off-the-shelf", seed=0, settings={}, num_clients=3)
+    job = Job(stage="test", experiment="{}", base_spec="off-the-shelf", seed=0, settings={}, num_clients=3)
     out = run_rounds(InProcessGrid(app, 3), job, {"w": torch.zeros(2)},
                      LoopSettings(rounds=1, round=RoundSettings(fraction=1.0, min_clients=3, checkpoint_every=1)),
                      tmp_path, aggregate=median)

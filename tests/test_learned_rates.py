@@ -101,9 +101,9 @@ def test_linearised_sweep_finds_a_larger_rate_when_the_update_was_too_short():
     model = Toy()
     model.q.lora_A["default"].data = torch.tensor([0.5, 0.5])  # trained from 0; the optimum is 2.0
     init = {"other": [torch.zeros(2)]}
-    kind = SimpleNamespace(loss=lambda out, batch: ((out - 2.0) ** 2).sum())
+    problem = SimpleNamespace(loss=lambda out, batch: ((out - 2.0) ** 2).sum())
     val = SimpleNamespace(batches=lambda bs: iter([{"input_ids": torch.zeros(1, 1)}]))
-    scale, seen = linearised_sweep(model, init, val, kind, (0.5, 1.0, 2.0, 4.0, 8.0), (0.5, 1.0, 2.0), 8)
+    scale, seen = linearised_sweep(model, init, val, problem, (0.5, 1.0, 2.0, 4.0, 8.0), (0.5, 1.0, 2.0), 8)
     assert scale == {"other": 4.0} and seen["multiplier"] == 4.0
     assert torch.equal(model.q.lora_A["default"].detach(), torch.tensor([0.5, 0.5]))  # trained weights restored
 

@@ -44,7 +44,7 @@ def test_lora_learns_and_leaves_base_untouched():
 
 def test_merge_equals_unmerged_adapter():
     base, tok = load_classifier("tiny-bert", 3)
-    model = get_peft_model(copy.deepcopy(base), lora_config(base, 4, kind=CLASSIFICATION))
+    model = get_peft_model(copy.deepcopy(base), lora_config(base, 4, problem=CLASSIFICATION))
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)

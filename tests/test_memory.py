@@ -93,7 +93,7 @@ def test_a_rounds_messages_are_gone_before_the_next_round_trains(tmp_path):
         made.append(1)
         return {"w": torch.zeros(8)}
 
-    job = Job(stage="test", experiment="{}", base="off-the-shelf", seed=0, settings={}, num_clients=2)
+    job = Job(stage="test", experiment="{}", base_spec="off-the-shelf", seed=0, settings={}, num_clients=2)
     settings = LoopSettings(rounds=3, round=RoundSettings(fraction=1.0, min_clients=2, checkpoint_every=1))
     out = run_rounds(InProcessGrid(app, 2), job, initial_state, settings, tmp_path)
     torch.testing.assert_close(out["w"], torch.full((8,), 3.0))

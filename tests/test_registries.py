@@ -263,7 +263,7 @@ def head_update(base, state, task, hp, ctx):
     for p in params:
         p.requires_grad_(True)
     losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.local_epochs, hp.batch_size, ctx.seed,
-                         loss=task.kind.loss)
+                         loss=task.problem.loss)
     return head_state(model), len(task.train), {"train_loss": sum(losses) / max(len(losses), 1)}
 
 

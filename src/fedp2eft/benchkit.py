@@ -100,7 +100,7 @@ class Bench:
 
     cfg: object
     federation: object
-    kind: object
+    problem: object  # the config's Task
     base: torch.nn.Module
     tokenizer: object
 
@@ -108,15 +108,15 @@ class Bench:
         chosen = self.federation.pool(pool)
         if largest_first:
             chosen = sorted(chosen, key=lambda c: -len(c.train))
-        return client_tasks(chosen[:clients], self.tokenizer, self.cfg.data.max_length, self.kind)
+        return client_tasks(chosen[:clients], self.tokenizer, self.cfg.data.max_length, self.problem)
 
 
 def open_bench(cfg, base: str = "off-the-shelf", seed: int = 0) -> Bench:
     """``base``: ``off-the-shelf`` (the configured model as published) or a base-model folder."""
     fed = load_federation(cfg)
-    kind = task_for(cfg)
-    model, tok = load_base(cfg, str(base), len(fed.label_names), seed, kind)
-    return Bench(cfg, fed, kind, model, tok)
+    problem = task_for(cfg)
+    model, tok = load_base(cfg, str(base), len(fed.label_names), seed, problem)
+    return Bench(cfg, fed, problem, model, tok)
 
 
 def stage_start(stage, cfg, base, budget: int | None, seed: int = 0):

@@ -66,7 +66,7 @@ def export_client(cfg: Config, run: Path, client_id: str, budget: int, seed: int
     if not hasattr(base, "num_labels"):
         raise UserError("export writes a personalised classifier; this run's task has no classifier head")
     folder = export_for_transformers(model, base, shared.tokenizer, out, fed.label_names, cfg.data.max_length)
-    scores = task.kind.score(task.kind.predict(model, task.test, p.eval_batch_size), task.test)[task.kind.metric]
+    scores = task.problem.score(task.problem.predict(model, task.test, p.eval_batch_size), task.test)[task.problem.metric]
     model = model.eval()
     acc = sum(scores) / max(len(scores), 1)
     probe = shared.tokenizer([PROBE], return_tensors="pt", padding=True, truncation=True, max_length=cfg.data.max_length)

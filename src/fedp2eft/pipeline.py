@@ -22,7 +22,7 @@ from .evaluation import LanguageTally, mean_over_languages
 from .fl.engines import stage_runner
 from .memory import trim_freed_memory
 from .methods import ClientTask, PersonaliseConfig, get_method, get_spec
-from .methods.base import client_base
+from .methods.interface import client_base
 from .methods.registry import method_names
 from .models import resolve
 from .progress import RunProgress, make_console
@@ -114,10 +114,10 @@ def client_record(language: str, scores: dict[str, list[float]] | list[float]) -
 
 
 def new_results(cfg: Config) -> dict[str, Any]:
-    kind = task_for(cfg)
-    results = {"metric": kind.metric, "config": cfg.to_dict(), "environment": environment(), "runs": []}
-    if len(kind.metrics) > 1:
-        results["metrics"] = list(kind.metrics)
+    problem = task_for(cfg)
+    results = {"metric": problem.metric, "config": cfg.to_dict(), "environment": environment(), "runs": []}
+    if len(problem.metrics) > 1:
+        results["metrics"] = list(problem.metrics)
     return results
 
 
@@ -170,9 +170,9 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     n_lang = len(fed.languages)
     console.print(f"[bold]{fed.dataset}[/]: {len(fed.clients)} clients in {n_lang} language{'s' if n_lang != 1 else ''}")
     p = cfg.personalise
-    kind = task_for(cfg)
+    problem = task_for(cfg)
     if "none" in p.methods and not cfg.none.trains_head and cfg.base_model.kind == "off-the-shelf" \
-            and isinstance(getattr(kind, "metric", None), str) and kind.metric == "accuracy":
+            and isinstance(getattr(problem, "metric", None), str) and problem.metric == "accuracy":
         console.print("warning: method 'none' with none.trains_head = false scores an off-the-shelf "
                       "model's untrained head (about chance or below); set [none] trains_head = true or use a trained base")
     plan = [
@@ -199,7 +199,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
             base: SharedBase = source.open(seed_cfg, len(seed_fed.label_names), seed)
             trim_freed_memory()  # what loading it copied through
             check_runs_base(results, base.identity, out_dir, seed if seed_cfg is not cfg else None)
-            tasks = {pool: client_tasks(seed_fed.pool(pool), base.tokenizer, cfg.data.max_length, kind)
+            tasks = {pool: client_tasks(seed_fed.pool(pool), base.tokenizer, cfg.data.max_length, problem)
                      for pool in p.pools}
             resources = method_resources(seed_cfg, seed_layout, seed, base.model, base.spec, tasks,
                                          [(m, b) for _, _, m, b in seed_todo], runner, fresh, console.print,

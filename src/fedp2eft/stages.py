@@ -26,7 +26,7 @@ from .setup.federation import stage_context
 from .setup.layout import RunLayout
 from .setup.stage_state import base_settings, claim_stage, data_settings, flatten, sampling_settings
 
-# runner(stage, base, seed, budget, folder, on_round) -> final state: an engine (``fl.engines.stage_runner``)
+# runner(stage, base_spec, seed, budget, folder, on_round) -> final state: an engine (``fl.engines.stage_runner``)
 Runner = Callable[..., dict]
 
 
@@ -93,11 +93,11 @@ def round_logger(log: Callable[[str], None], rounds: int, keys: tuple[str, ...] 
     return on_round
 
 
-def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budget: int | None, base, base_source: str,
+def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budget: int | None, base, base_spec: str,
                   runner: Runner | None, fresh: bool = False, log: Callable[[str], None] = print,
                   folder: Path | None = None):
     """The finalized resource of ``stage`` for (seed, budget): read from its folder, or trained there
-    first (federatedly, through ``runner``) from ``base_source``; ``base`` is the loaded base model.
+    first (federatedly, through ``runner``) from ``base_spec`` (a string); ``base`` is the loaded base model.
     Without a runner the stage must be there, trained with the config's settings (``fedp2eft export``)."""
     folder = Path(folder) if folder is not None else layout.stage(stage.name, seed, budget)
     if runner is None and not (folder / stage.artifact).is_file():
@@ -105,7 +105,7 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
     settings = stage.client_settings(cfg)
     if stage.needs is not None:  # the stage it starts from: trained (or read) before this one is claimed
         needed = get_stage(stage.needs)
-        load_or_train(cfg, needed, layout, seed, None, base, base_source, runner, fresh, log)
+        load_or_train(cfg, needed, layout, seed, None, base, base_spec, runner, fresh, log)
     claim_stage(folder, stage_record(cfg, stage, seed, budget), fresh)
     final = folder / stage.artifact
     if final.is_file():
@@ -117,7 +117,7 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
                      for k, v in load_file(str(layout.stage(needed.name, seed) / needed.artifact)).items()}
         what = f"{stage.name} (seed {seed}" + (f", r={budget})" if budget is not None else ")")
         log(training_line(what, stage.rounds(cfg), cfg.federation.engine, folder))
-        state = runner(stage, base_source, seed, budget, folder, round_logger(log, stage.rounds(cfg), stage.round_metrics),
+        state = runner(stage, base_spec, seed, budget, folder, round_logger(log, stage.rounds(cfg), stage.round_metrics),
                        **({"prior": prior} if prior else {}))
         release_cached_base()
         meta = {"seed": str(seed), **({"budget": str(budget)} if budget is not None else {})}
@@ -127,7 +127,7 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
     return stage.finalize(base, state, settings, folder, stage_context(cfg, seed, budget))
 
 
-def method_resources(cfg, layout: RunLayout, seed: int, base, base_source: str, tasks: dict,
+def method_resources(cfg, layout: RunLayout, seed: int, base, base_spec: str, tasks: dict,
                      runs: list[tuple[str, int | None]], runner: Runner, fresh: bool = False,
                      log: Callable[[str], None] = print, clients_base=None) -> dict[str, dict]:
     """For each method of ``runs`` (``(method, budget)`` pairs) that has a stage: ``{budget or None:
@@ -142,7 +142,7 @@ def method_resources(cfg, layout: RunLayout, seed: int, base, base_source: str, 
         budgets = sorted({b for m, b in runs if m == method}) if stage.per_budget else [None]
         for b in budgets:
             if (stage.name, b) not in trained:
-                trained[stage.name, b] = load_or_train(cfg, stage, layout, seed, b, base, base_source, runner,
+                trained[stage.name, b] = load_or_train(cfg, stage, layout, seed, b, base, base_spec, runner,
                                                        fresh, log)
                 if stage.report is not None:
                     stage.report(clients_base if clients_base is not None else base, trained[stage.name, b], tasks,

@@ -33,12 +33,12 @@ def loop_settings(cfg: Config, stage: FederatedStage, seed: int) -> LoopSettings
     return LoopSettings(rounds=stage.rounds(cfg), round=r, seed=seed, snapshot_every=stage.snapshot_every(cfg))
 
 
-def stage_job(cfg: Config, stage: FederatedStage, base: str, seed: int, budget: int | None = None,
+def stage_job(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, budget: int | None = None,
               client_state_dir: str | Path | None = None) -> Job:
-    """The job of ``stage`` on top of ``base`` (a folder or ``off-the-shelf``) for one seed (and budget)."""
+    """The job of ``stage`` on top of ``base_spec`` (a folder or ``off-the-shelf``) for one seed (and budget)."""
     experiment = experiment_json(cfg)
     settings = stage.client_settings(cfg)
-    return Job(stage=stage.name, experiment=experiment, base=base, seed=seed,
+    return Job(stage=stage.name, experiment=experiment, base_spec=base_spec, seed=seed,
                settings=stage.settings_json(settings), num_clients=len(cached_federation(experiment)[1].clients),
                budget=budget, client_state_dir=str(client_state_dir) if client_state_dir is not None else None)
 
@@ -69,13 +69,13 @@ def run_job(cfg: Config, job: Job, init, settings: LoopSettings, out_dir: Path, 
     )
 
 
-def run_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir: Path, budget: int | None = None,
+def run_stage(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, out_dir: Path, budget: int | None = None,
               resume: bool = True, client_app=None, on_round=None, grid=None, prior: dict | None = None) -> dict:
-    """Train ``stage`` federatedly from ``base`` (checkpoints and ``rounds.jsonl`` in ``out_dir``; clients
+    """Train ``stage`` federatedly from ``base_spec`` (checkpoints and ``rounds.jsonl`` in ``out_dir``; clients
     that keep state keep it in ``out_dir/clients``); returns the final global state. ``prior``: the final
     state of the stage it ``needs``, already under its prefix, added to the initial state."""
     out_dir = Path(out_dir)
-    job = stage_job(cfg, stage, base, seed, budget, out_dir / "clients" if stage.client_state else None)
+    job = stage_job(cfg, stage, base_spec, seed, budget, out_dir / "clients" if stage.client_state else None)
     base_model, _ = worker.base_model(job)  # the process-wide instance the in-process clients use
     if stage.needs is not None and not prior:
         raise UserError(f"stage {stage.name} starts from stage {stage.needs}'s final state; none was given")
@@ -85,22 +85,22 @@ def run_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir:
                    stage.aggregate)
 
 
-def train_stage(cfg: Config, stage: FederatedStage, base: str, seed: int, out_dir: Path, budget: int | None = None,
+def train_stage(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, out_dir: Path, budget: int | None = None,
                 resume: bool = True, client_app=None, on_round=None, grid=None):
     """``run_stage`` and then the stage's finalized resource (e.g. the trained PSG or base model)."""
-    state = run_stage(cfg, stage, base, seed, out_dir, budget, resume, client_app, on_round, grid)
-    job = stage_job(cfg, stage, base, seed, budget)
+    state = run_stage(cfg, stage, base_spec, seed, out_dir, budget, resume, client_app, on_round, grid)
+    job = stage_job(cfg, stage, base_spec, seed, budget)
     base_model, _ = worker.base_model(job)  # the process-wide instance the in-process clients use
     return stage.finalize(base_model, state, stage.settings_from_json(job.settings), Path(out_dir),
                           worker.stage_context(job))
 
 
 def stage_runner(cfg: Config, client_app=None, grid=None, resume: bool = True) -> Runner:
-    """``runner(stage, base, seed, budget, folder, on_round) -> state`` for ``stages.load_or_train``: the
+    """``runner(stage, base_spec, seed, budget, folder, on_round) -> state`` for ``stages.load_or_train``: the
     configured engine, or the Deployment Engine's ``grid``."""
 
-    def run(stage, base, seed, budget, folder, on_round=None, prior=None):
-        return run_stage(cfg, stage, base, seed, folder, budget, resume=resume, client_app=client_app,
+    def run(stage, base_spec, seed, budget, folder, on_round=None, prior=None):
+        return run_stage(cfg, stage, base_spec, seed, folder, budget, resume=resume, client_app=client_app,
                          on_round=on_round, grid=grid, prior=prior)
 
     return run

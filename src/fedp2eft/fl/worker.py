@@ -29,14 +29,14 @@ def client_ids(experiment: str) -> list[tuple[str, str]]:
 def base_model(job: Job):
     """The base model the job's clients start from; ``job.seed`` seeds an off-the-shelf head."""
     _, fed, _ = cached_federation(job.experiment)
-    return cached_base(job.experiment, len(fed.label_names), job.seed, job.base)
+    return cached_base(job.experiment, len(fed.label_names), job.seed, job.base_spec)
 
 
 def client_model(job: Job, cid: str):
     """Client ``cid``'s own base: the job's base with the client's part when the base is personalised
     (FedDPA-T, DEPT, PF2LoRA; read from the client's storage), else the shared base itself."""
     base, _ = base_model(job)
-    return personal_model(base, job.base, cid)
+    return personal_model(base, job.base_spec, cid)
 
 
 def client_task(job: Job, cid: str) -> ClientTask:
@@ -56,12 +56,12 @@ def job_task(job: Job):
 
 def _context(job: Job) -> StageContext:
     return StageContext(seed=job.round_seed, budget=job.budget, client_state_dir=job.client_state_dir,
-                        kind=job_task(job))
+                        problem=job_task(job))
 
 
 def stage_context(job: Job) -> StageContext:
     """The context of the job's ``initial_state`` and ``finalize``: the stage's seed (not a round's)."""
-    return StageContext(seed=job.seed, budget=job.budget, client_state_dir=job.client_state_dir, kind=job_task(job))
+    return StageContext(seed=job.seed, budget=job.budget, client_state_dir=job.client_state_dir, problem=job_task(job))
 
 
 def train(job: Job, cid: str, state: dict[str, torch.Tensor]):

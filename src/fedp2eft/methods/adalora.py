@@ -18,7 +18,7 @@ from torch import nn
 
 from ..errors import UserError, require
 from ..training import copy_sharing_embeddings
-from .base import ClientTask, PersonaliseConfig
+from .interface import ClientTask, PersonaliseConfig
 from .lora import split_trainable
 from .registry import MethodSpec, register_method, register_moved_key
 
@@ -72,18 +72,18 @@ class AdaLoRAMethod:
         cfg = AdaLoraConfig(
             init_r=max(budget + 1, 3 * budget // 2), target_r=budget, tinit=tinit, tfinal=tfinal, deltaT=1,
             orth_reg_weight=self.orth_reg_weight, total_step=total, lora_alpha=self.alpha or 2 * budget,
-            lora_dropout=0.0, target_modules=task.kind.adapted_modules(base, recipe.head),
-            modules_to_save=task.kind.saved_modules(recipe.head),
+            lora_dropout=0.0, target_modules=task.problem.adapted_modules(base, recipe.head),
+            modules_to_save=task.problem.saved_modules(recipe.head),
         )
         torch.manual_seed(seed)
         model = get_peft_model(copy_sharing_embeddings(base), cfg)
         adapter, head = split_trainable(model)
         recipe.train(
-            model, recipe.param_groups(adapter, head, adapter_lr=self.lr), task.train, seed, loss=task.kind.loss,
+            model, recipe.param_groups(adapter, head, adapter_lr=self.lr), task.train, seed, loss=task.problem.loss,
             extra_loss=lambda m: self.orth_reg_weight * orthogonal_regulariser(m),
             on_step=lambda step, _loss: model.base_model.update_and_allocate(step - 1),
         )
-        return task.kind.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
+        return task.problem.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
 
 
 register_method(MethodSpec(

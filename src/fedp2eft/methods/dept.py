@@ -29,7 +29,7 @@ from torch import nn
 from ..adapters.client_part import apply_client_part, changed_rows_entries, client_part_file
 from ..atomic import save_tensors
 from ..training import train_model
-from .base import ClientTask
+from .interface import ClientTask
 from .registry import BaseWithParts, FederatedStage, StageContext, register_base_kind
 from .standard_fl import BaseModelConfig, load_state
 
@@ -64,7 +64,7 @@ def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
     for p in params:
         p.requires_grad_(True)
     losses = train_model(model, [{"params": params, "lr": s.lr}], task.train, s.local_epochs, s.batch_size, seed,
-                         weight_decay=0.0, loss=task.kind.loss)
+                         weight_decay=0.0, loss=task.problem.loss)
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"client {task.client_id}: non-finite DEPT loss")
     own, pretrained = dict(model.named_parameters()), dict(base.named_parameters())

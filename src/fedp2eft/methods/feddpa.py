@@ -39,7 +39,7 @@ from ..adapters.two_level import (
 )
 from ..atomic import save_tensors
 from ..training import adapted_modules, copy_sharing_embeddings, train_model
-from .base import ClientTask
+from .interface import ClientTask
 from .registry import BaseWithParts, FederatedStage, StageContext, register_base_kind
 from .standard_fl import BaseModelConfig
 
@@ -116,7 +116,7 @@ def feddpa_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
         for layer in layers.values():
             layer.use_local = use_local
         out = train_model(model, [{"params": train, "lr": s.lr}], task.train, s.local_epochs, s.batch_size, seed,
-                          loss=task.kind.loss)
+                          loss=task.problem.loss)
         if not all(math.isfinite(x) for x in out):
             raise FloatingPointError(f"client {task.client_id}: non-finite FedDPA-T {step} loss")
         losses[f"{step}_loss"] = sum(out) / max(len(out), 1)

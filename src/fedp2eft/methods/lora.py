@@ -17,27 +17,27 @@ from ..adapters import apply_fixed_a
 from ..errors import UserError
 from ..tasks import Task
 from ..training import Recipe, copy_sharing_embeddings
-from .base import ClientTask, PersonaliseConfig
+from .interface import ClientTask, PersonaliseConfig
 from .registry import MethodSpec, register_method
 from .tuned import tuned_spec
 
 
 def lora_config(model: nn.Module, rank: int, dropout: float = 0.0, head: str = "train", *,
-                kind: Task) -> LoraConfig:
+                problem: Task) -> LoraConfig:
     return LoraConfig(
         r=rank,
         lora_alpha=2 * rank,
         lora_dropout=dropout,
-        target_modules=kind.adapted_modules(model, head),
-        modules_to_save=kind.saved_modules(head),
+        target_modules=problem.adapted_modules(model, head),
+        modules_to_save=problem.saved_modules(head),
         bias="none",
     )
 
 
-def lora_model(base: nn.Module, rank: int, recipe: Recipe, kind: Task) -> nn.Module:
+def lora_model(base: nn.Module, rank: int, recipe: Recipe, problem: Task) -> nn.Module:
     """A fresh copy of ``base`` with LoRA of ``rank`` on the recipe's modules (fixed A when
     ``recipe.lora_a_seed >= 0``)."""
-    model = get_peft_model(copy_sharing_embeddings(base), lora_config(base, rank, head=recipe.head, kind=kind))
+    model = get_peft_model(copy_sharing_embeddings(base), lora_config(base, rank, head=recipe.head, problem=problem))
     if recipe.lora_a_seed >= 0:
         apply_fixed_a(model, recipe.lora_a_seed)
     return model
@@ -54,9 +54,9 @@ def trained_lora(base: nn.Module, task: ClientTask, rank: int, recipe: Recipe, s
     """LoRA fine-tuning of one client; returns the peft model (unmerged). The fresh A is drawn from the
     client's seed, so the result never depends on what ran before in the process."""
     torch.manual_seed(seed)
-    model = lora_model(base, rank, recipe, task.kind)
+    model = lora_model(base, rank, recipe, task.problem)
     adapter, head = split_trainable(model)
-    recipe.train(model, recipe.param_groups(adapter, head), task.train, seed, loss=task.kind.loss)
+    recipe.train(model, recipe.param_groups(adapter, head), task.train, seed, loss=task.problem.loss)
     return model
 
 
@@ -79,7 +79,7 @@ class LoRAMethod:
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
                     seed: int) -> list:
         model = self.personalised_model(base, task, budget, p, seed).merge_and_unload()
-        return task.kind.predict(model, task.test, p.eval_batch_size)
+        return task.problem.predict(model, task.test, p.eval_batch_size)
 
 
 LORA = register_method(MethodSpec("lora", lambda cfg, resources, seed: LoRAMethod(),

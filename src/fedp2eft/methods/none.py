@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .base import ClientTask, PersonaliseConfig
+from .interface import ClientTask, PersonaliseConfig
 from .registry import MethodSpec, register_method, register_moved_key
 
 
@@ -35,8 +35,8 @@ class NoneMethod:
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
                     seed: int) -> list:
         if self.trains_head:
-            return task.kind.probe(base, task.train, task.test, p, seed)
-        return task.kind.predict(base, task.test, p.eval_batch_size)
+            return task.problem.probe(base, task.train, task.test, p, seed)
+        return task.problem.predict(base, task.test, p.eval_batch_size)
 
 
 register_method(MethodSpec("none", lambda cfg, resources, seed: NoneMethod(cfg.none.trains_head), uses_budget=False,

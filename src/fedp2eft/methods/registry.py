@@ -39,14 +39,14 @@ State = dict[str, torch.Tensor]
 class StageContext:
     """What the stage runner injects besides base, state, data and settings: the seed (the stage's for
     ``initial_state`` and ``finalize``; the round's, unique per stage seed and round, for ``client_update``),
-    the rank budget (per-budget stages), the run's task (``kind``: which modules are adapted, the head) and
+    the rank budget (per-budget stages), the run's task (``problem``: which modules are adapted, the head) and
     the client's own storage folder (stages whose clients keep state between rounds; it never leaves the
     client)."""
 
     seed: int
     budget: int | None = None
     client_state_dir: str | None = None
-    kind: Any = None  # the run's Task
+    problem: Any = None  # the run's Task
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch import nn
 from ..errors import require
 from ..tasks import Task
 from ..training import copy_sharing_embeddings, train_model
-from .base import ClientTask
+from .interface import ClientTask
 from .registry import FederatedStage, StageContext, register_base_kind, register_section
 
 
@@ -57,14 +57,14 @@ class BaseModelConfig:
         require(self.local_rank >= 0, "local_rank", "must be >= 0 (0 = lora_rank)")
 
 
-def build_trainable(base: nn.Module, hp: BaseModelConfig, kind: Task) -> nn.Module:
+def build_trainable(base: nn.Module, hp: BaseModelConfig, problem: Task) -> nn.Module:
     """A fresh copy of ``base`` with exactly the federated parameters trainable (embedding tables shared
     with ``base``, not copied, wherever they stay frozen: LoRA mode, or ``freeze_embeddings``)."""
     model = copy_sharing_embeddings(base) if hp.mode == "lora" or hp.freeze_embeddings else copy.deepcopy(base)
     if hp.mode == "lora":  # a classifier's head trains and travels; a causal LM has none (its lm_head stays)
-        saved = kind.saved_modules("train") if isinstance(getattr(base, "head", None), nn.Linear) else None
+        saved = problem.saved_modules("train") if isinstance(getattr(base, "head", None), nn.Linear) else None
         cfg = LoraConfig(r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-                         target_modules=kind.adapted_modules(base, "train"), modules_to_save=saved)
+                         target_modules=problem.adapted_modules(base, "train"), modules_to_save=saved)
         return get_peft_model(model, cfg)
     for name, p in model.named_parameters():
         p.requires_grad_(not (hp.freeze_embeddings and ".embeddings." in f".{name}"))
@@ -78,7 +78,7 @@ def federated_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def initial_state(base: nn.Module, hp: BaseModelConfig, ctx: StageContext) -> dict[str, torch.Tensor]:
     torch.manual_seed(ctx.seed)
-    return federated_state(build_trainable(base, hp, ctx.kind))
+    return federated_state(build_trainable(base, hp, ctx.problem))
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -94,11 +94,11 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 def client_update(base: nn.Module, global_state: dict[str, torch.Tensor], task: ClientTask, hp: BaseModelConfig,
                   seed: int):
     torch.manual_seed(seed)  # dropout: the update depends only on (state, data, seed), not on history
-    model = build_trainable(base, hp, task.kind)
+    model = build_trainable(base, hp, task.problem)
     load_state(model, global_state)
     params = [p for p in model.parameters() if p.requires_grad]
     losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.local_epochs, hp.batch_size, seed,
-                         loss=task.kind.loss)
+                         loss=task.problem.loss)
     metrics = {"train_loss": sum(losses) / max(len(losses), 1)}
     return federated_state(model), len(task.train), metrics
 
@@ -107,15 +107,15 @@ def evaluate_state(base: nn.Module, state: dict[str, torch.Tensor], task: Client
                    hp: BaseModelConfig) -> tuple[dict[str, float], int]:
     """``({metric: score sum}, rows)`` of the global model on the client's test split, every metric the
     task scores (accuracy; METEOR, ROUGE-1, ROUGE-L)."""
-    model = build_trainable(base, hp, task.kind)
+    model = build_trainable(base, hp, task.problem)
     load_state(model, state)
-    scores = task.kind.score(task.kind.predict(model, task.test), task.test)
+    scores = task.problem.score(task.problem.predict(model, task.test), task.test)
     return {m: float(sum(v)) for m, v in scores.items()}, len(task.test)
 
 
-def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: BaseModelConfig, kind: Task) -> nn.Module:
+def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: BaseModelConfig, problem: Task) -> nn.Module:
     """The base model after federated training (LoRA merged into the weights)."""
-    model = build_trainable(base, hp, kind)
+    model = build_trainable(base, hp, problem)
     load_state(model, state)
     if hp.mode == "lora":
         model = model.merge_and_unload()
@@ -128,7 +128,7 @@ STANDARD_FL_STAGE = register_base_kind('standard-fl', FederatedStage(
     name="base_model", section="base_model", per_budget=False,
     client_settings=lambda cfg: cfg.base_model, settings_type=BaseModelConfig, initial_state=initial_state,
     client_update=lambda base, state, task, hp, ctx: client_update(base, state, task, hp, ctx.seed),
-    finalize=lambda base, state, hp, folder, ctx: final_model(base, state, hp, ctx.kind), evaluate=evaluate_state,
+    finalize=lambda base, state, hp, folder, ctx: final_model(base, state, hp, ctx.problem), evaluate=evaluate_state,
 ))
 """Standard FL's federated training of the base model (FedAvg from the off-the-shelf model): the stage
 of base source ``standard-fl``. Its seed is ``base_model.seed``, not the experiment's."""

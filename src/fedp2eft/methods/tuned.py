@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import UserError, require
 from ..evaluation import LanguageTally, mean_over_languages
-from .base import ClientTask, PersonaliseConfig, client_base
+from .interface import ClientTask, PersonaliseConfig, client_base
 from .registry import MethodSpec, register_moved_key, register_section
 
 
@@ -72,7 +72,7 @@ class TunedMethod:
                     continue  # nothing to hold out
                 seed = client_seed(i)
                 fit, val = task.train.split(self.fraction, seed)
-                held = ClientTask(task.client_id, task.language, fit, val, task.kind)
+                held = ClientTask(task.client_id, task.language, fit, val, task.problem)
                 outputs = self.inner.personalise(client_base(base, task.client_id), held, budget, p.with_lr(lr), seed)
                 tally.add_scores(*held.score(outputs))
                 advance()
@@ -83,7 +83,7 @@ class TunedMethod:
         best = max(scores.values())
         self.chosen = min(lr for lr, v in scores.items() if v == best)
         self.validation = {f"{lr:g}": v for lr, v in scores.items()}
-        metric = tasks[0].kind.metric if tasks else "accuracy"
+        metric = tasks[0].problem.metric if tasks else "accuracy"
         return {"lr": self.chosen, f"validation_{metric}": self.validation}
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,

@@ -28,14 +28,14 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base(cfg, source: str, num_labels: int, seed: int, kind: Task | None = None):
+def load_base(cfg, source: str, num_labels: int, seed: int, problem: Task | None = None):
     """``(model, tokenizer)``: the configured model off the shelf (``source = "off-the-shelf"``; ``seed``
-    seeds a fresh head) or the base-model folder ``source``, for the config's task (``kind``: default
+    seeds a fresh head) or the base-model folder ``source``, for the config's task (``problem``: default
     ``task_for(cfg)``), on the default device, in eval mode."""
     torch.manual_seed(seed)  # a fresh head's initialisation
-    kind = kind or task_for(cfg)
+    problem = problem or task_for(cfg)
     spec = cfg.model.name if source == OFF_THE_SHELF else str(source)
-    model, tok = kind.load_model(spec, num_labels, cfg.model.pooling or None)
+    model, tok = problem.load_model(spec, num_labels, cfg.model.pooling or None)
     return model.to(default_device()).eval(), tok
 
 

@@ -25,7 +25,7 @@ def task_for(cfg) -> Task:
 
 def stage_context(cfg, seed: int, budget: int | None = None, client_state_dir: str | None = None) -> StageContext:
     """What a stage's functions get from the runner: the seed, the budget and the config's task."""
-    return StageContext(seed=seed, budget=budget, client_state_dir=client_state_dir, kind=task_for(cfg))
+    return StageContext(seed=seed, budget=budget, client_state_dir=client_state_dir, problem=task_for(cfg))
 
 
 def load_federation(cfg) -> Federation:
@@ -69,13 +69,13 @@ def cap_rows(rows: list, cap: int) -> list:
     return [r for r in rows if id(r) in chosen]  # in the rows' own order
 
 
-def client_task(client: Client, tokenizer, max_length: int, kind: Task) -> ClientTask:
-    return ClientTask(client.cid, client.language, kind.encode(tokenizer, client.train, max_length),
-                      kind.encode(tokenizer, client.test, max_length), kind)
+def client_task(client: Client, tokenizer, max_length: int, problem: Task) -> ClientTask:
+    return ClientTask(client.cid, client.language, problem.encode(tokenizer, client.train, max_length),
+                      problem.encode(tokenizer, client.test, max_length), problem)
 
 
-def client_tasks(clients: list[Client], tokenizer, max_length: int, kind: Task) -> list[ClientTask]:
-    return [client_task(c, tokenizer, max_length, kind) for c in clients]
+def client_tasks(clients: list[Client], tokenizer, max_length: int, problem: Task) -> list[ClientTask]:
+    return [client_task(c, tokenizer, max_length, problem) for c in clients]
 
 
 @functools.lru_cache(maxsize=2)

@@ -17,7 +17,7 @@ class Job:
 
     stage: str
     experiment: str
-    base: str
+    base_spec: str  # "off-the-shelf" or a base-model folder
     seed: int
     settings: dict
     num_clients: int

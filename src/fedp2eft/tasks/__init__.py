@@ -1,9 +1,9 @@
 """Tasks: what methods must not assume about the problem (see ``base``): classification and
 instruction-tuned generation, by name in ``registry`` (``data.task``)."""
 
-from .base import Task
 from .classification import ClassificationTask
 from .generation import TEMPLATES, GenerationTask
+from .protocol import Task
 from .registry import make_task, register_task, task_names, unregister_task
 
 CLASSIFICATION = ClassificationTask()

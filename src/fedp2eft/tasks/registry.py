@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from .base import Task
+from .protocol import Task
 
 _TASKS: dict[str, Callable[[Any], Task]] = {}
 

@@ -36,7 +36,7 @@ from ...schema import inline
 from ...tasks import Task
 from ...training import Recipe, device_of, model_inputs, to_device
 from ...training.batches import EncodedData
-from ..base import ClientTask, PersonaliseConfig
+from ..interface import ClientTask, PersonaliseConfig
 from ..lora import lora_model, split_trainable
 from ..registry import FederatedStage, MethodSpec, StageContext, register_method
 from .generator import PARAMETERISATIONS, LRGenerator
@@ -142,16 +142,16 @@ def lora_matrices(model: nn.Module, names: list[str]) -> list[nn.Parameter]:
 
 
 def finetune_with_rates(base: nn.Module, data: EncodedData, rates: torch.Tensor, budget: int, recipe: Recipe,
-                        seed: int, kind: Task) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
+                        seed: int, problem: Task) -> tuple[nn.Module, list[nn.Parameter], list[torch.Tensor]]:
     """A fresh rank-``budget`` LoRA trained with one AdamW rate per matrix (the recipe's other settings);
     returns (model, matrices, init)."""
     torch.manual_seed(seed)
-    model = lora_model(base, budget, recipe, kind)
+    model = lora_model(base, budget, recipe, problem)
     matrices = lora_matrices(model, feature_modules(base, recipe.head))
     init = [p.detach().clone() for p in matrices]
     _, head = split_trainable(model)
     groups = [{"params": [p], "lr": float(r)} for p, r in zip(matrices, rates.detach().tolist(), strict=True)]
-    recipe.train(model, [*groups, {"params": head, "lr": recipe.head_lr}], data, seed, loss=kind.loss)
+    recipe.train(model, [*groups, {"params": head, "lr": recipe.head_lr}], data, seed, loss=problem.loss)
     return model, matrices, init
 
 
@@ -163,7 +163,7 @@ def _use_eager_attention(model: nn.Module) -> None:
 
 def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: list[torch.Tensor], rates: torch.Tensor,
                        train: EncodedData, val: EncodedData, s: FedL2PSettings, seed: int,
-                       kind: Task) -> tuple[torch.Tensor, float]:
+                       problem: Task) -> tuple[torch.Tensor, float]:
     """dL_V/dη averaged over up to ``batch_pairs`` (train batch, val batch) pairs; also the mean val loss."""
     _use_eager_attention(model)
     model.eval()
@@ -175,7 +175,7 @@ def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: lis
 
     def loss_on(batch):
         batch = to_device(batch, device)
-        return lambda _params: kind.loss(model(**model_inputs(batch)), batch)
+        return lambda _params: problem.loss(model(**model_inputs(batch)), batch)
 
     rates = rates.detach()
     alpha = s.meta.neumann_lr * float(rates.min().clamp_min(1e-12))
@@ -207,8 +207,8 @@ def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
     val_losses = []
     for step in range(s.meta.outer_steps):
         rates = generator(feats)
-        model, matrices, init = finetune_with_rates(base, train, rates, budget, s.recipe, seed + step, task.kind)
-        hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, seed + step, task.kind)
+        model, matrices, init = finetune_with_rates(base, train, rates, budget, s.recipe, seed + step, task.problem)
+        hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, seed + step, task.problem)
         if not torch.isfinite(hyper).all():
             raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
         meta_step(rates, hyper, optimisers)
@@ -237,8 +237,8 @@ class FedL2PMethod:
             raise UserError(f"{self.name} has no trained learning-rate generator for budget {budget}")
         with torch.no_grad():
             rates = self.generators[budget](meta_features(base, task.train, head=p.recipe.head))
-        model, _, _ = finetune_with_rates(base, task.train, rates, budget, p.recipe, seed, task.kind)
-        return task.kind.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
+        model, _, _ = finetune_with_rates(base, task.train, rates, budget, p.recipe, seed, task.problem)
+        return task.problem.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
 
 
 def _initial_generator(base: nn.Module, s: FedL2PSettings, ctx: StageContext) -> dict[str, torch.Tensor]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..base import ClientTask, PersonaliseConfig
+from ..interface import ClientTask, PersonaliseConfig
 from ..registry import MethodSpec, register_method
 from .method import FedP2EFTConfig
 from .training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
@@ -27,14 +27,14 @@ class BTLoRAClientMethod:
         if key not in self._lambdas:
             self._lambdas.clear()  # one client at a time: memory stays flat
             # stage 1 with the [fedp2eft] settings (epochs, batch, rates)
-            self._lambdas[key] = train_lambdas(base, task.train, 1e-4, self.bt, seed, task.kind)[0]
+            self._lambdas[key] = train_lambdas(base, task.train, 1e-4, self.bt, seed, task.problem)[0]
         return self._lambdas[key]
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
                     seed: int) -> list:
         lambdas = self.client_lambdas(base, task, seed)
         s = personalisation_settings(self.bt, p.recipe)
-        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, seed, p.eval_batch_size, task.kind)
+        return finetune_pruned(base, task.train, task.test, lambdas, budget, s, seed, p.eval_batch_size, task.problem)
 
 
 register_method(MethodSpec(

@@ -26,7 +26,7 @@ from ...psg import client_lambdas, feature_modules, meta_features
 from ...psg.module_types import lambda_statistics
 from ...schema import inline
 from ...training import Recipe
-from ..base import ClientTask, PersonaliseConfig
+from ..interface import ClientTask, PersonaliseConfig
 from ..registry import FederatedStage, MethodSpec, StageContext, register_method
 from ..tuned import tuned_spec
 from .generator import PSG
@@ -124,7 +124,7 @@ def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task:
     feats = meta_features(base, task.train, head=head)
     psg = settings_psg(base, s, seed, psg_state)
     lam_hat = psg.lambdas(feats, names)
-    trained, losses = train_lambdas(base, task.train, lam_hat, s.bt, seed, task.kind)
+    trained, losses = train_lambdas(base, task.train, lam_hat, s.bt, seed, task.problem)
     target = torch.stack([trained[n] for n in names]).float()
     g = s.regression
     l1 = regress_psg(psg, feats, target, g.regress_steps, g.regress_lr, g.regress_loss)
@@ -191,12 +191,12 @@ class FedP2EFTMethod:
             lambdas = rescale_to_mean_one(lambdas, budget)
         s = personalisation_settings(self.bt, p.recipe)
         select_by = width_free_scores(lambdas, module_widths(base, list(lambdas))) if self.width_free else None
-        return finetune_pruned_model(base, task.train, lambdas, budget, s, seed, task.kind, select_by)
+        return finetune_pruned_model(base, task.train, lambdas, budget, s, seed, task.problem, select_by)
 
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
                     seed: int) -> list:
         model = self.personalised_model(base, task, budget, p, seed).merge_and_unload()
-        return task.kind.predict(model, task.test, p.eval_batch_size)
+        return task.problem.predict(model, task.test, p.eval_batch_size)
 
 
 def _new_psg_state(base: nn.Module, s: PSGSettings, ctx: StageContext) -> dict[str, torch.Tensor]:

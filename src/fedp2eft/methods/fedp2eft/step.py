@@ -48,7 +48,7 @@ from ...schema import inline
 from ...tasks import Task
 from ...training import Recipe, model_inputs, to_device
 from ...training.batches import EncodedData
-from ..base import ClientTask, PersonaliseConfig
+from ..interface import ClientTask, PersonaliseConfig
 from ..lora import lora_model
 from ..registry import FederatedStage, MethodSpec, StageContext, keep_prior, register_method, split_prior
 from .method import PSG_STAGE, new_psg
@@ -133,12 +133,12 @@ def step_settings(section: str, structure: str):
 
 
 def adapter_model(base: nn.Module, s: StepSettings, budget: int, seed: int, lambdas: dict[str, torch.Tensor] | None,
-                  kind: Task) -> nn.Module:
+                  problem: Task) -> nn.Module:
     """The adapter the step is learned for, before training: the PSG's pruned BT-LoRA, or plain LoRA."""
     torch.manual_seed(seed)
     if s.structure == "lora":
-        return lora_model(base, budget, s.bt.recipe, kind)
-    return pruned_model(base, lambdas, budget, s.bt, kind)
+        return lora_model(base, budget, s.bt.recipe, problem)
+    return pruned_model(base, lambdas, budget, s.bt, problem)
 
 
 def load_psg(base: nn.Module, s: StepSettings, state: dict[str, torch.Tensor]) -> nn.Module | None:
@@ -172,29 +172,29 @@ def adapter_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def train_at_rates(model: nn.Module, train: EncodedData, rates: dict[str, float], recipe: Recipe, seed: int,
-                   kind: Task) -> nn.Module:
+                   problem: Task) -> nn.Module:
     """AdamW at each module type's rate (a trained head at ``head_lr``; the recipe's other settings), in
     place; returns ``model``."""
     head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
     groups = [{"params": ps, "lr": rates[t]} for t, ps in adapter_groups(model).items()]
-    recipe.train(model, [*groups, {"params": head, "lr": recipe.head_lr}], train, seed, loss=kind.loss)
+    recipe.train(model, [*groups, {"params": head, "lr": recipe.head_lr}], train, seed, loss=problem.loss)
     return model
 
 
 @torch.no_grad()
-def held_out_loss(model: nn.Module, data: EncodedData, kind: Task, batch_size: int) -> float:
+def held_out_loss(model: nn.Module, data: EncodedData, problem: Task, batch_size: int) -> float:
     device = next(model.parameters()).device
     total, n = 0.0, 0
     for batch in data.batches(batch_size):
         batch = to_device(batch, device)
         rows = len(batch["input_ids"])
-        total += float(kind.loss(model(**model_inputs(batch)), batch)) * rows
+        total += float(problem.loss(model(**model_inputs(batch)), batch)) * rows
         n += rows
     return total / max(n, 1)
 
 
 @torch.no_grad()
-def linearised_sweep(model: nn.Module, init: dict[str, list[torch.Tensor]], val: EncodedData, kind: Task,
+def linearised_sweep(model: nn.Module, init: dict[str, list[torch.Tensor]], val: EncodedData, problem: Task,
                      grid: tuple[float, ...], type_grid: tuple[float, ...], batch_size: int) -> tuple[dict[str, float], dict]:
     """Steps 3-4: the multiplier of each module type's rate whose linearised update w_0 + c·Δ gives the
     lowest held-out loss (global c first, then a per-type factor); also the losses it saw."""
@@ -205,7 +205,7 @@ def linearised_sweep(model: nn.Module, init: dict[str, list[torch.Tensor]], val:
         for t, ps in groups.items():
             for p, w0, w in zip(ps, init[t], trained[t], strict=True):
                 p.copy_(w0 + scale[t] * (w - w0))
-        return held_out_loss(model, val, kind, batch_size)
+        return held_out_loss(model, val, problem, batch_size)
 
     model.eval()
     losses = {c: place(dict.fromkeys(groups, c)) for c in grid}
@@ -246,10 +246,10 @@ def step_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
     lambdas = psg.lambdas(feats, feature_modules(base, mode)) if psg is not None else None
     fit, val = task.train.split(t.val_fraction, seed)
     rates = head.rates(feats)
-    model = adapter_model(base, s, budget, seed, lambdas, task.kind)
+    model = adapter_model(base, s, budget, seed, lambdas, task.problem)
     init = {k: [p.detach().clone() for p in ps] for k, ps in adapter_groups(model).items()}
-    train_at_rates(model, fit, rates, s.bt.recipe, seed, task.kind)
-    scale, seen = linearised_sweep(model, init, val, task.kind, tuple(t.grid), tuple(t.type_grid),
+    train_at_rates(model, fit, rates, s.bt.recipe, seed, task.problem)
+    scale, seen = linearised_sweep(model, init, val, task.problem, tuple(t.grid), tuple(t.type_grid),
                                    s.bt.recipe.batch_size)
     del model
     targets = {k: rates[k] * scale[k] for k in scale}
@@ -293,9 +293,9 @@ class FedP2EFTStepMethod:
         s = replace(r.settings, bt=personalisation_settings(self.bt, p.recipe))
         feats = meta_features(base, task.train, head=head)
         lambdas = r.psg.lambdas(feats, feature_modules(base, head)) if r.psg is not None else None
-        model = train_at_rates(adapter_model(base, s, budget, seed, lambdas, task.kind), task.train,
-                               r.head.rates(feats), p.recipe, seed, task.kind)
-        return task.kind.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
+        model = train_at_rates(adapter_model(base, s, budget, seed, lambdas, task.problem), task.train,
+                               r.head.rates(feats), p.recipe, seed, task.problem)
+        return task.problem.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
 
 
 def _initial_head(base: nn.Module, s: StepSettings, ctx: StageContext) -> dict[str, torch.Tensor]:

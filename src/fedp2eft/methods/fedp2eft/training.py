@@ -68,15 +68,15 @@ def _split_params(model: nn.Module) -> tuple[list, list, list]:
 
 
 def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSettings, seed: int,
-                 kind: Task) -> nn.Module:
+                 problem: Task) -> nn.Module:
     """BT-LoRA with r_init ranks on every adapted module: λ from ``init``, B = 0, A fresh (seeded by
     ``seed``) or the fixed A of the recipe's ``lora_a_seed`` (the same in every round and on every client)."""
     torch.manual_seed(seed)
     r = s.recipe
-    targets = kind.adapted_modules(base, r.head)
+    targets = problem.adapted_modules(base, r.head)
     init_value = init if isinstance(init, float) else 1e-4
     cfg = bt_lora_config(targets, r=s.prior.r_init, lora_alpha=s.prior.lora_alpha, init_lambda=init_value,
-                         modules_to_save=kind.saved_modules(r.head))
+                         modules_to_save=problem.saved_modules(r.head))
     model = get_peft_model(copy_sharing_embeddings(base), cfg)
     if r.lora_a_seed >= 0:
         apply_fixed_a(model, r.lora_a_seed)
@@ -86,9 +86,9 @@ def stage1_model(base: nn.Module, init: dict[str, torch.Tensor] | float, s: BTSe
 
 
 def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tensor] | float,
-                  s: BTSettings, seed: int, kind: Task) -> tuple[dict[str, torch.Tensor], list[float]]:
+                  s: BTSettings, seed: int, problem: Task) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Stage 1: learn λ (and A, B, a trained head) on one client; returns (λ by module, step losses)."""
-    model = stage1_model(base, init, s, seed, kind)
+    model = stage1_model(base, init, s, seed, problem)
     lam, ab, head = _split_params(model)
     n, r, prior = len(data), s.recipe, s.prior
     losses = train_model(
@@ -96,13 +96,13 @@ def train_lambdas(base: nn.Module, data: EncodedData, init: dict[str, torch.Tens
         [{"params": lam, "lr": prior.lambda_lr}, {"params": ab, "lr": r.lr}, {"params": head, "lr": r.head_lr}],
         data, r.epochs, r.batch_size, seed, r.weight_decay,
         extra_loss=lambda m: bt_penalty(m, n, prior.alpha_s, prior.alpha_p), max_grad_norm=r.max_grad_norm,
-        loss=kind.loss,
+        loss=problem.loss,
     )
     return {k: v.clamp(LAMBDA_MIN, LAMBDA_MAX).cpu() for k, v in lambdas_by_module(model).items()}, losses
 
 
 def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int, s: BTSettings,
-                 kind: Task, select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
+                 problem: Task, select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """BT-LoRA at the budget: the kept λ frozen, B = 0, A fresh or the kept rows of the fixed A,
     only on modules that keep ranks; scaling lora_alpha / r_init everywhere. ``select_by`` (default λ):
     the scores whose global top-(r·L) decide which ranks are kept (e.g. ``width_free_scores``)."""
@@ -115,7 +115,7 @@ def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int,
         list(kept), r=r_max, lora_alpha=scaling * r_max,
         rank_pattern={re.escape(n): r for n, r in ranks.items()},
         alpha_pattern={re.escape(n): scaling * r for n, r in ranks.items()},
-        modules_to_save=kind.saved_modules(s.recipe.head),
+        modules_to_save=problem.saved_modules(s.recipe.head),
     )
     model = get_peft_model(copy_sharing_embeddings(base), cfg)
     if s.recipe.lora_a_seed >= 0:
@@ -125,24 +125,24 @@ def pruned_model(base: nn.Module, lambdas: dict[str, torch.Tensor], budget: int,
 
 
 def finetune_pruned_model(base: nn.Module, train: EncodedData, lambdas: dict[str, torch.Tensor], budget: int,
-                          s: BTSettings, seed: int, kind: Task,
+                          s: BTSettings, seed: int, problem: Task,
                           select_by: dict[str, torch.Tensor] | None = None) -> nn.Module:
     """Alg. 2 steps 2-3: prune λ to the budget and fine-tune the resulting LoRA (unmerged peft model)."""
     torch.manual_seed(seed)
-    model = pruned_model(base, lambdas, budget, s, kind, select_by)
+    model = pruned_model(base, lambdas, budget, s, problem, select_by)
     _, ab, head = _split_params(model)
     r = s.recipe
     train_model(model, [{"params": ab, "lr": r.lr}, {"params": head, "lr": r.head_lr}],
-                train, r.epochs, r.batch_size, seed, r.weight_decay, max_grad_norm=r.max_grad_norm, loss=kind.loss)
+                train, r.epochs, r.batch_size, seed, r.weight_decay, max_grad_norm=r.max_grad_norm, loss=problem.loss)
     return model
 
 
 def finetune_pruned(base: nn.Module, train: EncodedData, test: EncodedData, lambdas: dict[str, torch.Tensor],
-                    budget: int, s: BTSettings, seed: int, eval_batch_size: int, kind: Task,
+                    budget: int, s: BTSettings, seed: int, eval_batch_size: int, problem: Task,
                     select_by: dict[str, torch.Tensor] | None = None) -> list:
     """Fine-tune at the budget, merge, and predict the test split."""
-    model = finetune_pruned_model(base, train, lambdas, budget, s, seed, kind, select_by)
-    return kind.predict(model.merge_and_unload(), test, eval_batch_size)
+    model = finetune_pruned_model(base, train, lambdas, budget, s, seed, problem, select_by)
+    return problem.predict(model.merge_and_unload(), test, eval_batch_size)
 
 
 def module_widths(base: nn.Module, names: list[str]) -> dict[str, int]:

@@ -33,7 +33,7 @@ from ...errors import UserError, require
 from ...schema import inline
 from ...training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, to_device
 from ...training.batches import EncodedData
-from ..base import ClientTask, PersonaliseConfig
+from ..interface import ClientTask, PersonaliseConfig
 from ..registry import FederatedStage, MethodSpec, StageContext, register_method
 from .bilevel import bilevel_local_steps
 
@@ -156,7 +156,7 @@ def pf2lora_client_update(base: nn.Module, state: dict[str, torch.Tensor], task:
     upper = torch.optim.AdamW([{"params": shared, "lr": t.lr}, {"params": head, "lr": t.head_lr}], weight_decay=0.0)
 
     def loss_fn(batch):
-        return task.kind.loss(model(**model_inputs(batch)), batch)
+        return task.problem.loss(model(**model_inputs(batch)), batch)
 
     model.train()
     losses = bilevel_local_steps(shared + head, local, loss_fn, _cycle(task.train, t.batch_size, seed, device_of(model)),
@@ -193,9 +193,9 @@ class PF2LoRAMethod:
         local = [w for layer in layers.values() for w in layer.local_parameters()]
         for w in (w for layer in layers.values() for w in layer.shared_parameters()):
             w.requires_grad_(False)
-        recipe.train(model, recipe.param_groups(local, head_parameters(model)), task.train, seed, loss=task.kind.loss)
+        recipe.train(model, recipe.param_groups(local, head_parameters(model)), task.train, seed, loss=task.problem.loss)
         merge_two_level(layers)
-        return task.kind.predict(model, task.test, p.eval_batch_size)
+        return task.problem.predict(model, task.test, p.eval_batch_size)
 
 
 def _trained_pf2lora(base: nn.Module, state, s: PF2LoRASettings, folder: Path, ctx: StageContext):

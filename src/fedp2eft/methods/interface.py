@@ -31,13 +31,13 @@ class ClientTask:
     language: str
     train: EncodedData
     test: EncodedData
-    kind: Task  # the task: encoding, batching, loss, prediction, scoring
+    problem: Task  # the task: encoding, batching, loss, prediction, scoring
 
     def score(self, outputs: list, data: EncodedData | None = None) -> tuple[str | list[str], dict[str, list[float]]]:
         """``(languages, {metric: per-row scores})`` of outputs on ``data`` (default: the test split); the
         languages are each row's where rows carry one (a Fed-Aya client may speak several), else the client's."""
         data = self.test if data is None else data
-        return (data.languages if data.languages is not None else self.language), self.kind.score(outputs, data)
+        return (data.languages if data.languages is not None else self.language), self.problem.score(outputs, data)
 
 
 class Method(Protocol):
