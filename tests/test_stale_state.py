@@ -117,3 +117,43 @@ def test_stage_jobs_carry_their_seed(masakhanews_dir, monkeypatch):
     monkeypatch.setattr(worker, "cached_base", lambda exp, n, seed, base: seen.append(seed) or (None, None))
     worker.base_model(stage_job(cfg, PSG_STAGE, "off-the-shelf", 3))
     assert seen == [3]  # seed 3's PSG starts from seed 3's base (its head), not seeds[0]'s
+
+
+def test_stage_records_keep_the_keys_of_folders_already_on_disk():
+    """A stage folder's record must not change with a refactor, or every trained folder is refused as stale:
+    the composed client settings (recipe, BT prior, regression, …) flatten to the keys the records have
+    always had, with the seed (and a per-budget stage's budget) that the runner injects (issue 27)."""
+    from fedp2eft.methods.registry import federated_stages
+    from fedp2eft.stages import stage_record
+
+    cfg = load_config("configs/quickstart.toml", ['personalise.head="adapter"', "personalise.lora_a_seed=42"])
+    recipe = {"batch_size", "epochs", "head", "head_lr", "lora_a_seed", "max_grad_norm", "weight_decay"}
+    bt = recipe | {"lr", "r_init", "lora_alpha", "alpha_s", "alpha_p", "lambda_lr"}
+    expected = {
+        "psg": bt | {"regress_steps", "regress_lr", "regress_loss", "psg_init", "seed"},
+        "fedl2p": recipe | {"base_lr", "base_lr_lr", "batch_pairs", "net_lr", "neumann_lr", "neumann_terms",
+                            "outer_steps", "parameterisation", "val_fraction", "seed", "budget"},
+        "fedp2eft-step": bt | {"step_init", "grid", "type_grid", "regress_steps", "regress_lr", "val_fraction",
+                               "hidden", "structure", "seed", "budget"},
+        "pf2lora": {"local_rank", "lr", "head_lr", "lower_lr", "steps", "inner_steps", "batch_size", "head", "seed",
+                    "budget"},
+    }
+    stages = federated_stages()
+    for name, keys in expected.items():
+        stage = stages[name]
+        record = stage_record(cfg, stage, 3, 2 if stage.per_budget else None)
+        assert set(record[name]) == keys, name
+        assert record[name]["seed"] == 3 and record[name].get("budget", 2) == 2
+    assert stage_record(cfg, stages["psg"], 0, None)["psg"]["head"] == "adapter"  # the recipe's, from [personalise]
+
+
+def test_a_base_record_keeps_each_section_flat_as_its_toml_table():
+    """A section that composes a shared part (``[pf2lora]``'s round settings) is recorded flat, as before the
+    composition: a PF2LoRA base folder trained earlier stays valid (issue 27)."""
+    from fedp2eft.setup.stage_state import base_settings
+
+    cfg = load_config("configs/quickstart.toml", ['base_model.kind="pf2lora"'])
+    record = base_settings(cfg)
+    assert set(record["pf2lora"]) == {"rounds", "local_rank", "lr", "head_lr", "lower_lr", "steps", "inner_steps",
+                                      "batch_size"}
+    assert not any(isinstance(v, dict) for v in record["base_model"].values())

@@ -32,7 +32,10 @@ Runner = Callable[..., dict]
 
 def stage_record(cfg, stage: FederatedStage, seed: int, budget: int | None) -> dict:
     """What a stage folder records: a change to any of it means the stage must be trained again."""
-    settings = flatten(stage.settings_json(stage.client_settings(cfg)), dotted=False)
+    composed = stage.settings_json(stage.client_settings(cfg))
+    settings = flatten(composed, dotted=False)
+    if len(settings) != len(flatten(composed)):  # two composed parts declare the same key: one would hide the other
+        raise ValueError(f"stage {stage.name}: its client settings repeat a key; the record would lose one")
     settings = {k: v for k, v in settings.items() if k not in stage.unrecorded}
     settings |= {"seed": seed, **({"budget": budget} if stage.per_budget else {})}  # injected by the runner
     record = {stage.name: settings, "rounds": stage.rounds(cfg),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..atomic import write_json
 from ..errors import UserError
+from ..schema import section_dict
 
 
 def flatten(d: dict, dotted: bool = True, prefix: str = "") -> dict:
@@ -82,8 +83,8 @@ def base_settings(cfg) -> dict:
     kind = cfg.base_model.kind
     out = {"kind": kind, "model": dataclasses.asdict(cfg.model)}
     if kind in base_kinds():
-        out |= {"data": data_settings(cfg), "base_model": dataclasses.asdict(cfg.base_model),
+        out |= {"data": data_settings(cfg), "base_model": section_dict(cfg.base_model),
                 "federation": sampling_settings(cfg)}
         for section in base_kind_sections(kind):  # e.g. PF2LoRA's base trains with the [pf2lora] settings
-            out[section] = dataclasses.asdict(getattr(cfg, section))
+            out[section] = section_dict(getattr(cfg, section))  # flat, as the TOML table
     return out
