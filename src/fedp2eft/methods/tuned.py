@@ -101,4 +101,4 @@ def tuned_spec(inner: MethodSpec) -> MethodSpec:
 
     return MethodSpec(f"{inner.name}-tuned", build, uses_budget=True, section=inner.section, settings=inner.settings,
                       stage=inner.stage, recorded=inner.recorded, max_budget=inner.max_budget,
-                      summary=f"{inner.name} with its rate chosen per pool on held-out train rows")
+                      summary=f"{inner.name} with its rate chosen per pool on held-out train rows ([tuned] lrs)")
