@@ -45,11 +45,12 @@ def section_keys(cls: type) -> dict[str, Any]:
 
 def build_section(cls: type, values: dict[str, Any]):
     """Section ``cls`` from its flat keys (each inline class gets the keys it declares)."""
-    inlined = inline_fields(cls)
-    own = {k: v for k, v in values.items() if k not in set().union(*(section_keys(c) for c in inlined.values()))}
-    for name, inner in inlined.items():
+    inlined = {name: (inner, set(section_keys(inner))) for name, inner in inline_fields(cls).items()}
+    composed = set().union(*(keys for _, keys in inlined.values()))
+    own = {k: v for k, v in values.items() if k not in composed}
+    for name, (inner, keys) in inlined.items():
         assert not inline_fields(inner), f"{inner.__name__}: one level of inline composition"
-        mine = {k: v for k, v in values.items() if k in section_keys(inner)}
+        mine = {k: v for k, v in values.items() if k in keys}
         default = _default(cls, name)  # the section's own defaults for the composed class, then the keys given
         own[name] = dataclasses.replace(default, **mine) if mine else default
     return cls(**own)
