@@ -57,29 +57,6 @@ def test_fedavg_equals_hand_computed_weighted_average(tmp_path):
     assert line["sampled"] == ["c0", "c1", "c2"] and line["failed"] == {}
 
 
-def test_a_stage_may_bring_its_own_server_aggregation(tmp_path):
-    """A stage's ``aggregate`` replaces FedAvg: here an unweighted coordinate-wise median."""
-    app = seen_clients_app()
-
-    @app.train()
-    def train(msg: Message, ctx: Context) -> Message:
-        pid = ctx.node_config["partition-id"]
-        state = from_arrays(msg.content.array_records["arrays"])
-        return Message(train_reply({k: v + 10.0 ** pid for k, v in state.items()}, 1 + 100 * pid,
-                                   {"loss": float(pid)}), reply_to=msg)
-
-    def median(pairs):
-        return {k: torch.stack([s[k] for s, _ in pairs]).median(0).values for k in pairs[0][0]}
-
-    job = Job(stage="test", experiment="{}", base_spec="off-the-shelf", seed=0, settings={}, num_clients=3)
-    out = run_rounds(InProcessGrid(app, 3), job, {"w": torch.zeros(2)},
-                     LoopSettings(rounds=1, round=RoundSettings(fraction=1.0, min_clients=3, checkpoint_every=1)),
-                     tmp_path, aggregate=median)
-    torch.testing.assert_close(out["w"], torch.full((2,), 10.0))  # median of +1, +10, +100: not FedAvg's ~66
-    line = json.loads((tmp_path / "rounds.jsonl").read_text().splitlines()[0])
-    assert line["loss"] == (0 * 1 + 1 * 101 + 2 * 201) / 303  # metrics still weighted by examples
-
-
 def faulty_client_app(raise_pid: int, hang_pid: int, release: threading.Event) -> ClientApp:
     app = ClientApp()
     app.query()(real_client_app.query)

@@ -25,6 +25,7 @@ from .data.partition import POOLS, SCHEMES
 from .data.registry import specific_keys
 from .errors import SettingError, UserError, require
 from .methods.registry import (  # importing it fills the registry (methods/__init__)
+    federated_stages,
     get_spec,
     method_sections,
     moved_keys,
@@ -146,9 +147,46 @@ class RoundSettings:
 
 
 @dataclass(frozen=True)
+class Aggregation:
+    """How each stage's server combines its clients' updates (keys in ``[federation]``): a Flower strategy
+    and its own parameters (``fl.strategies`` checks both before anything trains), per-stage choices, and
+    the screen every update passes first."""
+
+    strategy: str = "fedavg"  # fedavg, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, fedtrimmedavg, krum
+    strategy_args: dict[str, Any] = field(default_factory=dict)  # its parameters, e.g. {eta = 0.01} (Flower's names)
+    stage_strategies: dict[str, Any] = field(default_factory=dict)  # per stage, e.g. {psg = {strategy = "fedadam"}}
+    max_update_norm_ratio: float = 1000.0  # refuse an update above this x the median of the round's others; 0 = off
+
+    def __post_init__(self) -> None:
+        require(bool(self.strategy), "strategy", "must name a strategy")
+        require(isinstance(self.strategy_args, dict), "strategy_args", "must be a table")
+        require(isinstance(self.stage_strategies, dict), "stage_strategies", "must be a table of stage = {strategy, "
+                "strategy_args}")
+        for stage, choice in self.stage_strategies.items():
+            require(isinstance(choice, dict) and set(choice) <= {"strategy", "strategy_args"} and choice,
+                    "stage_strategies", f"{stage}: must be a table with strategy and/or strategy_args")
+            require(isinstance(choice.get("strategy_args", {}), dict), "stage_strategies",
+                    f"{stage}.strategy_args: must be a table")
+        require(self.max_update_norm_ratio == 0 or self.max_update_norm_ratio > 1, "max_update_norm_ratio",
+                "must be 0 (off) or > 1")
+
+    def for_stage(self, stage: str) -> tuple[str, dict[str, Any]]:
+        """``(strategy, its parameters)`` of ``stage``: its own entry, else the federation's."""
+        own = self.stage_strategies.get(stage, {})
+        name = own.get("strategy", self.strategy)
+        args = own.get("strategy_args", self.strategy_args if name == self.strategy else {})
+        return name, dict(args)
+
+    def is_default(self, stage: str) -> bool:
+        """Plain FedAvg with the default screen: what every stage trained with before strategies existed."""
+        return self.for_stage(stage) == ("fedavg", {}) and self.max_update_norm_ratio == 1000.0
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     engine: str = "inprocess"  # "inprocess" | "simulation" | "deployment"
     round: RoundSettings = inline(RoundSettings)  # fraction, min_clients, timeouts, checkpoints, evaluation
+    aggregation: Aggregation = inline(Aggregation)  # strategy, strategy_args, stage_strategies, update screen
     num_cpus: float = 1.0  # simulation: per-client resources
     num_gpus: float = 0.0
 
@@ -258,7 +296,12 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     """Checks across sections (each section validates its own keys): every budget within what each
-    chosen method serves (e.g. one PSG serves budgets <= its r_init)."""
+    chosen method serves (e.g. one PSG serves budgets <= its r_init); per-stage strategies name stages."""
+    stages = federated_stages()
+    for stage in cfg.federation.aggregation.stage_strategies:
+        if stage not in stages:
+            raise UserError(f"config key federation.stage_strategies: unknown stage {stage!r}; stages are "
+                            f"{sorted(stages)}")
     p = cfg.personalise
     for method in p.methods:
         limit = get_spec(method).max_budget

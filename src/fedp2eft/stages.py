@@ -24,7 +24,14 @@ from .progress import duration
 from .setup.base_models import release_cached_base
 from .setup.federation import stage_context
 from .setup.layout import RunLayout
-from .setup.stage_state import base_settings, claim_stage, data_settings, flatten, sampling_settings
+from .setup.stage_state import (
+    aggregation_settings,
+    base_settings,
+    claim_stage,
+    data_settings,
+    flatten,
+    sampling_settings,
+)
 
 # runner(stage, base_spec, seed, budget, folder, on_round) -> final state: an engine (``fl.engines.stage_runner``)
 Runner = Callable[..., dict]
@@ -40,7 +47,7 @@ def stage_record(cfg, stage: FederatedStage, seed: int, budget: int | None) -> d
     settings |= {"seed": seed, **({"budget": budget} if stage.per_budget else {})}  # injected by the runner
     record = {stage.name: settings, "rounds": stage.rounds(cfg),
               "snapshot_every": stage.snapshot_every(cfg), "base": base_settings(cfg), "data": data_settings(cfg),
-              "federation": sampling_settings(cfg)}
+              "federation": sampling_settings(cfg) | aggregation_settings(cfg, stage.name)}
     if stage.needs is not None:  # retraining the stage it starts from invalidates it
         record["needs"] = stage_record(cfg, get_stage(stage.needs), seed, None)
     return record

@@ -16,21 +16,39 @@ from pathlib import Path
 
 from ..config import Config
 from ..errors import UserError
-from ..methods.registry import FederatedStage
+from ..methods.registry import FederatedStage, prior_key
 from ..setup.federation import cached_federation
 from ..setup.jobs import Job, experiment_json
 from ..stages import Runner
 from . import worker
 from .server_loop import LoopSettings, run_rounds
+from .strategies import StrategyChoice, check_choice
 
 
 def loop_settings(cfg: Config, stage: FederatedStage, seed: int) -> LoopSettings:
     """The server loop of ``stage``: its rounds, the federation's sampling and fault settings, federated
-    evaluation where the stage defines it, snapshots where its section asks for them."""
+    evaluation where the stage defines it, snapshots where its section asks for them, its strategy, and the
+    needed stage's state it keeps frozen."""
     r = cfg.federation.round
     if stage.evaluate is None:
         r = replace(r, eval_pool="", eval_every=0)
-    return LoopSettings(rounds=stage.rounds(cfg), round=r, seed=seed, snapshot_every=stage.snapshot_every(cfg))
+    return LoopSettings(rounds=stage.rounds(cfg), round=r, seed=seed, snapshot_every=stage.snapshot_every(cfg),
+                        strategy=stage_strategy(cfg, stage.name),
+                        frozen_prefix=prior_key(stage.needs, "") if stage.needs is not None else "")
+
+
+def stage_strategy(cfg: Config, stage: str) -> StrategyChoice:
+    """``stage``'s server rule from ``[federation]`` (its ``stage_strategies`` entry, else the federation's)."""
+    name, args = cfg.federation.aggregation.for_stage(stage)
+    return StrategyChoice(name, tuple(sorted(args.items())), cfg.federation.aggregation.max_update_norm_ratio)
+
+
+def check_strategies(cfg: Config) -> None:
+    """Every strategy the config names, and its parameters, exist: a one-line error before anything trains."""
+    agg = cfg.federation.aggregation
+    check_choice(StrategyChoice(agg.strategy, tuple(sorted(agg.strategy_args.items()))), "federation.strategy")
+    for stage in agg.stage_strategies:
+        check_choice(stage_strategy(cfg, stage), f"federation.stage_strategies.{stage}")
 
 
 def stage_job(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, budget: int | None = None,
@@ -44,16 +62,15 @@ def stage_job(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, bud
 
 
 def run_job(cfg: Config, job: Job, init, settings: LoopSettings, out_dir: Path, resume: bool,
-            client_app=None, on_round=None, grid=None, aggregate=None) -> dict:
+            client_app=None, on_round=None, grid=None) -> dict:
     """Run any job's rounds on the configured engine (or on ``grid``: the Deployment Engine's,
     handed in by the ServerApp); returns the final state. ``init``: the initial state or a function
-    that makes it (``run_rounds``). ``aggregate``: the stage's server rule
-    (None = FedAvg)."""
+    that makes it (``run_rounds``)."""
     from .client_app import app as default_client_app
 
     client_app = client_app or default_client_app
     engine = cfg.federation.engine
-    kwargs = {"aggregate": aggregate, **({"on_round": on_round} if on_round else {})}
+    kwargs = {"on_round": on_round} if on_round else {}
     if grid is not None:
         return run_rounds(grid, job, init, settings, out_dir, resume=resume, **kwargs)
     if engine == "inprocess":
@@ -62,7 +79,7 @@ def run_job(cfg: Config, job: Job, init, settings: LoopSettings, out_dir: Path, 
         grid = InProcessGrid(client_app, job.num_clients, client_timeout_s=settings.round.client_timeout_s)
         return run_rounds(grid, job, init, settings, out_dir, resume=resume, **kwargs)
     if engine == "simulation":
-        return _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, job.num_clients, aggregate)
+        return _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, job.num_clients)
     raise UserError(
         "federation.engine = 'deployment' runs through Flower's SuperLink: start it and the SuperNodes, "
         "then: flwr run . <connection> --run-config 'config=\"CONFIG\" out=\"DIR\"' (see README)"
@@ -81,8 +98,7 @@ def run_stage(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, out
         raise UserError(f"stage {stage.name} starts from stage {stage.needs}'s final state; none was given")
     init = lambda: {**stage.initial_state(base_model, stage.settings_from_json(job.settings),  # noqa: E731
                                           worker.stage_context(job)), **(prior or {})}
-    return run_job(cfg, job, init, loop_settings(cfg, stage, seed), out_dir, resume, client_app, on_round, grid,
-                   stage.aggregate)
+    return run_job(cfg, job, init, loop_settings(cfg, stage, seed), out_dir, resume, client_app, on_round, grid)
 
 
 def train_stage(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, out_dir: Path, budget: int | None = None,
@@ -97,7 +113,8 @@ def train_stage(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, o
 
 def stage_runner(cfg: Config, client_app=None, grid=None, resume: bool = True) -> Runner:
     """``runner(stage, base_spec, seed, budget, folder, on_round) -> state`` for ``stages.load_or_train``: the
-    configured engine, or the Deployment Engine's ``grid``."""
+    configured engine, or the Deployment Engine's ``grid``. The config's strategies are checked first."""
+    check_strategies(cfg)
 
     def run(stage, base_spec, seed, budget, folder, on_round=None, prior=None):
         return run_stage(cfg, stage, base_spec, seed, folder, budget, resume=resume, client_app=client_app,
@@ -106,7 +123,7 @@ def stage_runner(cfg: Config, client_app=None, grid=None, resume: bool = True) -
     return run
 
 
-def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_clients, aggregate=None):
+def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_clients):
     from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
 
@@ -115,7 +132,7 @@ def _run_simulation(cfg, client_app, job, init, settings, out_dir, resume, num_c
 
     @server.main()
     def main(grid, context) -> None:
-        box["state"] = run_rounds(grid, job, init, settings, out_dir, resume=resume, aggregate=aggregate)
+        box["state"] = run_rounds(grid, job, init, settings, out_dir, resume=resume)
 
     f = cfg.federation
     backend = {"client_resources": {"num_cpus": f.num_cpus, "num_gpus": f.num_gpus},

@@ -1,10 +1,12 @@
-"""The server's round loop for FedAvg on records.
+"""The server's round loop, one for every stage and engine.
 
 Each round: sample ``max(min_clients, round(fraction * |seen|))`` seen clients with an RNG keyed
 by (seed, round) — so a resumed run samples exactly as an uninterrupted one — send them the
-global arrays, drop every client whose reply is an error or that missed the time limit (logged),
-stop with an error if the dropped fraction exceeds ``max_failure_fraction``, and aggregate the
-rest with Flower's ``FedAvg.aggregate_train`` (weighted by ``num-examples``). Checkpoints every
+global arrays, drop every client whose reply is an error or that missed the time limit, refuse every
+update that is not finite or is an outlier (``fl.strategies.screen``), stop with an error if the failed
+fraction exceeds ``max_failure_fraction``, and aggregate the rest with the stage's Flower strategy
+(``fl.strategies``; FedAvg weighted by ``num-examples`` unless configured). Failed clients are named in
+``rounds.jsonl`` with the reason. Checkpoints (with the strategy's server state) every
 ``checkpoint_every`` rounds; per-round metrics as JSON lines.
 """
 
@@ -21,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from flwr.app import Message, RecordDict
-from flwr.serverapp.strategy import FedAvg
 
 from ..atomic import save_tensors
 from ..config import RoundSettings
@@ -29,18 +30,31 @@ from ..errors import UserError
 from ..memory import trim_freed_memory
 from ..setup.jobs import Job
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
-from .records import from_arrays, job_config, to_arrays
+from .records import job_config, to_arrays
+from .strategies import (
+    StrategyChoice,
+    aggregate,
+    begin_round,
+    make_strategy,
+    restore_strategy_state,
+    screen,
+    strategy_state,
+    trainable,
+)
 
 
 @dataclass(frozen=True)
 class LoopSettings:
     """One stage's server loop: its rounds, the federation's round settings (``[federation]``; evaluation
-    off for a stage without federated evaluation), the stage's seed and its snapshots."""
+    off for a stage without federated evaluation), the stage's seed, its snapshots, its server rule and the
+    keys it keeps frozen (a needed stage's state, ``"<needs>."``; "" = none)."""
 
     rounds: int
     round: RoundSettings = field(default_factory=RoundSettings)
     seed: int = 0
     snapshot_every: int = 0  # > 0: keep the global state of every k-th round in <out>/snapshots/
+    strategy: StrategyChoice = field(default_factory=StrategyChoice)
+    frozen_prefix: str = ""
 
 
 def wait_for_nodes(grid, expected: int, minimum: int, timeout_s: float = 300.0, settle_s: float = 10.0) -> list[int]:
@@ -93,21 +107,21 @@ def run_rounds(
     out_dir: Path,
     resume: bool = False,
     on_round: Callable[[dict], None] = lambda rec: None,
-    aggregate: Callable[[list[tuple[dict[str, torch.Tensor], int]]], dict[str, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run ``settings.rounds`` rounds of ``job`` from ``initial_state`` (or its checkpoint); returns the
     final global state. ``initial_state`` may be a function that makes it, called only when there is no
-    checkpoint to resume (the loop then holds the only copy). ``aggregate`` (a stage's own server rule, ``[(state, num_examples)] -> state``)
-    replaces Flower's FedAvg; client metrics are then averaged weighted by examples as FedAvg does."""
+    checkpoint to resume (the loop then holds the only copy)."""
     ckpt_dir = out_dir / "checkpoint"
     metrics_path = out_dir / "rounds.jsonl"
     start = 1
+    strategy = make_strategy(settings.strategy)
     loaded = load_checkpoint(ckpt_dir) if resume else None
     state = None if loaded is not None else initial_state() if callable(initial_state) else initial_state
     del initial_state  # a callable's result is then held only here (and replaced every round)
     if loaded is not None:
         done, state, meta = loaded
         restore_rng(meta["rng"])
+        restore_strategy_state(strategy, meta["server_state"])
         start = done + 1
         if metrics_path.is_file():  # drop metric lines of rounds after the checkpoint
             keep = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["round"] <= done]
@@ -118,14 +132,12 @@ def run_rounds(
     seen = sorted(n for n, (_, pool) in node_clients.items() if pool == "seen")
     if not seen:
         raise UserError("no seen-pool client among the nodes: nothing can train")
-    strategy = FedAvg(fraction_train=1.0, fraction_evaluate=1.0)
     for round_ in range(start, settings.rounds + 1):
         t0 = time.perf_counter()
         chosen = sample(seen, settings, round_)
         content = RecordDict({"arrays": to_arrays(state), "config": job_config(job.for_round(round_))})
         state = None  # the round's message now holds the only copy of the global state
-        state, record = _train_round(grid, content, round_, chosen, node_clients, settings, strategy, aggregate,
-                                     metrics_path)
+        state, record = _train_round(grid, content, round_, chosen, node_clients, settings, strategy, metrics_path)
         del content
         trim_freed_memory()  # the round's messages and the clients' copies
         if settings.round.eval_pool and settings.round.eval_every and round_ % settings.round.eval_every == 0:
@@ -136,21 +148,28 @@ def run_rounds(
             save_tensors(out_dir / "snapshots" / f"round{round_:04d}.safetensors", state,
                          metadata={"round": str(round_)})
         if round_ % settings.round.checkpoint_every == 0 or round_ == settings.rounds:
-            save_checkpoint(ckpt_dir, round_, state, {"job": job.to_dict()})
+            save_checkpoint(ckpt_dir, round_, state, {"job": job.to_dict()}, strategy_state(strategy))
         on_round(record)
     return state
 
 
-def _train_round(grid, content, round_, chosen, node_clients, settings, strategy, aggregate, metrics_path):
+def _train_round(grid, content, round_, chosen, node_clients, settings, strategy, metrics_path):
     """Send ``content`` (the global state and the job) to the ``chosen`` nodes, aggregate their replies:
     ``(new state, round record)``. Its own function so that the round's messages and replies (a copy of
     the state each) are gone once it returns, not alive through the next round."""
+    arrays = content.array_records["arrays"]
+    trained, frozen = trainable(arrays, settings.frozen_prefix)
+    with _quiet("flwr"):  # its per-round INFO lines would break the progress display
+        content.config_records["config"].update(begin_round(strategy, round_, trained, chosen))
     msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(round_)) for n in chosen]
     replies = list(grid.send_and_receive(msgs, timeout=settings.round.client_timeout_s))
     del msgs
     ok = [r for r in replies if not r.has_error()]
+    refused = screen(arrays, ok, list(trained.keys()), settings.strategy.max_update_norm_ratio)
+    reasons = {ok[i].metadata.src_node_id: why for i, why in refused.items()}
+    ok = [r for i, r in enumerate(ok) if i not in refused]
     ok_nodes = {r.metadata.src_node_id for r in ok}
-    failed = {node_clients[n][0]: _reason(replies, n) for n in chosen if n not in ok_nodes}
+    failed = {node_clients[n][0]: reasons.get(n) or _reason(replies, n) for n in chosen if n not in ok_nodes}
     record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": failed}
     if len(failed) > settings.round.max_failure_fraction * len(chosen) or not ok:
         _append(metrics_path, {**record, "stopped": True})
@@ -160,26 +179,13 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
         )
     clients = {node_clients[r.metadata.src_node_id][0]: _client_metrics(r) for r in ok}
     del replies
-    if aggregate is None:
-        with _quiet("flwr"):  # its per-round INFO lines would break the progress display
-            arrays, metrics = strategy.aggregate_train(round_, ok)
-        del ok
-        state = from_arrays(arrays)
-    else:
-        state, metrics = _custom_aggregate(aggregate, ok)
-    record.update({k: float(v) for k, v in (metrics or {}).items()})
+    with _quiet("flwr"):
+        merged, metrics = aggregate(strategy, round_, ok, trained, frozen)
+    del ok
+    state = {k: merged[k] for k in arrays.keys()}  # the global state's key order
+    record.update(metrics)
     record["clients"] = clients
     return state, record
-
-
-def _custom_aggregate(aggregate, replies) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    pairs = [(from_arrays(r.content.array_records["arrays"]), int(r.content.metric_records["metrics"]["num-examples"]))
-             for r in replies]
-    total = sum(n for _, n in pairs) or 1
-    per_client = [(_client_metrics(r), n) for r, (_, n) in zip(replies, pairs, strict=True)]
-    keys = set.intersection(*(set(m) for m, _ in per_client)) if per_client else set()
-    metrics = {k: sum(m[k] * n for m, n in per_client) / total for k in sorted(keys)}
-    return aggregate(pairs), metrics
 
 
 def _client_metrics(reply) -> dict[str, float]:

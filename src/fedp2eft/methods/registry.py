@@ -65,10 +65,11 @@ class FederatedStage:
     ``artifact`` is the file the final state is saved to; ``after(folder, base, resource)`` runs once
     after training (e.g. λ plots); ``report(base, resource, tasks by pool, folder, cfg)`` each time a
     run uses it (e.g. every client's λ). ``evaluate(base, state, task, settings) -> ({metric: score sum}, n)`` enables
-    federated evaluation. ``aggregate`` (None = FedAvg weighted by examples) is the server's rule.
+    federated evaluation. The server's rule is not the stage's: it is ``[federation]``'s strategy
+    (``fl.strategies``).
     ``needs``: a stage trained once per seed (e.g. ``psg``) that is trained first; its final state travels
-    inside this stage's global state under the prefix ``"<needs>."`` (``prior_key``), frozen: the stage's
-    ``aggregate`` must keep it as it is (``keep_prior``), and its record includes the needed stage's.
+    inside this stage's global state under the prefix ``"<needs>."`` (``prior_key``), frozen: the server
+    leaves it out of the aggregation and keeps it as it is; the stage's record includes the needed stage's.
     ``round_metrics``: which of the clients' averaged round metrics the round's log line shows.
     """
 
@@ -85,7 +86,6 @@ class FederatedStage:
     after: Callable[[Path], None] | None = None
     report: Callable[[nn.Module, Any, dict, Path, Any], None] | None = None
     evaluate: Callable[[nn.Module, State, Any, Any], tuple[dict[str, float], int]] | None = None
-    aggregate: Callable[[list[tuple[State, int]]], State] | None = None
     needs: str | None = None
     round_metrics: tuple[str, ...] = ("train_loss",)  # the round metrics each round's log line shows
     unrecorded: tuple[str, ...] = ()
@@ -113,22 +113,6 @@ def split_prior(state: State, needs: str) -> tuple[State, State]:
     prefix = f"{needs}."
     prior = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     return prior, {k: v for k, v in state.items() if not k.startswith(prefix)}
-
-
-def keep_prior(needs: str) -> Callable[[list[tuple[State, int]]], State]:
-    """FedAvg (weighted by examples) of a stage's own tensors; the needed stage's tensors are kept exactly
-    as the first reply returns them (every client got and returns the same frozen copy)."""
-    def aggregate(pairs: list[tuple[State, int]]) -> State:
-        total = sum(n for _, n in pairs) or 1
-        first = pairs[0][0]
-        out = {}
-        for key, value in first.items():
-            if key.startswith(f"{needs}."):
-                out[key] = value.clone()
-            else:
-                out[key] = sum(s[key].double() * (n / total) for s, n in pairs).to(value.dtype)
-        return out
-    return aggregate
 
 
 @dataclass

@@ -76,6 +76,16 @@ def sampling_settings(cfg) -> dict:
     return {"fraction": cfg.federation.round.fraction, "min_clients": cfg.federation.round.min_clients}
 
 
+def aggregation_settings(cfg, stage: str) -> dict:
+    """How ``stage``'s server aggregates (``{"aggregation": ...}``), or ``{}`` for plain FedAvg with the
+    default update screen: what every stage trained before strategies existed, so their records stay valid."""
+    agg = cfg.federation.aggregation
+    if agg.is_default(stage):
+        return {}
+    name, args = agg.for_stage(stage)
+    return {"aggregation": {"strategy": name, "strategy_args": args, "max_update_norm_ratio": agg.max_update_norm_ratio}}
+
+
 def base_settings(cfg) -> dict:
     """What the base model depends on (for a trained base: model, data, its training and sampling)."""
     from ..methods.registry import base_kind_sections, base_kinds
@@ -84,7 +94,7 @@ def base_settings(cfg) -> dict:
     out = {"kind": kind, "model": dataclasses.asdict(cfg.model)}
     if kind in base_kinds():
         out |= {"data": data_settings(cfg), "base_model": section_dict(cfg.base_model),
-                "federation": sampling_settings(cfg)}
+                "federation": sampling_settings(cfg) | aggregation_settings(cfg, base_kinds()[kind].name)}
         for section in base_kind_sections(kind):  # e.g. PF2LoRA's base trains with the [pf2lora] settings
             out[section] = section_dict(getattr(cfg, section))  # flat, as the TOML table
     return out

@@ -50,7 +50,7 @@ from ...training import Recipe, model_inputs, to_device
 from ...training.batches import EncodedData
 from ..interface import ClientTask, PersonaliseConfig
 from ..lora import lora_model
-from ..registry import FederatedStage, MethodSpec, StageContext, keep_prior, register_method, split_prior
+from ..registry import FederatedStage, MethodSpec, StageContext, register_method, split_prior
 from .method import PSG_STAGE, new_psg
 from .training import BTSettings, personalisation_settings, pruned_model
 
@@ -323,7 +323,7 @@ def step_stage(name: str, section: str, structure: str) -> FederatedStage:
         client_settings=step_settings(section, structure), settings_type=StepSettings, initial_state=_initial_head,
         client_update=lambda base, state, task, s, ctx: step_client_update(base, state, task, s, ctx.budget,
                                                                            ctx.seed),
-        finalize=_trained, aggregate=keep_prior(PSG_STAGE.name) if on_psg else None,
+        finalize=_trained,
         needs=PSG_STAGE.name if on_psg else None,
         report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,
                                                                            cfg.personalise.recipe.head),
