@@ -98,6 +98,31 @@ def test_every_stage_resumed_equals_uninterrupted(name, masakhanews_dir, tmp_pat
     assert any(not torch.equal(full[k], init[k].to(full[k].device)) for k in full)  # and moves
 
 
+@pytest.mark.parametrize("name", list(federated_stages()))
+def test_every_stage_applies_fedprox_to_what_it_shares(name, setting, tmp_path):
+    """Under FedProx (a large μ) a client update of every stage ends nearer the global state it received
+    than without, on the tensors the stage trains (a needed stage's frozen state moves in neither)."""
+    from fedp2eft.methods.registry import StageContext
+
+    cfg, base, task = setting
+    cfg = load_config(None, tiny_overrides(cfg.data.path, **{**SMALL, "fedl2p.outer_steps": 3,
+                                                             "fedl2p_paper.outer_steps": 3}))
+    stage = federated_stages()[name]
+    budget = 2 if stage.per_budget else None
+    settings = stage.client_settings(cfg)
+    state = {**stage.initial_state(base, settings, stage_context(cfg, 0, budget)), **prior_state(cfg, base, stage)}
+    own = [k for k in state if not (stage.needs and k.startswith(prior_key(stage.needs, "")))]
+
+    def distance(mu: float) -> float:
+        ctx = StageContext(seed=3, budget=budget, client_state_dir=str(tmp_path / f"mu{mu}"), problem=task.problem,
+                           proximal_mu=mu)
+        new, _, _ = stage.client_update(base, dict(state), task, settings, ctx)
+        return sum(float((new[k].double() - state[k].double()).pow(2).sum()) for k in own) ** 0.5
+
+    free, pulled = distance(0.0), distance(1e4)
+    assert 0 < pulled < free, (name, pulled, free)
+
+
 def _base_and_settings(cfg, stage, budget):
     fed = load_federation(cfg)
     base, _ = load_base(cfg, "off-the-shelf", len(fed.label_names), seed=0)

@@ -37,6 +37,9 @@ def delta(pid: int, round_: int, key: str, shape) -> np.ndarray:
     return rng.normal(scale=0.1 * (pid + 1), size=shape)
 
 
+SEEN_MU: list = []  # the proximal-mu each client update received
+
+
 def fixed_updates_app(bad: dict[int, str] | None = None):
     """Clients return the global state + ``delta``; ``bad[pid]`` = "nan" or "huge" spoils one client's."""
     app = seen_clients_app()
@@ -47,6 +50,7 @@ def fixed_updates_app(bad: dict[int, str] | None = None):
         round_ = json.loads(msg.content.config_records["config"]["job"])["round"]
         state = from_arrays(msg.content.array_records["arrays"])
         new = {k: v + torch.from_numpy(delta(pid, round_, k, tuple(v.shape))).to(v.dtype) for k, v in state.items()}
+        SEEN_MU.append(msg.content.config_records["config"].get("proximal-mu"))
         if (bad or {}).get(pid) == "nan":
             new["w"][0, 0] = float("nan")
         elif (bad or {}).get(pid) == "huge":
@@ -92,7 +96,7 @@ def reference(name: str, args: dict, rounds: int, clients=range(N)) -> dict[str,
             x = ups[int(np.argmin(scores))]
             continue
         avg = {k: sum(wi * u[k] for wi, u in zip(w, ups, strict=True)) / w.sum() for k in x}
-        if name == "fedavg":
+        if name in ("fedavg", "fedprox"):  # FedProx: FedAvg's server, a proximal term in the clients' updates
             x = avg
         elif name == "fedavgm":
             lr, mu = args.get("server_learning_rate", 1.0), args.get("server_momentum", 0.0)
@@ -120,6 +124,7 @@ def reference(name: str, args: dict, rounds: int, clients=range(N)) -> dict[str,
 
 CASES = [
     ("fedavg", {}),
+    ("fedprox", {"proximal_mu": 0.1}),
     ("fedmedian", {}),
     ("fedtrimmedavg", {"beta": 0.2}),
     ("krum", {"num_malicious_nodes": 1}),
@@ -132,11 +137,13 @@ CASES = [
 
 @pytest.mark.parametrize("name,args", CASES, ids=[c[0] for c in CASES])
 def test_each_strategy_aggregates_as_its_algorithm(tmp_path, name, args):
+    SEEN_MU.clear()
     got = run(tmp_path, StrategyChoice(name, tuple(sorted(args.items()))), rounds=3)
     want = reference(name, args, rounds=3)
     for k in INIT:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=f"{name}: {k}")
     line = json.loads((tmp_path / "rounds.jsonl").read_text().splitlines()[0])
+    assert set(SEEN_MU) == {args.get("proximal_mu")}  # FedProx's μ reaches every client, no other strategy sends one
     if name != "krum":  # Krum reports the metrics of the update it selected
         assert line["loss"] == pytest.approx(sum(i * w for i, w in enumerate(WEIGHTS)) / sum(WEIGHTS))
 
@@ -216,3 +223,18 @@ def test_standard_fl_trains_with_fedadam_on_real_rows(tmp_path, masakhanews_dir)
     assert [x["round"] for x in lines] == [1, 2] and all(x["failed"] == {} for x in lines)
     assert all(math.isfinite(x["train_loss"]) for x in lines)
     assert list((tmp_path / "checkpoint").glob("strategy-*.safetensors"))
+
+
+def test_the_proximal_term_adds_mu_times_the_distance_to_the_global_state():
+    from fedp2eft.training import proximal_term
+
+    w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    c = torch.tensor([0.5, -0.25])
+    with proximal_term(3.0, [w]):
+        with torch.no_grad():
+            w.copy_(torch.tensor([2.0, 1.0]))  # the update moved it by (1, -1) from w_t = (1, 2)
+        (w * c).sum().backward()
+    torch.testing.assert_close(w.grad, c + 3.0 * torch.tensor([1.0, -1.0]))  # ∇F + μ (w − w_t)
+    w.grad = None
+    (w * c).sum().backward()  # outside the block: F alone
+    torch.testing.assert_close(w.grad, c)

@@ -152,7 +152,7 @@ class Aggregation:
     and its own parameters (``fl.strategies`` checks both before anything trains), per-stage choices, and
     the screen every update passes first."""
 
-    strategy: str = "fedavg"  # fedavg, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, fedtrimmedavg, krum
+    strategy: str = "fedavg"  # fedavg, fedprox, fedadam, fedyogi, fedadagrad, fedavgm, fedmedian, fedtrimmedavg, krum
     strategy_args: dict[str, Any] = field(default_factory=dict)  # its parameters, e.g. {eta = 0.01} (Flower's names)
     stage_strategies: dict[str, Any] = field(default_factory=dict)  # per stage, e.g. {psg = {strategy = "fedadam"}}
     max_update_norm_ratio: float = 1000.0  # refuse an update above this x the median of the round's others; 0 = off

@@ -3,7 +3,8 @@
 A node serves one client: ``node_config["client-id"]`` names it (e.g. ``"hau-seen-00"``), or
 ``node_config["partition-id"]`` is its index in the federation's client list (all languages,
 both pools; what the in-process and simulation engines set). ``query`` tells the server which client and pool the
-node holds; ``train`` runs one FedAvg local update; ``evaluate`` scores the global model on
+node holds; ``train`` runs one local update of the job's stage (with FedProx's proximal term when the
+strategy sends ``proximal-mu``); ``evaluate`` scores the global model on
 the client's test split.
 """
 
@@ -44,7 +45,8 @@ def train(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)
     state = RecordState(msg.content.array_records["arrays"])
-    new_state, n, metrics = worker.train(job, cid, state)
+    mu = float(msg.content.config_records["config"].get("proximal-mu", 0.0))  # FedProx's, set by the strategy
+    new_state, n, metrics = worker.train(job, cid, state, mu)
     trim_freed_memory()  # a SuperNode or Ray worker serves many clients over its life
     return Message(train_reply(new_state, n, metrics), reply_to=msg)
 

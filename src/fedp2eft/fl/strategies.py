@@ -8,7 +8,7 @@ loop needs that Flower's ``Strategy.start`` would otherwise give, kept thin here
   uninterrupted one). ``configure_train`` is still called every round, on the round's global arrays and
   a grid that offers only the sampled nodes, because that is where a strategy keeps the round's arrays
   (FedAdam/FedYogi/FedAdagrad's ``current_arrays``, FedAvgM's) and adds its client config (FedProx's
-  ``proximal-mu``); its node sampling is discarded, and Python's RNG, which it draws from, is restored.
+  ``proximal-mu``, which every stage's client update applies: ``training.proximal``); its node sampling is discarded, and Python's RNG, which it draws from, is restored.
 - **Server state is checkpointed** (FedOpt's moments ``m_t``/``v_t``, FedAvgM's momentum): a resumed
   stage aggregates bitwise as an uninterrupted one.
 - **A stage that starts from another's final state** (``FederatedStage.needs``) sends that state with its
@@ -33,6 +33,7 @@ from flwr.serverapp.strategy import (
     FedAvg,
     FedAvgM,
     FedMedian,
+    FedProx,
     FedTrimmedAvg,
     FedYogi,
     Krum,
@@ -43,7 +44,7 @@ from ..errors import UserError
 from .records import from_arrays
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    "fedavg": FedAvg, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad, "fedavgm": FedAvgM,
+    "fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad, "fedavgm": FedAvgM,
     "fedmedian": FedMedian, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum,
 }
 # the loop's, not a strategy parameter: sampling (``[federation]`` fraction, min_clients), record keys, metrics

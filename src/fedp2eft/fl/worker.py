@@ -54,9 +54,9 @@ def job_task(job: Job):
     return task_for(cfg)
 
 
-def _context(job: Job) -> StageContext:
+def _context(job: Job, proximal_mu: float = 0.0) -> StageContext:
     return StageContext(seed=job.round_seed, budget=job.budget, client_state_dir=job.client_state_dir,
-                        problem=job_task(job))
+                        problem=job_task(job), proximal_mu=proximal_mu)
 
 
 def stage_context(job: Job) -> StageContext:
@@ -64,12 +64,13 @@ def stage_context(job: Job) -> StageContext:
     return StageContext(seed=job.seed, budget=job.budget, client_state_dir=job.client_state_dir, problem=job_task(job))
 
 
-def train(job: Job, cid: str, state: dict[str, torch.Tensor]):
-    """One local update of the job's stage; returns ``(state, num_examples, metrics)``."""
+def train(job: Job, cid: str, state: dict[str, torch.Tensor], proximal_mu: float = 0.0):
+    """One local update of the job's stage (with FedProx's term when ``proximal_mu`` > 0); returns
+    ``(state, num_examples, metrics)``."""
     stage = get_stage(job.stage)
     base = client_model(job, cid)
     return stage.client_update(base, state, client_task(job, cid), stage.settings_from_json(job.settings),
-                               _context(job))
+                               _context(job, proximal_mu))
 
 
 def evaluate(job: Job, cid: str, state: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:

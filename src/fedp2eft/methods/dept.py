@@ -28,7 +28,7 @@ from torch import nn
 
 from ..adapters.client_part import apply_client_part, changed_rows_entries, client_part_file
 from ..atomic import save_tensors
-from ..training import train_model
+from ..training import proximal_term, train_model
 from .interface import ClientTask
 from .registry import BaseWithParts, FederatedStage, StageContext, register_base_kind
 from .standard_fl import BaseModelConfig, load_state
@@ -49,7 +49,7 @@ def body_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: BaseModelConfig,
-                       seed: int, local_dir: str | Path):
+                       seed: int, local_dir: str | Path, proximal_mu: float = 0.0):
     """One client's DEPT round (``[base_model]``'s local epochs, batch size and rate); returns ``(body state,
     num_examples, metrics)``, stores its embeddings."""
     if len(task.train) == 0:
@@ -63,8 +63,10 @@ def dept_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)
-    losses = train_model(model, [{"params": params, "lr": s.lr}], task.train, s.local_epochs, s.batch_size, seed,
-                         weight_decay=0.0, loss=task.problem.loss)
+    local = set(embedding_parameters(model))  # the client's own part: no proximal term
+    with proximal_term(proximal_mu, [p for n, p in model.named_parameters() if n not in local]):
+        losses = train_model(model, [{"params": params, "lr": s.lr}], task.train, s.local_epochs, s.batch_size,
+                             seed, weight_decay=0.0, loss=task.problem.loss)
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"client {task.client_id}: non-finite DEPT loss")
     own, pretrained = dict(model.named_parameters()), dict(base.named_parameters())
@@ -92,7 +94,7 @@ DEPT_STAGE = register_base_kind('dept', FederatedStage(
     name="base_dept", section="base_model", per_budget=False, client_state=True, artifact="body.safetensors",
     client_settings=lambda cfg: cfg.base_model, settings_type=BaseModelConfig, initial_state=initial_body,
     client_update=lambda base, state, task, s, ctx: dept_client_update(base, state, task, s, ctx.seed,
-                                                                       ctx.client_state_dir),
+                                                                       ctx.client_state_dir, ctx.proximal_mu),
     finalize=dept_base,
 ))
 """DEPT's federated training (the stage of base source ``dept``); seeded by ``base_model.seed``."""

@@ -38,7 +38,7 @@ from ..adapters.two_level import (
     shared_level_model,
 )
 from ..atomic import save_tensors
-from ..training import adapted_modules, copy_sharing_embeddings, train_model
+from ..training import adapted_modules, copy_sharing_embeddings, proximal_term, train_model
 from .interface import ClientTask
 from .registry import BaseWithParts, FederatedStage, StageContext, register_base_kind
 from .standard_fl import BaseModelConfig
@@ -96,7 +96,7 @@ def _client_seed(cid: str, seed: int) -> int:
 
 
 def feddpa_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: BaseModelConfig,
-                         seed: int, local_dir: str | Path):
+                         seed: int, local_dir: str | Path, proximal_mu: float = 0.0):
     """One client's FedDPA-T round; returns ``(global state, num_examples, metrics)``, stores the local adapter."""
     if len(task.train) == 0:
         raise ValueError(f"client {task.client_id} has no training data")
@@ -115,8 +115,9 @@ def feddpa_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
             p.requires_grad_(True)
         for layer in layers.values():
             layer.use_local = use_local
-        out = train_model(model, [{"params": train, "lr": s.lr}], task.train, s.local_epochs, s.batch_size, seed,
-                          loss=task.problem.loss)
+        with proximal_term(proximal_mu if step == "global" else 0.0, train):  # the local adapter has none
+            out = train_model(model, [{"params": train, "lr": s.lr}], task.train, s.local_epochs, s.batch_size,
+                              seed, loss=task.problem.loss)
         if not all(math.isfinite(x) for x in out):
             raise FloatingPointError(f"client {task.client_id}: non-finite FedDPA-T {step} loss")
         losses[f"{step}_loss"] = sum(out) / max(len(out), 1)
@@ -139,7 +140,7 @@ FEDDPA_STAGE = register_base_kind('feddpa-t', FederatedStage(
     name="base_feddpa_t", section="base_model", per_budget=False, client_state=True, artifact="global.safetensors",
     client_settings=lambda cfg: cfg.base_model, settings_type=BaseModelConfig, initial_state=initial_global_state,
     client_update=lambda base, state, task, s, ctx: feddpa_client_update(base, state, task, s, ctx.seed,
-                                                                         ctx.client_state_dir),
+                                                                         ctx.client_state_dir, ctx.proximal_mu),
     finalize=feddpa_base,
 ))
 """FedDPA-T's federated training (the stage of base source ``feddpa-t``); seeded by ``base_model.seed``."""

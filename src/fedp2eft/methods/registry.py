@@ -41,12 +41,13 @@ class StageContext:
     ``initial_state`` and ``finalize``; the round's, unique per stage seed and round, for ``client_update``),
     the rank budget (per-budget stages), the run's task (``problem``: which modules are adapted, the head) and
     the client's own storage folder (stages whose clients keep state between rounds; it never leaves the
-    client)."""
+    client) and, for a client update under FedProx, the proximal term's μ (the strategy's ``proximal-mu``)."""
 
     seed: int
     budget: int | None = None
     client_state_dir: str | None = None
     problem: Any = None  # the run's Task
+    proximal_mu: float = 0.0  # FedProx's μ for a client update (``training.proximal``); 0 = none
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import require
 from ..tasks import Task
-from ..training import copy_sharing_embeddings, train_model
+from ..training import copy_sharing_embeddings, proximal_term, train_model
 from .interface import ClientTask
 from .registry import FederatedStage, StageContext, register_base_kind, register_section
 
@@ -92,13 +92,14 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
 
 
 def client_update(base: nn.Module, global_state: dict[str, torch.Tensor], task: ClientTask, hp: BaseModelConfig,
-                  seed: int):
+                  seed: int, proximal_mu: float = 0.0):
     torch.manual_seed(seed)  # dropout: the update depends only on (state, data, seed), not on history
     model = build_trainable(base, hp, task.problem)
     load_state(model, global_state)
     params = [p for p in model.parameters() if p.requires_grad]
-    losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.local_epochs, hp.batch_size, seed,
-                         loss=task.problem.loss)
+    with proximal_term(proximal_mu, params):  # every trained parameter is shared
+        losses = train_model(model, [{"params": params, "lr": hp.lr}], task.train, hp.local_epochs, hp.batch_size,
+                             seed, loss=task.problem.loss)
     metrics = {"train_loss": sum(losses) / max(len(losses), 1)}
     return federated_state(model), len(task.train), metrics
 
@@ -127,7 +128,8 @@ def final_model(base: nn.Module, state: dict[str, torch.Tensor], hp: BaseModelCo
 STANDARD_FL_STAGE = register_base_kind('standard-fl', FederatedStage(
     name="base_model", section="base_model", per_budget=False,
     client_settings=lambda cfg: cfg.base_model, settings_type=BaseModelConfig, initial_state=initial_state,
-    client_update=lambda base, state, task, hp, ctx: client_update(base, state, task, hp, ctx.seed),
+    client_update=lambda base, state, task, hp, ctx: client_update(base, state, task, hp, ctx.seed,
+                                                                          ctx.proximal_mu),
     finalize=lambda base, state, hp, folder, ctx: final_model(base, state, hp, ctx.problem), evaluate=evaluate_state,
 ))
 """Standard FL's federated training of the base model (FedAvg from the off-the-shelf model): the stage

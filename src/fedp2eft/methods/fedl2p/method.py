@@ -34,7 +34,7 @@ from ...psg import feature_modules, meta_features
 from ...psg.rate_report import rates_by_type, write_rate_report
 from ...schema import inline
 from ...tasks import Task
-from ...training import Recipe, device_of, model_inputs, to_device
+from ...training import Recipe, device_of, model_inputs, proximal_term, to_device
 from ...training.batches import EncodedData
 from ..interface import ClientTask, PersonaliseConfig
 from ..lora import lora_model, split_trainable
@@ -196,7 +196,7 @@ def rate_hypergradient(model: nn.Module, matrices: list[nn.Parameter], init: lis
 
 
 def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: FedL2PSettings,
-                         budget: int, seed: int):
+                         budget: int, seed: int, proximal_mu: float = 0.0):
     """One client's FedL2P round at rank ``budget``; returns ``(generator_state, num_examples, metrics)``."""
     if len(task.train) < 2:
         raise ValueError(f"client {task.client_id}: FedL2P needs at least 2 training rows (train/val split)")
@@ -205,15 +205,18 @@ def fedl2p_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: 
     optimisers = meta_optimisers(generator, s.meta)
     train, val = task.train.split(s.meta.val_fraction, seed)
     val_losses = []
-    for step in range(s.meta.outer_steps):
-        rates = generator(feats)
-        model, matrices, init = finetune_with_rates(base, train, rates, budget, s.recipe, seed + step, task.problem)
-        hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, seed + step, task.problem)
-        if not torch.isfinite(hyper).all():
-            raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
-        meta_step(rates, hyper, optimisers)
-        val_losses.append(val_loss)
-        del model
+    with proximal_term(proximal_mu, list(generator.parameters())):  # the generator is what travels
+        for step in range(s.meta.outer_steps):
+            rates = generator(feats)
+            model, matrices, init = finetune_with_rates(base, train, rates, budget, s.recipe, seed + step,
+                                                        task.problem)
+            hyper, val_loss = rate_hypergradient(model, matrices, init, rates, train, val, s, seed + step,
+                                                 task.problem)
+            if not torch.isfinite(hyper).all():
+                raise FloatingPointError(f"client {task.client_id}: non-finite FedL2P hypergradient")
+            meta_step(rates, hyper, optimisers)
+            val_losses.append(val_loss)
+            del model
     with torch.no_grad():
         rates = generator(feats)
     metrics = {"val_loss": sum(val_losses) / len(val_losses), "lr_mean": float(rates.mean()),
@@ -268,7 +271,7 @@ def fedl2p_stage(name: str, section: str) -> FederatedStage:
         client_settings=lambda cfg: fedl2p_settings(getattr(cfg, section), cfg.personalise),
         settings_type=FedL2PSettings, initial_state=_initial_generator,
         client_update=lambda base, state, task, s, ctx: fedl2p_client_update(base, state, task, s, ctx.budget,
-                                                                             ctx.seed),
+                                                                             ctx.seed, ctx.proximal_mu),
         finalize=_trained_generator,
         unrecorded=("lr",),  # the inner fine-tuning's adapter rates come from the generator, not personalise.lr
         report=lambda base, generator, tasks, folder, cfg: write_fedl2p_rates(base, generator, tasks, folder,

@@ -25,7 +25,7 @@ from ...errors import require
 from ...psg import client_lambdas, feature_modules, meta_features
 from ...psg.module_types import lambda_statistics
 from ...schema import inline
-from ...training import Recipe
+from ...training import Recipe, proximal_term
 from ..interface import ClientTask, PersonaliseConfig
 from ..registry import FederatedStage, MethodSpec, StageContext, register_method
 from ..tuned import tuned_spec
@@ -117,7 +117,7 @@ def settings_psg(base: nn.Module, s: PSGSettings, seed: int, state: dict[str, to
 
 
 def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task: ClientTask, s: PSGSettings,
-                      seed: int):
+                      seed: int, proximal_mu: float = 0.0):
     """One client's FedP²EFT round (``seed``: the round's); returns ``(psg_state, num_examples, metrics)``."""
     head = s.bt.recipe.head
     names = feature_modules(base, head)
@@ -127,7 +127,8 @@ def psg_client_update(base: nn.Module, psg_state: dict[str, torch.Tensor], task:
     trained, losses = train_lambdas(base, task.train, lam_hat, s.bt, seed, task.problem)
     target = torch.stack([trained[n] for n in names]).float()
     g = s.regression
-    l1 = regress_psg(psg, feats, target, g.regress_steps, g.regress_lr, g.regress_loss)
+    with proximal_term(proximal_mu, list(psg.parameters())):  # the PSG is what travels
+        l1 = regress_psg(psg, feats, target, g.regress_steps, g.regress_lr, g.regress_loss)
     metrics = {"train_loss": sum(losses) / max(len(losses), 1), "l1": l1,
                "lambda_hat_mean": float(torch.stack(list(lam_hat.values())).mean()),
                **lambda_statistics(names, target)}
@@ -213,7 +214,8 @@ def psg_stage(name: str, section: str) -> FederatedStage:
         name=name, section=section, per_budget=False, artifact="psg.safetensors",
         client_settings=lambda cfg: getattr(cfg, section).psg_settings(cfg.personalise),
         settings_type=PSGSettings, initial_state=_new_psg_state, finalize=_trained_psg,
-        client_update=lambda base, state, task, s, ctx: psg_client_update(base, state, task, s, ctx.seed),
+        client_update=lambda base, state, task, s, ctx: psg_client_update(base, state, task, s, ctx.seed,
+                                                                                        ctx.proximal_mu),
         after=write_lambda_trajectory, report=lambda base, psg, tasks, folder, cfg: write_lambda_report(
             base, psg, tasks, folder, cfg.personalise.recipe.head),
         round_metrics=("train_loss", "l1", "lambda_mean"),

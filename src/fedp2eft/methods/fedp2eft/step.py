@@ -46,7 +46,7 @@ from ...psg.module_types import MODULE_TYPES, module_type
 from ...psg.rate_report import write_rate_report
 from ...schema import inline
 from ...tasks import Task
-from ...training import Recipe, model_inputs, to_device
+from ...training import Recipe, model_inputs, proximal_term, to_device
 from ...training.batches import EncodedData
 from ..interface import ClientTask, PersonaliseConfig
 from ..lora import lora_model
@@ -235,7 +235,7 @@ def regress_head(head: StepHead, feats: torch.Tensor, targets: dict[str, float],
 
 
 def step_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: StepSettings,
-                       budget: int, seed: int):
+                       budget: int, seed: int, proximal_mu: float = 0.0):
     """One client's round (steps 1-5 above) at rank budget ``budget``; returns ``(state, num_examples,
     metrics)``."""
     if len(task.train) < 2:
@@ -253,7 +253,8 @@ def step_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: Cl
                                    s.bt.recipe.batch_size)
     del model
     targets = {k: rates[k] * scale[k] for k in scale}
-    err = regress_head(head, feats, targets, t.regress_steps, t.regress_lr)
+    with proximal_term(proximal_mu, list(head.parameters())):  # the step head is what travels (not the PSG)
+        err = regress_head(head, feats, targets, t.regress_steps, t.regress_lr)
     kept = list(scale)
     metrics = {**seen, "l1": err, "lr_mean": math.exp(sum(math.log(rates[k]) for k in kept) / max(len(kept), 1)),
                "target_lr_mean": math.exp(sum(math.log(targets[k]) for k in kept) / max(len(kept), 1))}
@@ -322,7 +323,7 @@ def step_stage(name: str, section: str, structure: str) -> FederatedStage:
         name=name, section=section, per_budget=True, artifact="step.safetensors",
         client_settings=step_settings(section, structure), settings_type=StepSettings, initial_state=_initial_head,
         client_update=lambda base, state, task, s, ctx: step_client_update(base, state, task, s, ctx.budget,
-                                                                           ctx.seed),
+                                                                           ctx.seed, ctx.proximal_mu),
         finalize=_trained,
         needs=PSG_STAGE.name if on_psg else None,
         report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,

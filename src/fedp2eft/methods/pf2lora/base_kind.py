@@ -46,9 +46,10 @@ def pf2lora_base_settings(cfg) -> PF2LoRABaseSettings:
     return PF2LoRABaseSettings(cfg.pf2lora.training, cfg.base_model.lora_rank)
 
 
-def pf2lora_base_update(base: nn.Module, state, task, s: PF2LoRABaseSettings, seed: int, local_dir):
+def pf2lora_base_update(base: nn.Module, state, task, s: PF2LoRABaseSettings, seed: int, local_dir,
+                        proximal_mu: float = 0.0):
     """A PF2LoRA round (``pf2lora_client_update``), then the client's level 2 written as its part."""
-    out = pf2lora_client_update(base, state, task, s.client, s.rank, seed, local_dir)
+    out = pf2lora_client_update(base, state, task, s.client, s.rank, seed, local_dir, proximal_mu)
     stored = load_file(str(local_state_path(local_dir, task.client_id)))
     save_tensors(client_part_file(local_dir, task.client_id), local_part(stored, default_local_scaling()))
     return out
@@ -66,7 +67,7 @@ PF2LORA_BASE_STAGE = register_base_kind('pf2lora', FederatedStage(
     client_settings=pf2lora_base_settings, settings_type=PF2LoRABaseSettings,
     initial_state=lambda base, s, ctx: initial_shared_state(base, s.client, s.rank, ctx.seed),
     client_update=lambda base, state, task, s, ctx: pf2lora_base_update(base, state, task, s, ctx.seed,
-                                                                        ctx.client_state_dir),
+                                                                        ctx.client_state_dir, ctx.proximal_mu),
     finalize=pf2lora_base,
 ), sections=("pf2lora",))
 """PF2LoRA's federated training as a base source's stage; seeded by ``base_model.seed``."""

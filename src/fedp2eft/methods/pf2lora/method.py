@@ -31,7 +31,7 @@ from ...adapters.two_level import TwoLevelLinear, attach_two_level, level_state,
 from ...atomic import save_tensors
 from ...errors import UserError, require
 from ...schema import inline
-from ...training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, to_device
+from ...training import adapted_modules, copy_sharing_embeddings, device_of, model_inputs, proximal_term, to_device
 from ...training.batches import EncodedData
 from ..interface import ClientTask, PersonaliseConfig
 from ..registry import FederatedStage, MethodSpec, StageContext, register_method
@@ -139,7 +139,7 @@ def _cycle(data: EncodedData, batch_size: int, seed: int, device: torch.device):
 
 
 def pf2lora_client_update(base: nn.Module, state: dict[str, torch.Tensor], task: ClientTask, s: PF2LoRASettings,
-                          rank: int, seed: int, local_dir: str | Path):
+                          rank: int, seed: int, local_dir: str | Path, proximal_mu: float = 0.0):
     """One client's PF2LoRA round at level-1 rank ``rank``; returns ``(shared_state, num_examples, metrics)``
     and stores level 2."""
     if len(task.train) == 0:
@@ -159,8 +159,10 @@ def pf2lora_client_update(base: nn.Module, state: dict[str, torch.Tensor], task:
         return task.problem.loss(model(**model_inputs(batch)), batch)
 
     model.train()
-    losses = bilevel_local_steps(shared + head, local, loss_fn, _cycle(task.train, t.batch_size, seed, device_of(model)),
-                                 t.steps, t.inner_steps, upper, t.lower_lr)
+    with proximal_term(proximal_mu, shared + head):  # level 1 and the head travel; level 2 is the client's
+        losses = bilevel_local_steps(shared + head, local, loss_fn,
+                                     _cycle(task.train, t.batch_size, seed, device_of(model)), t.steps, t.inner_steps,
+                                     upper, t.lower_lr)
     if not all(math.isfinite(x) for x in losses):
         raise FloatingPointError(f"client {task.client_id}: non-finite PF2LoRA loss")
     save_tensors(path, level_state(layers, "local"))
@@ -208,7 +210,7 @@ PF2LORA_STAGE = FederatedStage(
     settings_type=PF2LoRASettings,
     initial_state=lambda base, s, ctx: initial_shared_state(base, s, ctx.budget, ctx.seed),
     client_update=lambda base, state, task, s, ctx: pf2lora_client_update(base, state, task, s, ctx.budget, ctx.seed,
-                                                                          ctx.client_state_dir),
+                                                                          ctx.client_state_dir, ctx.proximal_mu),
     finalize=_trained_pf2lora,
 )
 
