@@ -16,6 +16,7 @@ from fedp2eft.config import RoundSettings, load_config
 from fedp2eft.errors import UserError
 from fedp2eft.fl.engines import check_strategies, loop_settings, stage_strategy
 from fedp2eft.fl.inprocess import InProcessGrid
+from fedp2eft.fl.privacy import dp_clipping_mod
 from fedp2eft.fl.records import from_arrays, train_reply
 from fedp2eft.fl.server_loop import LoopSettings, run_rounds
 from fedp2eft.fl.strategies import StrategyChoice
@@ -40,16 +41,18 @@ def delta(pid: int, round_: int, key: str, shape) -> np.ndarray:
 SEEN_MU: list = []  # the proximal-mu each client update received
 
 
-def fixed_updates_app(bad: dict[int, str] | None = None):
-    """Clients return the global state + ``delta``; ``bad[pid]`` = "nan" or "huge" spoils one client's."""
+def fixed_updates_app(bad: dict[int, str] | None = None, scale: float = 1.0):
+    """Clients return the global state + ``scale`` × ``delta``; ``bad[pid]`` = "nan" or "huge" spoils one
+    client's."""
     app = seen_clients_app()
 
-    @app.train()
+    @app.train(mods=[dp_clipping_mod])  # as the real ClientApp: Flower's clipping when a DP round asks for it
     def train(msg: Message, ctx: Context) -> Message:
         pid = ctx.node_config["partition-id"]
         round_ = json.loads(msg.content.config_records["config"]["job"])["round"]
         state = from_arrays(msg.content.array_records["arrays"])
-        new = {k: v + torch.from_numpy(delta(pid, round_, k, tuple(v.shape))).to(v.dtype) for k, v in state.items()}
+        new = {k: v + scale * torch.from_numpy(delta(pid, round_, k, tuple(v.shape))).to(v.dtype)
+               for k, v in state.items()}
         SEEN_MU.append(msg.content.config_records["config"].get("proximal-mu"))
         if (bad or {}).get(pid) == "nan":
             new["w"][0, 0] = float("nan")

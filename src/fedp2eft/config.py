@@ -182,11 +182,47 @@ class Aggregation:
         return self.for_stage(stage) == ("fedavg", {}) and self.max_update_norm_ratio == 1000.0
 
 
+DP_MODES = ("off", "client-fixed", "server-fixed", "client-adaptive", "server-adaptive")
+
+
+@dataclass(frozen=True)
+class Privacy:
+    """Central differential privacy for every stage (keys in ``[federation]``; ``fl.strategies`` wraps the
+    stage's strategy with Flower's DP wrapper and the clients apply Flower's clipping mod): each update is
+    clipped to ``dp_clipping_norm`` C (on the client, or on the server), the unweighted mean of the round's
+    k updates gets Gaussian noise of std z·C/k (z = ``dp_noise_multiplier``), and an RDP accountant
+    (Flower's, over ``dp-accounting``) tracks (ε, δ) over the rounds."""
+
+    dp: str = "off"  # off, client-fixed, server-fixed, client-adaptive, server-adaptive
+    dp_noise_multiplier: float = 1.0  # z
+    dp_clipping_norm: float = 1.0  # C (adaptive clipping: its starting value)
+    dp_target_delta: float = 1e-5  # the δ at which ε is reported
+    dp_target_epsilon: float = 0.0  # > 0: a stage whose ε after all its rounds would exceed it is refused
+    dp_target_clipped_quantile: float = 0.5  # adaptive clipping (Andrew et al. 2021)
+    dp_clip_norm_lr: float = 0.2  # adaptive clipping
+    dp_clipped_count_stddev: float = 0.0  # adaptive clipping; 0 = Flower's default (k / 20)
+
+    def __post_init__(self) -> None:
+        require(self.dp in DP_MODES, "dp", f"must be one of {list(DP_MODES)}")
+        require(self.dp_noise_multiplier > 0, "dp_noise_multiplier", "must be > 0")
+        require(self.dp_clipping_norm > 0, "dp_clipping_norm", "must be > 0")
+        require(0 < self.dp_target_delta < 1, "dp_target_delta", "must be in (0, 1)")
+        require(self.dp_target_epsilon >= 0, "dp_target_epsilon", "must be >= 0 (0 = no limit)")
+        require(0 <= self.dp_target_clipped_quantile <= 1, "dp_target_clipped_quantile", "must be in [0, 1]")
+        require(self.dp_clip_norm_lr > 0, "dp_clip_norm_lr", "must be > 0")
+        require(self.dp_clipped_count_stddev >= 0, "dp_clipped_count_stddev", "must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.dp != "off"
+
+
 @dataclass(frozen=True)
 class FederationConfig:
     engine: str = "inprocess"  # "inprocess" | "simulation" | "deployment"
     round: RoundSettings = inline(RoundSettings)  # fraction, min_clients, timeouts, checkpoints, evaluation
     aggregation: Aggregation = inline(Aggregation)  # strategy, strategy_args, stage_strategies, update screen
+    privacy: Privacy = inline(Privacy)  # dp, dp_noise_multiplier, dp_clipping_norm, dp_target_delta/epsilon, ...
     num_cpus: float = 1.0  # simulation: per-client resources
     num_gpus: float = 0.0
 

@@ -113,6 +113,15 @@ def client_record(language: str, scores: dict[str, list[float]] | list[float]) -
     return {"language": language, "n": n, "sums": {m: float(sum(v)) for m, v in scores.items()}}
 
 
+def run_stages(method: str, budget: int | None) -> list[tuple[str, int | None]]:
+    """The federated stages a method's run rests on (besides the base model): its own and the one it needs."""
+    stage = get_spec(method).stage
+    if stage is None:
+        return []
+    own = [(stage.name, budget if stage.per_budget else None)]
+    return own + ([(stage.needs, None)] if stage.needs is not None else [])
+
+
 def new_results(cfg: Config) -> dict[str, Any]:
     problem = task_for(cfg)
     results = {"metric": problem.metric, "config": cfg.to_dict(), "environment": environment(), "runs": []}
@@ -228,6 +237,9 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                     run["settings"] = run_settings(cfg, method)
                 if selection:
                     run["selection"] = selection
+                privacy = seed_layout.privacy(run_stages(method, budget), seed)
+                if privacy:  # the (ε, δ) the federated trainings it rests on spent
+                    run["privacy"] = privacy
                 add_run(out_dir, results, run)
                 progress.done()
             del base, resources

@@ -77,6 +77,8 @@ def round_line(r: dict, rounds: int | None = None, elapsed: float | None = None,
     n = len(r["sampled"])
     parts = [f"  round {r['round']}{of}: {n} client{'s' if n != 1 else ''}"]
     parts += [f"{k} {r[k]:.4g}" for k in keys if isinstance(r.get(k), int | float)]
+    if isinstance(r.get("privacy"), dict):  # differential privacy: what the stage has spent so far
+        parts.append(f"epsilon {r['privacy']['epsilon']:.3g} (delta {r['privacy']['delta']:g})")
     if isinstance(r.get("eval"), dict):
         e = r["eval"]
         scores = ", ".join(f"{k} {100 * v:.1f}%" for k, v in e.items() if k not in ("pool", "n"))

@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from ..memory import trim_freed_memory
 from . import worker
+from .privacy import dp_clipping_mod
 from .records import RecordState, read_job, train_reply
 
 app = ClientApp()
@@ -40,7 +41,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"client": ConfigRecord({"client-id": cid, "pool": pool})}), reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[dp_clipping_mod])  # Flower's client-side DP clipping, when the round's strategy asks for it
 def train(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)

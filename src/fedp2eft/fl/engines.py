@@ -34,7 +34,8 @@ def loop_settings(cfg: Config, stage: FederatedStage, seed: int) -> LoopSettings
         r = replace(r, eval_pool="", eval_every=0)
     return LoopSettings(rounds=stage.rounds(cfg), round=r, seed=seed, snapshot_every=stage.snapshot_every(cfg),
                         strategy=stage_strategy(cfg, stage.name),
-                        frozen_prefix=prior_key(stage.needs, "") if stage.needs is not None else "")
+                        frozen_prefix=prior_key(stage.needs, "") if stage.needs is not None else "",
+                        privacy=cfg.federation.privacy, name=stage.name)
 
 
 def stage_strategy(cfg: Config, stage: str) -> StrategyChoice:

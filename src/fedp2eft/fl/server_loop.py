@@ -24,20 +24,32 @@ import numpy as np
 import torch
 from flwr.app import Message, RecordDict
 
-from ..atomic import save_tensors
-from ..config import RoundSettings
+from ..atomic import save_tensors, write_json
+from ..config import Privacy, RoundSettings
 from ..errors import UserError
 from ..memory import trim_freed_memory
 from ..setup.jobs import Job
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
+from .privacy import (
+    check_budget,
+    client_config,
+    clip_reply,
+    new_accountant,
+    round_event,
+    seeded_noise,
+    spent,
+    zero_update,
+)
 from .records import job_config, to_arrays
 from .strategies import (
     StrategyChoice,
     aggregate,
     begin_round,
     make_strategy,
+    restore_strategy_meta,
     restore_strategy_state,
     screen,
+    strategy_meta,
     strategy_state,
     trainable,
 )
@@ -55,6 +67,8 @@ class LoopSettings:
     snapshot_every: int = 0  # > 0: keep the global state of every k-th round in <out>/snapshots/
     strategy: StrategyChoice = field(default_factory=StrategyChoice)
     frozen_prefix: str = ""
+    privacy: Privacy | None = None  # differential privacy (``fl.privacy``); None or dp = "off": none
+    name: str = "stage"  # what errors call it
 
 
 def wait_for_nodes(grid, expected: int, minimum: int, timeout_s: float = 300.0, settle_s: float = 10.0) -> list[int]:
@@ -113,15 +127,13 @@ def run_rounds(
     checkpoint to resume (the loop then holds the only copy)."""
     ckpt_dir = out_dir / "checkpoint"
     metrics_path = out_dir / "rounds.jsonl"
-    start = 1
-    strategy = make_strategy(settings.strategy)
+    start, meta = 1, {}
     loaded = load_checkpoint(ckpt_dir) if resume else None
     state = None if loaded is not None else initial_state() if callable(initial_state) else initial_state
     del initial_state  # a callable's result is then held only here (and replaced every round)
     if loaded is not None:
         done, state, meta = loaded
         restore_rng(meta["rng"])
-        restore_strategy_state(strategy, meta["server_state"])
         start = done + 1
         if metrics_path.is_file():  # drop metric lines of rounds after the checkpoint
             keep = [ln for ln in metrics_path.read_text().splitlines() if ln and json.loads(ln)["round"] <= done]
@@ -132,12 +144,29 @@ def run_rounds(
     seen = sorted(n for n, (_, pool) in node_clients.items() if pool == "seen")
     if not seen:
         raise UserError("no seen-pool client among the nodes: nothing can train")
+    k = len(sample(seen, settings, 1))  # every round samples this many
+    dp = settings.privacy if settings.privacy is not None and settings.privacy.enabled else None
+    strategy = make_strategy(settings.strategy, dp, k)
+    accountant = None
+    if dp is not None:
+        check_budget(dp, settings.rounds, k, len(seen), settings.name)  # before any round
+        accountant = new_accountant(dp, len(seen))
+    if loaded is not None:
+        restore_strategy_state(strategy, meta["server_state"])
+        restore_strategy_meta(strategy, meta.get("server", {}))
+        if accountant is not None and meta.get("server", {}).get("accountant"):
+            accountant.load_state_dict(meta["server"]["accountant"])
     for round_ in range(start, settings.rounds + 1):
         t0 = time.perf_counter()
         chosen = sample(seen, settings, round_)
         content = RecordDict({"arrays": to_arrays(state), "config": job_config(job.for_round(round_))})
+        content.config_records["config"].update(client_config(dp))
         state = None  # the round's message now holds the only copy of the global state
         state, record = _train_round(grid, content, round_, chosen, node_clients, settings, strategy, metrics_path)
+        if accountant is not None:
+            accountant.compose(round_event(dp, k, len(seen)))
+            record["privacy"] = {"epsilon": float(accountant.get_epsilon(dp.dp_target_delta)),
+                                 "delta": dp.dp_target_delta, "clipping_norm": float(strategy.clipping_norm)}
         del content
         trim_freed_memory()  # the round's messages and the clients' copies
         if settings.round.eval_pool and settings.round.eval_every and round_ % settings.round.eval_every == 0:
@@ -148,8 +177,11 @@ def run_rounds(
             save_tensors(out_dir / "snapshots" / f"round{round_:04d}.safetensors", state,
                          metadata={"round": str(round_)})
         if round_ % settings.round.checkpoint_every == 0 or round_ == settings.rounds:
-            save_checkpoint(ckpt_dir, round_, state, {"job": job.to_dict()}, strategy_state(strategy))
+            server = {**strategy_meta(strategy), **({"accountant": accountant.state_dict()} if accountant else {})}
+            save_checkpoint(ckpt_dir, round_, state, {"job": job.to_dict(), "server": server}, strategy_state(strategy))
         on_round(record)
+    if accountant is not None:
+        write_json(out_dir / "privacy.json", spent(dp, accountant, strategy, settings.rounds, k, len(seen)))
     return state
 
 
@@ -169,6 +201,7 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
     reasons = {ok[i].metadata.src_node_id: why for i, why in refused.items()}
     ok = [r for i, r in enumerate(ok) if i not in refused]
     ok_nodes = {r.metadata.src_node_id for r in ok}
+    dp = settings.privacy if settings.privacy is not None and settings.privacy.enabled else None
     failed = {node_clients[n][0]: reasons.get(n) or _reason(replies, n) for n in chosen if n not in ok_nodes}
     record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": failed}
     if len(failed) > settings.round.max_failure_fraction * len(chosen) or not ok:
@@ -179,8 +212,12 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
         )
     clients = {node_clients[r.metadata.src_node_id][0]: _client_metrics(r) for r in ok}
     del replies
-    with _quiet("flwr"):
-        merged, metrics = aggregate(strategy, round_, ok, trained, frozen)
+    if dp is not None and dp.dp.startswith("server-"):  # the server clips (``fl.privacy``)
+        ok = [clip_reply(r, trained, strategy.clipping_norm, dp.dp.endswith("adaptive")) for r in ok]
+    if dp is not None:  # a fixed denominator: a missing update counts as none (the global state)
+        ok += [zero_update(trained, n, dp.dp.endswith("adaptive")) for n in chosen if n not in ok_nodes]
+    with _quiet("flwr"), seeded_noise(settings.seed, round_):
+        merged, metrics = aggregate(strategy, round_, ok, trained, frozen, uniform=dp is not None)
     del ok
     state = {k: merged[k] for k in arrays.keys()}  # the global state's key order
     record.update(metrics)

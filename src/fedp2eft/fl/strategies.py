@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
     FedAdagrad,
     FedAdam,
@@ -40,7 +40,9 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from ..config import Privacy
 from ..errors import UserError
+from .privacy import with_privacy
 from .records import from_arrays
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -83,9 +85,15 @@ def check_choice(choice: StrategyChoice, where: str) -> None:
             raise UserError(f"config key {where}: parameter {key!r} must be a number, got {value!r}")
 
 
-def make_strategy(choice: StrategyChoice) -> Strategy:
+def make_strategy(choice: StrategyChoice, privacy: Privacy | None = None, sample_size: int = 0) -> Strategy:
+    """The Flower strategy of ``choice``; under differential privacy wrapped in Flower's DP wrapper for
+    ``sample_size`` clients a round (``fl.privacy``)."""
     check_choice(choice, "federation.strategy")
-    return STRATEGIES[choice.name](**dict(choice.args), fraction_train=1.0, min_train_nodes=1, min_available_nodes=1)
+    strategy = STRATEGIES[choice.name](**dict(choice.args), fraction_train=1.0, min_train_nodes=1,
+                                       min_available_nodes=1)
+    if privacy is not None and privacy.enabled:
+        strategy = with_privacy(strategy, choice.name, privacy, sample_size)
+    return strategy
 
 
 class _SampledGrid:
@@ -146,11 +154,13 @@ def screen(global_arrays: ArrayRecord, replies: list[Message], keys: list[str], 
 
 
 def aggregate(strategy: Strategy, round_: int, replies: list[Message], trained: ArrayRecord,
-              frozen: ArrayRecord | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+              frozen: ArrayRecord | None = None, uniform: bool = False
+              ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """The strategy's aggregate of ``replies`` over the ``trained`` keys (in their order: strategies that
     keep state by position, FedAvgM, see the same order every round), with ``frozen`` (a needed stage's
-    arrays, as the server sent them) left out of the aggregation and put back unchanged."""
-    replies = [_only(r, list(trained.keys())) for r in replies]
+    arrays, as the server sent them) left out of the aggregation and put back unchanged. ``uniform``: every
+    update weighs 1 (differential privacy), not its client's number of examples."""
+    replies = [_only(r, list(trained.keys()), uniform) for r in replies]
     arrays, metrics = strategy.aggregate_train(round_, replies)
     if arrays is None:
         raise UserError(f"round {round_}: the strategy returned no aggregate")
@@ -158,13 +168,13 @@ def aggregate(strategy: Strategy, round_: int, replies: list[Message], trained: 
     return state | from_arrays(arrays), {k: float(v) for k, v in (metrics or {}).items()}
 
 
-def _only(reply: Message, keys: list[str]) -> Message:
-    """The reply with the arrays of ``keys`` only, in that order (the same Array objects: no copy)."""
+def _only(reply: Message, keys: list[str], uniform: bool = False) -> Message:
+    """The reply with the arrays of ``keys`` only, in that order (the same Array objects: no copy);
+    ``uniform``: its weight (``num-examples``) set to 1."""
     arrays = reply.content.array_records["arrays"]
-    content = RecordDict({
-        "arrays": ArrayRecord({k: arrays[k] for k in keys}),
-        **{name: rec for name, rec in reply.content.metric_records.items()},
-    })
+    metrics = {name: MetricRecord({**rec, "num-examples": 1}) if uniform else rec
+               for name, rec in reply.content.metric_records.items()}
+    content = RecordDict({"arrays": ArrayRecord({k: arrays[k] for k in keys}), **metrics})
     return Message(content=content, dst_node_id=reply.metadata.src_node_id, message_type="train")
 
 
@@ -179,9 +189,29 @@ def trainable(arrays: ArrayRecord, frozen_prefix: str) -> tuple[ArrayRecord, Arr
     return train, keep
 
 
+def _chain(strategy: Strategy) -> list[Strategy]:
+    """The strategy and those it wraps (a DP wrapper's ``strategy``)."""
+    out = [strategy]
+    while isinstance(getattr(out[-1], "strategy", None), Strategy):
+        out.append(out[-1].strategy)
+    return out
+
+
+def strategy_meta(strategy: Strategy) -> dict:
+    """The strategy's scalar server state: adaptive clipping's current clipping norm."""
+    return {"clipping_norm": float(strategy.clipping_norm)} if hasattr(strategy, "clip_norm_lr") else {}
+
+
+def restore_strategy_meta(strategy: Strategy, meta: dict) -> None:
+    if "clipping_norm" in meta:
+        strategy.clipping_norm = float(meta["clipping_norm"])
+
+
 def strategy_state(strategy: Strategy) -> dict[str, torch.Tensor]:
-    """The server state the strategy carries between rounds, as tensors (``<attr>/<key or index>``)."""
+    """The server state the strategy (or the one it wraps) carries between rounds, as tensors
+    (``<attr>/<key or index>``)."""
     out: dict[str, torch.Tensor] = {}
+    strategy = _chain(strategy)[-1]
     for attr in _STATE_ATTRS:
         value = getattr(strategy, attr, None)
         if isinstance(value, dict):
@@ -193,6 +223,7 @@ def strategy_state(strategy: Strategy) -> dict[str, torch.Tensor]:
 
 def restore_strategy_state(strategy: Strategy, tensors: dict[str, torch.Tensor]) -> None:
     """Put ``strategy_state``'s tensors back into a fresh strategy of the same kind."""
+    strategy = _chain(strategy)[-1]
     for attr in _STATE_ATTRS:
         mine = {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.split("/", 1)[0] == attr}
         if not mine:

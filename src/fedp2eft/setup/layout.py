@@ -6,11 +6,13 @@
 - ``<stage>/seed<S>/`` for a stage trained once per seed (``psg``, ``psg-paper``), and
   ``<stage>/seed<S>/r<B>/`` for one trained per budget (``fedl2p``, ``pf2lora``; PF2LoRA's clients keep
   their level 2 in ``…/clients/``). Every stage folder has ``settings.json``, ``checkpoint/`` and
-  ``rounds.jsonl``, and its final state in the stage's artifact file.
+  ``rounds.jsonl``, and its final state in the stage's artifact file; one trained under differential
+  privacy also ``privacy.json`` (its mechanism and the (ε, δ) it spent).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,3 +39,10 @@ class RunLayout:
     def stage(self, name: str, seed: int, budget: int | None = None) -> Path:
         folder = self.root / name / f"seed{seed}"
         return folder / f"r{budget}" if budget is not None else folder
+
+    def privacy(self, stages: list[tuple[str, int | None]], seed: int) -> dict:
+        """``{stage: its privacy.json}`` of the base model's stage and of ``stages`` (name, budget), for
+        those trained under differential privacy."""
+        folders = {"base_model": self.base_stage, **{n: self.stage(n, seed, b) for n, b in stages}}
+        return {n: json.loads((f / "privacy.json").read_text()) for n, f in folders.items()
+                if (f / "privacy.json").is_file()}

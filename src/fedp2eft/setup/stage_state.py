@@ -77,13 +77,18 @@ def sampling_settings(cfg) -> dict:
 
 
 def aggregation_settings(cfg, stage: str) -> dict:
-    """How ``stage``'s server aggregates (``{"aggregation": ...}``), or ``{}`` for plain FedAvg with the
-    default update screen: what every stage trained before strategies existed, so their records stay valid."""
-    agg = cfg.federation.aggregation
-    if agg.is_default(stage):
-        return {}
-    name, args = agg.for_stage(stage)
-    return {"aggregation": {"strategy": name, "strategy_args": args, "max_update_norm_ratio": agg.max_update_norm_ratio}}
+    """How ``stage``'s server aggregates (``{"aggregation": ..., "privacy": ...}``); each part only when it
+    is not the default (plain FedAvg with the default update screen, no differential privacy): what every
+    stage trained before strategies existed, so their records stay valid."""
+    agg, privacy = cfg.federation.aggregation, cfg.federation.privacy
+    out = {}
+    if not agg.is_default(stage):
+        name, args = agg.for_stage(stage)
+        out["aggregation"] = {"strategy": name, "strategy_args": args,
+                              "max_update_norm_ratio": agg.max_update_norm_ratio}
+    if privacy.enabled:
+        out["privacy"] = dataclasses.asdict(privacy)
+    return out
 
 
 def base_settings(cfg) -> dict:
