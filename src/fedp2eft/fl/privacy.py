@@ -16,6 +16,9 @@ adds to Flower's wrappers, kept thin:
   so each round is composed as a sampled Gaussian event of noise multiplier z/2 (a conservative reading
   of Flower's noise std z·C/k). Adaptive clipping's effective noise (the wrapper splits z between the
   updates and the clipped count) composes to z (Andrew et al., §3), accounted the same way.
+- **Only non-finite updates are refused.** The norm-ratio screen compares a client's update with the
+  others', so one client's data would decide whether another's counts; under DP it is off (clipping
+  bounds every update).
 - **Server-side clipping is the loop's.** Flower 1.41's server-side wrappers clip with
   ``min(1, C / ‖Δ‖)``, which divides by zero for an update that did not move (a client with nothing to
   learn, and the fixed denominator's stand-ins above). So under ``server-fixed`` / ``server-adaptive`` the

@@ -197,11 +197,14 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
     replies = list(grid.send_and_receive(msgs, timeout=settings.round.client_timeout_s))
     del msgs
     ok = [r for r in replies if not r.has_error()]
-    refused = screen(arrays, ok, list(trained.keys()), settings.strategy.max_update_norm_ratio)
+    dp = settings.privacy if settings.privacy is not None and settings.privacy.enabled else None
+    # under DP only a client's own update decides its refusal (the norm ratio would let one client's data
+    # decide another's inclusion); clipping bounds every update instead
+    ratio = 0.0 if dp is not None else settings.strategy.max_update_norm_ratio
+    refused = screen(arrays, ok, list(trained.keys()), ratio)
     reasons = {ok[i].metadata.src_node_id: why for i, why in refused.items()}
     ok = [r for i, r in enumerate(ok) if i not in refused]
     ok_nodes = {r.metadata.src_node_id for r in ok}
-    dp = settings.privacy if settings.privacy is not None and settings.privacy.enabled else None
     failed = {node_clients[n][0]: reasons.get(n) or _reason(replies, n) for n in chosen if n not in ok_nodes}
     record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": failed}
     if len(failed) > settings.round.max_failure_fraction * len(chosen) or not ok:
