@@ -18,6 +18,7 @@ from fedp2eft.fl.engines import check_strategies, loop_settings, stage_strategy
 from fedp2eft.fl.inprocess import InProcessGrid
 from fedp2eft.fl.privacy import dp_clipping_mod
 from fedp2eft.fl.records import from_arrays, train_reply
+from fedp2eft.fl.secure_aggregation import secagg_mod
 from fedp2eft.fl.server_loop import LoopSettings, run_rounds
 from fedp2eft.fl.strategies import StrategyChoice
 from fedp2eft.methods.registry import get_stage
@@ -46,7 +47,7 @@ def fixed_updates_app(bad: dict[int, str] | None = None, scale: float = 1.0):
     client's."""
     app = seen_clients_app()
 
-    @app.train(mods=[dp_clipping_mod])  # as the real ClientApp: Flower's clipping when a DP round asks for it
+    @app.train(mods=[secagg_mod, dp_clipping_mod])  # as the real ClientApp: SecAgg+, DP clipping when asked
     def train(msg: Message, ctx: Context) -> Message:
         pid = ctx.node_config["partition-id"]
         round_ = json.loads(msg.content.config_records["config"]["job"])["round"]

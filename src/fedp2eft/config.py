@@ -218,11 +218,32 @@ class Privacy:
 
 
 @dataclass(frozen=True)
+class SecureAggregation:
+    """Flower's SecAgg+ for every stage's updates (keys in ``[federation]``; ``fl.secure_aggregation``): the
+    server learns only the weighted mean. Shares and threshold: a count, or a fraction of the round's clients."""
+
+    secure_aggregation: bool = False
+    secagg_num_shares: float = 1.0  # each client's secret is shared with this many (<= 1: fraction) others
+    secagg_reconstruction_threshold: float = 0.7  # shares needed to unmask (<= 1: fraction of num_shares)
+    secagg_max_weight: float = 1000.0  # the largest num-examples a client weighs (quantisation scale)
+    secagg_clipping_range: float = 8.0  # each update coordinate is clipped to +-this before quantising
+    secagg_quantization_range: int = 4194304  # quantisation levels (2^22)
+
+    def __post_init__(self) -> None:
+        require(self.secagg_num_shares > 0, "secagg_num_shares", "must be > 0")
+        require(self.secagg_reconstruction_threshold > 0, "secagg_reconstruction_threshold", "must be > 0")
+        require(self.secagg_max_weight > 0, "secagg_max_weight", "must be > 0")
+        require(self.secagg_clipping_range > 0, "secagg_clipping_range", "must be > 0")
+        require(self.secagg_quantization_range >= 2, "secagg_quantization_range", "must be >= 2")
+
+
+@dataclass(frozen=True)
 class FederationConfig:
     engine: str = "inprocess"  # "inprocess" | "simulation" | "deployment"
     round: RoundSettings = inline(RoundSettings)  # fraction, min_clients, timeouts, checkpoints, evaluation
     aggregation: Aggregation = inline(Aggregation)  # strategy, strategy_args, stage_strategies, update screen
     privacy: Privacy = inline(Privacy)  # dp, dp_noise_multiplier, dp_clipping_norm, dp_target_delta/epsilon, ...
+    secure: SecureAggregation = inline(SecureAggregation)  # secure_aggregation, secagg_* (SecAgg+)
     num_cpus: float = 1.0  # simulation: per-client resources
     num_gpus: float = 0.0
 

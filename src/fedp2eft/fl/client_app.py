@@ -17,6 +17,7 @@ from ..memory import trim_freed_memory
 from . import worker
 from .privacy import dp_clipping_mod
 from .records import RecordState, read_job, train_reply
+from .secure_aggregation import secagg_mod
 
 app = ClientApp()
 
@@ -41,7 +42,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"client": ConfigRecord({"client-id": cid, "pool": pool})}), reply_to=msg)
 
 
-@app.train(mods=[dp_clipping_mod])  # Flower's client-side DP clipping, when the round's strategy asks for it
+@app.train(mods=[secagg_mod, dp_clipping_mod])  # Flower's SecAgg+ and client-side DP clipping, when a round asks
 def train(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)

@@ -35,7 +35,7 @@ def loop_settings(cfg: Config, stage: FederatedStage, seed: int) -> LoopSettings
     return LoopSettings(rounds=stage.rounds(cfg), round=r, seed=seed, snapshot_every=stage.snapshot_every(cfg),
                         strategy=stage_strategy(cfg, stage.name),
                         frozen_prefix=prior_key(stage.needs, "") if stage.needs is not None else "",
-                        privacy=cfg.federation.privacy, name=stage.name)
+                        privacy=cfg.federation.privacy, secure=cfg.federation.secure, name=stage.name)
 
 
 def stage_strategy(cfg: Config, stage: str) -> StrategyChoice:

@@ -14,13 +14,23 @@ import traceback
 import uuid
 from collections.abc import Iterable
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.grid import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
 ERROR_CLIENT_APP_RAISED = 300  # the code Flower uses for "ClientApp raised an exception"
+
+
+def as_delivered(content: RecordDict) -> RecordDict:
+    """What a node receives over a network is its own copy: here its config and metric records are copied
+    (a client mod may change them: SecAgg+'s pops its stage from the config), its arrays shared read-only
+    (no copy of the global state per client)."""
+    out = RecordDict()
+    for key, record in content.items():
+        out[key] = record if isinstance(record, ArrayRecord) else type(record)(dict(record))
+    return out
 
 
 class InProcessGrid(Grid):
@@ -35,6 +45,7 @@ class InProcessGrid(Grid):
         self._partition = {nid: i for i, nid in enumerate(self._node_ids)}
         self._run_config = dict(run_config or {})
         self._replies: dict[str, Message] = {}
+        self._contexts: dict[int, Context] = {}
 
     def set_run(self, run: Run) -> None:
         self._run = run
@@ -50,9 +61,13 @@ class InProcessGrid(Grid):
         return list(self._node_ids)
 
     def _context(self, node_id: int) -> Context:
-        node_config = {"partition-id": self._partition[node_id], "num-partitions": len(self._node_ids)}
-        return Context(run_id=1, node_id=node_id, node_config=node_config, state=RecordDict(),
-                       run_config=self._run_config)
+        """The node's context, kept for the grid's life as a SuperNode keeps it (SecAgg+'s client mod keeps
+        its protocol state there between a round's messages)."""
+        if node_id not in self._contexts:
+            node_config = {"partition-id": self._partition[node_id], "num-partitions": len(self._node_ids)}
+            self._contexts[node_id] = Context(run_id=1, node_id=node_id, node_config=node_config,
+                                              state=RecordDict(), run_config=self._run_config)
+        return self._contexts[node_id]
 
     def _execute(self, msg: Message) -> Message | None:
         box: dict[str, Message] = {}
@@ -81,6 +96,7 @@ class InProcessGrid(Grid):
         for msg in messages:
             msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
             msg.metadata.__dict__["_run_id"] = 1
+            msg.content = as_delivered(msg.content)
             reply = self._execute(msg)
             if reply is not None:
                 self._replies[msg.metadata.message_id] = reply

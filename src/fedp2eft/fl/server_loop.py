@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Message, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 
 from ..atomic import save_tensors, write_json
-from ..config import Privacy, RoundSettings
+from ..config import Privacy, RoundSettings, SecureAggregation
 from ..errors import UserError
 from ..memory import trim_freed_memory
 from ..setup.jobs import Job
@@ -41,6 +41,7 @@ from .privacy import (
     zero_update,
 )
 from .records import job_config, to_arrays
+from .secure_aggregation import check_combination, pseudo_reply, secure_mean
 from .strategies import (
     StrategyChoice,
     aggregate,
@@ -68,6 +69,7 @@ class LoopSettings:
     strategy: StrategyChoice = field(default_factory=StrategyChoice)
     frozen_prefix: str = ""
     privacy: Privacy | None = None  # differential privacy (``fl.privacy``); None or dp = "off": none
+    secure: SecureAggregation | None = None  # SecAgg+ (``fl.secure_aggregation``); None or off: none
     name: str = "stage"  # what errors call it
 
 
@@ -146,6 +148,9 @@ def run_rounds(
         raise UserError("no seen-pool client among the nodes: nothing can train")
     k = len(sample(seen, settings, 1))  # every round samples this many
     dp = settings.privacy if settings.privacy is not None and settings.privacy.enabled else None
+    secure = settings.secure if settings.secure is not None and settings.secure.secure_aggregation else None
+    if secure is not None:
+        check_combination(settings.strategy.name, secure, dp is not None)
     strategy = make_strategy(settings.strategy, dp, k)
     accountant = None
     if dp is not None:
@@ -193,6 +198,8 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
     trained, frozen = trainable(arrays, settings.frozen_prefix)
     with _quiet("flwr"):  # its per-round INFO lines would break the progress display
         content.config_records["config"].update(begin_round(strategy, round_, trained, chosen))
+    if settings.secure is not None and settings.secure.secure_aggregation:
+        return _secure_round(grid, content, round_, chosen, node_clients, settings, strategy)
     msgs = [Message(content, dst_node_id=n, message_type="train", group_id=str(round_)) for n in chosen]
     replies = list(grid.send_and_receive(msgs, timeout=settings.round.client_timeout_s))
     del msgs
@@ -225,6 +232,23 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
     state = {k: merged[k] for k in arrays.keys()}  # the global state's key order
     record.update(metrics)
     record["clients"] = clients
+    return state, record
+
+
+def _secure_round(grid, content, round_, chosen, node_clients, settings, strategy):
+    """A round through SecAgg+: the server learns only the mean (every array, the frozen ones too, so the
+    clients get the whole state), which the strategy then treats as one client's update."""
+    arrays = content.array_records["arrays"]
+    trained, frozen = trainable(arrays, settings.frozen_prefix)
+    everything = ArrayRecord({k: arrays[k] for k in sorted(arrays.keys())})
+    config = dict(content.config_records["config"].items())
+    mean, client_metrics = secure_mean(grid, everything, config, chosen, round_, settings.secure,
+                                       settings.round.client_timeout_s)
+    with _quiet("flwr"):
+        merged, metrics = aggregate(strategy, round_, [pseudo_reply(mean, client_metrics)], trained, frozen)
+    state = {k: merged[k] for k in arrays.keys()}
+    record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": {},
+              "secure_aggregation": True, **metrics}  # who dropped out is the protocol's, not shown to the loop
     return state, record
 
 

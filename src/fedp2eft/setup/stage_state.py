@@ -88,6 +88,8 @@ def aggregation_settings(cfg, stage: str) -> dict:
                               "max_update_norm_ratio": agg.max_update_norm_ratio}
     if privacy.enabled:
         out["privacy"] = dataclasses.asdict(privacy)
+    if cfg.federation.secure.secure_aggregation:  # its quantisation changes the aggregate
+        out["secure_aggregation"] = dataclasses.asdict(cfg.federation.secure)
     return out
 
 
