@@ -430,3 +430,19 @@ def test_learned_rates_puts_each_stages_rates_beside_the_validated_one(tmp_path,
     assert rows[0]["geomean"] == pytest.approx(2 * 6e-4) and rows[0]["sd_log10"] > 0  # two clients apart by 4x
     assert "| fedp2eft-step | 1 | 2 | ffn_up |" in capsys.readouterr().out
     assert script.main([str(tmp_path / "missing")]) == 2
+
+
+@covers("privacy")
+def test_privacy_measures_accuracy_against_epsilon_and_secagg_cost(tmp_path, masakhanews_dir, capsys):
+    script = load_script("privacy")
+    out = tmp_path / "privacy.json"
+    assert script.main(["--fast", "--threads", "1", "--epsilons", "8", "--secagg-rounds", "2", "--work",
+                        str(tmp_path / "work"), "--out", str(out), "--set",
+                        f"data.path={json.dumps(str(masakhanews_dir))}"]) == 0
+    result = json.loads(out.read_text())
+    plain, private = result["dp"]
+    assert plain["epsilon"] is None and set(plain["accuracy"]) == {"none", "lora"}
+    assert private["target_epsilon"] == 8 and 0 < private["epsilon"] <= 8 and private["noise_multiplier"] > 0
+    assert private["clipping_norm"] > 0  # the median round-1 update norm of the run without DP
+    assert result["secagg"]["ratio"] > 0 and 0 < result["secagg"]["max_abs_difference_after_one_round"] < 1e-3
+    assert "SecAgg+ / FedAvg seconds per round" in capsys.readouterr().out

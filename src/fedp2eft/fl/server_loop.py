@@ -208,7 +208,8 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
     # under DP only a client's own update decides its refusal (the norm ratio would let one client's data
     # decide another's inclusion); clipping bounds every update instead
     ratio = 0.0 if dp is not None else settings.strategy.max_update_norm_ratio
-    refused = screen(arrays, ok, list(trained.keys()), ratio)
+    refused, norms = screen(arrays, ok, list(trained.keys()), ratio)
+    norm_of = {r.metadata.src_node_id: n for r, n in zip(ok, norms, strict=True) if isinstance(n, float)}
     reasons = {ok[i].metadata.src_node_id: why for i, why in refused.items()}
     ok = [r for i, r in enumerate(ok) if i not in refused]
     ok_nodes = {r.metadata.src_node_id for r in ok}
@@ -220,7 +221,8 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
             f"round {round_}: {len(failed)} of {len(chosen)} clients failed "
             f"(max_failure_fraction {settings.round.max_failure_fraction}): {failed}"
         )
-    clients = {node_clients[r.metadata.src_node_id][0]: _client_metrics(r) for r in ok}
+    clients = {node_clients[r.metadata.src_node_id][0]: {**_client_metrics(r), "update_norm": norm_of[r.metadata.src_node_id]}
+               for r in ok}  # the norm before any clipping: what a DP clipping norm is chosen against
     del replies
     if dp is not None and dp.dp.startswith("server-"):  # the server clips (``fl.privacy``)
         ok = [clip_reply(r, trained, strategy.clipping_norm, dp.dp.endswith("adaptive")) for r in ok]

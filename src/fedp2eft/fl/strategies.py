@@ -137,10 +137,11 @@ def update_norms(global_arrays: ArrayRecord, replies: list[Message], keys: list[
     return [n if isinstance(n, str) else float(np.sqrt(n)) for n in norms]
 
 
-def screen(global_arrays: ArrayRecord, replies: list[Message], keys: list[str], ratio: float) -> dict[int, str]:
-    """``{reply index: reason}`` of the updates to refuse: not finite (or not the global state's shape), or
-    (``ratio`` > 0) with a norm above ``ratio`` × the median norm of the round's other finite updates (no
-    reference, no refusal, when there is none)."""
+def screen(global_arrays: ArrayRecord, replies: list[Message], keys: list[str], ratio: float
+           ) -> tuple[dict[int, str], list[float | str]]:
+    """``({reply index: reason}, norms)``: the updates to refuse — not finite (or not the global state's
+    shape), or (``ratio`` > 0) with a norm above ``ratio`` × the median norm of the round's other finite
+    updates (no reference, no refusal, when there is none) — and every reply's update norm."""
     norms = update_norms(global_arrays, replies, keys)
     refused = {i: f"refused: {n}" for i, n in enumerate(norms) if isinstance(n, str)}
     finite = [i for i in range(len(norms)) if i not in refused]
@@ -150,7 +151,7 @@ def screen(global_arrays: ArrayRecord, replies: list[Message], keys: list[str], 
         if ref > 0 and norms[i] > ratio * ref:
             refused[i] = (f"refused: update norm {norms[i]:.3g} exceeds {ratio:g} x the median {ref:.3g} "
                           "of the round's other updates")
-    return refused
+    return refused, norms
 
 
 def aggregate(strategy: Strategy, round_: int, replies: list[Message], trained: ArrayRecord,
