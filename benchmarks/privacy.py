@@ -145,6 +145,16 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _renderer():
+    """``benchmarks/render.py``, which owns the table (the docs and this script print the same one)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render", HERE / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = add_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]), OUT)
     ap.add_argument("--config", default=str(REPO / "configs" / "quickstart.toml"))
@@ -165,17 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     write_result(args.out, result)
     if not args.fast:
         plot(rows, args.out.parent / "accuracy_vs_epsilon.png")
-    print("| setting | z | C | ε spent | none seen | none unseen | lora seen | lora unseen |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        acc = r["accuracy"]
-        name = "no DP" if r["target_epsilon"] is None else f"ε ≤ {r['target_epsilon']:g}"
-        eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
-        cells = [f"{100 * acc.get(m, {}).get(p, float('nan')):.1f}" for m in ("none", "lora") for p in ("seen", "unseen")]
-        print(f"| {name} | {r['noise_multiplier']:g} | {r['clipping_norm'] or '–'} | {eps} | " + " | ".join(cells) + " |")
-    print(f"SecAgg+ / FedAvg seconds per round: {cost['ratio']:.2f} "
-          f"({cost['secagg_plus']['median_s']:.2f} s / {cost['fedavg']['median_s']:.2f} s); "
-          f"max |difference| after one round {cost['max_abs_difference_after_one_round']:.2e}")
+    print(_renderer().privacy_table(result))
     return 0
 
 

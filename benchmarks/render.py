@@ -4,7 +4,7 @@
 
 Prints: the MasakhaNEWS tables (per pool and budget, rows languages, columns methods, mean ± SD
 over seeds), the mean FedP²EFT − LoRA gaps, the λ-structure statistics of each seed's PSG, and
-the cost and engine-overhead figures.
+the cost and engine-overhead figures, and the privacy measurements.
 """
 
 from __future__ import annotations
@@ -111,10 +111,33 @@ def baseline_cost(c: dict) -> list[str]:
     return rows
 
 
+def privacy_table(result: dict) -> str:
+    """``benchmarks/privacy.py``'s result: accuracy against ε, and SecAgg+'s cost."""
+    out = ["| setting | z | C | ε spent (δ 1e-5) | none seen | none unseen | lora seen | lora unseen |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["dp"]:
+        acc = r["accuracy"]
+        name = "no DP" if r["target_epsilon"] is None else f"ε ≤ {r['target_epsilon']:g}"
+        eps = "∞" if r["epsilon"] is None else f"{r['epsilon']:.2f}"
+        cells = [f"{100 * acc.get(m, {}).get(p, float('nan')):.1f}" for m in ("none", "lora") for p in ("seen", "unseen")]
+        clip = "–" if r["clipping_norm"] is None else f"{r['clipping_norm']:.3g}"
+        out.append(f"| {name} | {r['noise_multiplier']:g} | {clip} | {eps} | " + " | ".join(cells) + " |")
+    c = result["secagg"]
+    out.append(f"\nSecAgg+ / FedAvg seconds per round: {c['ratio']:.2f} ({c['secagg_plus']['median_s']:.2f} s / "
+               f"{c['fedavg']['median_s']:.2f} s, median of {c['fedavg']['rounds']} rounds); largest |difference| "
+               f"of the two states after one round: {c['max_abs_difference_after_one_round']:.2e}.")
+    return "\n".join(out)
+
+
+def privacy(root: Path = HERE) -> str:
+    f = root / "privacy" / "results.json"
+    return privacy_table(json.loads(f.read_text())) if f.is_file() else "(no privacy/results.json yet)"
+
+
 def render(root: Path = HERE) -> str:
     return "\n".join(["## MasakhaNEWS (small)\n", masakhanews(root / "masakhanews_small"),
                       "\n## Longer PSG training (seed 0)\n", psg_long(root / "psg_long", root / "masakhanews_small"),
-                      "\n## Cost\n", cost(root)]) + "\n"
+                      "\n## Cost\n", cost(root), "\n## Privacy and robustness\n", privacy(root)]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
