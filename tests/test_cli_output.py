@@ -1,6 +1,7 @@
 """What a user sees from ``fedp2eft run`` with output piped to a file, and what Ctrl-C and a resume do:
 one line per round and per client (elapsed and what remains), no wrapped paths, no "± SD" with one
-seed, the written files listed; SIGINT exits 130 with a clean message and the next run resumes from
+seed, the written files listed; SIGINT exits 130 and SIGTERM 143 with a clean message (whatever signal
+dispositions the test process inherited) and the next run resumes from
 the checkpoint's round; a folder that is not a run is not resumed."""
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import signal
 import subprocess
 import sys
 import threading
+
+import pytest
 
 from fl_helpers import REPO, python_env, tiny_overrides
 
@@ -59,20 +62,29 @@ def _stderr_pump(proc, needle: str) -> tuple[list[str], threading.Event, threadi
     return seen, hit, thread
 
 
-def test_ctrl_c_exits_130_cleanly_and_the_next_run_resumes_from_its_round(tmp_path, masakhanews_dir):
+def _default_signals() -> None:
+    """The child's dispositions whatever launched the tests: a non-interactive shell's ``&`` starts its jobs
+    with SIGINT ignored, which the child would inherit (and Python then installs no Ctrl-C handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sig,code,said", [(signal.SIGINT, 130, "interrupted:"),
+                                           (signal.SIGTERM, 143, "terminated (SIGTERM):")], ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_cleanly_and_the_next_run_resumes_from_its_round(tmp_path, masakhanews_dir, sig, code, said):
     out = tmp_path / "run"
     args = cli(tmp_path, out, data_set(masakhanews_dir), rounds=40)
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=python_env(tmp_path), cwd=REPO)
+                            env=python_env(tmp_path), cwd=REPO, preexec_fn=_default_signals)
     seen, hit, pump = _stderr_pump(proc, "round 3/40")
     hit.wait(300)
     assert "round 3/40" in "".join(seen), "".join(seen)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     proc.wait(timeout=120)
     pump.join(timeout=30)
     err = "".join(seen)
-    assert proc.returncode == 130, err
-    assert "interrupted:" in err and "resume" in err
+    assert proc.returncode == code, err
+    assert said in err and "resume" in err
     assert "terminate called" not in err and "Traceback" not in err
     done = json.loads((out / "base_model" / "checkpoint" / "checkpoint.json").read_text())["round"]
     assert done >= 3

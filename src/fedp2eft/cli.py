@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .errors import UserError
@@ -183,8 +185,19 @@ def entry() -> None:
     sys.exit(main())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``kill`` and schedulers send), raised where the main thread is, as Ctrl-C's
+    KeyboardInterrupt is: the same clean stop, exit status 143."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # a handler can only be installed there
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.command == "run":
             return _cmd_run(args)
@@ -204,12 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: every finished run and the last checkpoint of a federated stage are kept; "
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"{what}: every finished run and the last checkpoint of a federated stage are kept; "
               "run the same command again to resume", file=sys.stderr)
         sys.stderr.flush()
         sys.stdout.flush()
-        os._exit(130)  # now: worker threads still inside torch would abort a normal interpreter exit
+        # now: worker threads still inside torch would abort a normal interpreter exit; 128 + the signal
+        os._exit(143 if isinstance(exc, Terminated) else 130)
     return 1
 
 
