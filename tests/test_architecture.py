@@ -17,7 +17,7 @@ LAYERS = [
     {"methods"},
     {"config"},
     {"setup"},
-    {"stages", "report", "progress", "benchkit"},
+    {"stages", "report", "progress", "benchkit", "tracking"},
     {"bases"},
     {"fl"},
     {"pipeline", "export_client"},

@@ -45,7 +45,7 @@ from .setup.base_models import (
 from .setup.federation import cached_federation, stage_context
 from .setup.jobs import experiment_json
 from .setup.layout import RunLayout
-from .setup.stage_state import base_settings, claim_stage
+from .setup.stage_state import base_settings, claim_stage, flatten
 from .stages import Runner, round_logger, training_line
 
 
@@ -123,7 +123,8 @@ class TrainedBase:
         stage, seed = self.stage, cfg.base_model.seed
         what = f"{self.kind} ({cfg.base_model.mode})" if self.kind == "standard-fl" else self.kind
         log(training_line(f"{what} base model", stage.rounds(cfg), cfg.federation.engine, layout.base_stage))
-        state = runner(stage, OFF_THE_SHELF, seed, None, layout.base_stage, round_logger(log, stage.rounds(cfg), stage.round_metrics))
+        logger = round_logger(log, stage.rounds(cfg), stage.round_metrics, "base_model", flatten(base_settings(cfg)))
+        state = runner(stage, OFF_THE_SHELF, seed, None, layout.base_stage, logger)
         experiment = experiment_json(cfg)
         fed = cached_federation(experiment)[1]
         base, _ = cached_base(experiment, len(fed.label_names), seed, OFF_THE_SHELF)

@@ -37,6 +37,9 @@ from .tasks import TEMPLATES, task_names
 REPLICATES = ("personalisation", "federation")  # what a seed varies: setup/replicates.py
 
 
+TRACKERS = ("tensorboard", "mlflow")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "experiment"
@@ -46,9 +49,13 @@ class ExperimentConfig:
     # "personalisation": every seed personalises one federation (one partition, base model, LoRA A);
     # "federation": seed S draws its own partition, base model, LoRA A and stages, in <out>/federation<S>/
     replicate: str = "personalisation"
+    tracking: list[str] = field(default_factory=list)  # "tensorboard", "mlflow" (``tracking``): files, never sent
+    tracking_dir: str = ""  # "" = <out>/tracking
 
     def __post_init__(self) -> None:
         require(len(self.seeds) > 0, "seeds", "needs at least one seed")
+        require(all(t in TRACKERS for t in self.tracking), "tracking", f"each must be one of {list(TRACKERS)}")
+        require(len(set(self.tracking)) == len(self.tracking), "tracking", "trackers repeat")
         require(self.replicate in REPLICATES, "replicate", f"must be one of {list(REPLICATES)}")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "seeds repeat")
         require(self.threads >= 0, "threads", "must be >= 0")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import tracking
 from .bases import SharedBase, base_source
 from .config import Config, from_dict, migrate
 from .errors import UserError
@@ -36,7 +37,8 @@ from .stages import method_resources
 # Config parts that do not change what a single run computes (so results may merge across them).
 _RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federation", "num_gpus"),
                   ("federation", "client_timeout_s"), ("experiment", "seeds"), ("experiment", "output_dir"), ("experiment", "name"),
-                  ("experiment", "threads"), ("personalise", "methods"), ("personalise", "budgets"),
+                  ("experiment", "threads"), ("experiment", "tracking"), ("experiment", "tracking_dir"),
+                  ("personalise", "methods"), ("personalise", "budgets"),
                   ("personalise", "pools"), ("personalise", "eval_batch_size"),
                   ("data", "path")}  # where the data lie, not what they are: a copy elsewhere is the same data
 
@@ -194,7 +196,9 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     todo = [x for x in plan if (x[2], x[3], x[1], x[0]) not in done]
     if len(todo) < len(plan):
         console.print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out_dir / 'results.json'}")
-    with RunProgress(console, len(todo)) as progress:
+    tracked = Path(cfg.experiment.tracking_dir) if cfg.experiment.tracking_dir else out_dir / "tracking"
+    with tracking.session(cfg.experiment.tracking, tracked, cfg.experiment.name), \
+            RunProgress(console, len(todo)) as progress:
         for seed in cfg.experiment.seeds:
             seed_todo = [x for x in todo if x[0] == seed]
             if not seed_todo:
@@ -241,6 +245,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 if privacy:  # the (ε, δ) the federated trainings it rests on spent
                     run["privacy"] = privacy
                 add_run(out_dir, results, run)
+                tracking.run_finished(run)
                 progress.done()
             del base, resources
     return results

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from . import tracking
 from .atomic import save_tensors
 from .errors import UserError
 from .methods.registry import FederatedStage, get_spec, get_stage, prior_key
@@ -89,9 +90,11 @@ def round_line(r: dict, rounds: int | None = None, elapsed: float | None = None,
     return ", ".join(parts)
 
 
-def round_logger(log: Callable[[str], None], rounds: int, keys: tuple[str, ...] = ("train_loss",)) -> Callable[[dict], None]:
+def round_logger(log: Callable[[str], None], rounds: int, keys: tuple[str, ...] = ("train_loss",), tag: str = "",
+                 settings: dict | None = None) -> Callable[[dict], None]:
     """``on_round`` for a stage of ``rounds`` rounds: logs each round's line (metrics ``keys``) with elapsed
-    time and the remaining time estimated from the rounds run so far in this process."""
+    time and the remaining time estimated from the rounds run so far in this process, and (``tag``: the
+    stage's series, ``settings``: its record) reports it to the run's trackers (``tracking``)."""
     import time
 
     start, done = time.perf_counter(), []
@@ -101,6 +104,8 @@ def round_logger(log: Callable[[str], None], rounds: int, keys: tuple[str, ...] 
         elapsed = time.perf_counter() - start
         left = rounds - r["round"]
         log(round_line(r, rounds, elapsed, elapsed / len(done) * left if left > 0 else None, keys))
+        if tag:
+            tracking.stage_round(tag, r, settings)
 
     return on_round
 
@@ -129,8 +134,10 @@ def load_or_train(cfg, stage: FederatedStage, layout: RunLayout, seed: int, budg
                      for k, v in load_file(str(layout.stage(needed.name, seed) / needed.artifact)).items()}
         what = f"{stage.name} (seed {seed}" + (f", r={budget})" if budget is not None else ")")
         log(training_line(what, stage.rounds(cfg), cfg.federation.engine, folder))
-        state = runner(stage, base_spec, seed, budget, folder, round_logger(log, stage.rounds(cfg), stage.round_metrics),
-                       **({"prior": prior} if prior else {}))
+        tag = f"{stage.name}/seed{seed}" + (f"/r{budget}" if budget is not None else "")
+        logger = round_logger(log, stage.rounds(cfg), stage.round_metrics, tag,
+                              flatten(stage_record(cfg, stage, seed, budget)))
+        state = runner(stage, base_spec, seed, budget, folder, logger, **({"prior": prior} if prior else {}))
         release_cached_base()
         meta = {"seed": str(seed), **({"budget": str(budget)} if budget is not None else {})}
         save_tensors(final, state, metadata=meta)
