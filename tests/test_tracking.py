@@ -1,5 +1,6 @@
 """Experiment tracking: a run on real rows reports every federated round and every personalisation run to
-TensorBoard's event files and to an MLflow store, read back with each tool's own reader."""
+TensorBoard's event files and an MLflow store (read back with each tool's own reader) and to an offline
+W&B run (its record file holds every logged key and value)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_a_run_is_tracked_in_tensorboard_and_mlflow(tmp_path, masakhanews_dir):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    sets = tiny_overrides(masakhanews_dir, rounds=2, **{"experiment.tracking": '["tensorboard", "mlflow"]',
+    sets = tiny_overrides(masakhanews_dir, rounds=2, **{"experiment.tracking": '["tensorboard", "mlflow", "wandb"]',
                                                         "personalise.methods": '["none", "lora"]'})
     args = [x for s in sets for x in ("--set", s)]
     assert main(["run", "configs/quickstart.toml", "--out", str(tmp_path), *args]) == 0
@@ -41,9 +42,17 @@ def test_a_run_is_tracked_in_tensorboard_and_mlflow(tmp_path, masakhanews_dir):
     assert [m.step for m in history] == [1, 2]
     assert by_name["base_model"].data.params["base_model.lr"] == "0.001"  # the stage's record as parameters
     none = next(r for r in runs if r["method"] == "none" and r["pool"] == "seen")
-    assert by_name["personalisation"].data.metrics["none.seen"] == pytest.approx(none["mean"])
+    metrics = by_name["personalisation"].data.metrics
+    assert metrics["none.seen"] == pytest.approx(none["mean"])
+    assert {f"none.seen.{lang}" for lang in none["per_language"]} <= set(metrics)  # per-language scores
+    assert by_name["personalisation"].data.params["personalise.lr"] == "0.001"  # the run's settings
+
+    (record,) = (tmp_path / "tracking" / "wandb").glob("offline-run-*/run-*.wandb")
+    data = record.read_bytes()
+    assert b"base_model/train_loss" in data and b"personalisation/lora" in data
+    assert all(json.dumps(r["train_loss"]).encode() in data for r in rounds)  # the values as W&B's JSON
 
 
 def test_an_unknown_tracker_is_a_one_line_error(masakhanews_dir):
-    with pytest.raises(UserError, match=r"experiment.tracking: each must be one of \['tensorboard', 'mlflow'\]"):
-        load_config(None, tiny_overrides(masakhanews_dir, **{"experiment.tracking": '["wandb"]'}))
+    with pytest.raises(UserError, match=r"experiment.tracking: each must be one of \['tensorboard', 'mlflow', 'wandb'\]"):
+        load_config(None, tiny_overrides(masakhanews_dir, **{"experiment.tracking": '["comet"]'}))

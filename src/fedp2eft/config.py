@@ -37,7 +37,7 @@ from .tasks import TEMPLATES, task_names
 REPLICATES = ("personalisation", "federation")  # what a seed varies: setup/replicates.py
 
 
-TRACKERS = ("tensorboard", "mlflow")
+TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class ExperimentConfig:
     # "personalisation": every seed personalises one federation (one partition, base model, LoRA A);
     # "federation": seed S draws its own partition, base model, LoRA A and stages, in <out>/federation<S>/
     replicate: str = "personalisation"
-    tracking: list[str] = field(default_factory=list)  # "tensorboard", "mlflow" (``tracking``): files, never sent
+    tracking: list[str] = field(default_factory=list)  # "tensorboard", "mlflow", "wandb" (``tracking``)
     tracking_dir: str = ""  # "" = <out>/tracking
 
     def __post_init__(self) -> None:

@@ -197,7 +197,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
     if len(todo) < len(plan):
         console.print(f"resuming: {len(plan) - len(todo)} of {len(plan)} runs already in {out_dir / 'results.json'}")
     tracked = Path(cfg.experiment.tracking_dir) if cfg.experiment.tracking_dir else out_dir / "tracking"
-    with tracking.session(cfg.experiment.tracking, tracked, cfg.experiment.name), \
+    with tracking.session(cfg.experiment.tracking, tracked, cfg.experiment.name, cfg.to_dict()), \
             RunProgress(console, len(todo)) as progress:
         for seed in cfg.experiment.seeds:
             seed_todo = [x for x in todo if x[0] == seed]
