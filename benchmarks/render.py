@@ -1,6 +1,12 @@
 """Render the measured tables of BENCHMARKS.md from the committed result files.
 
     .venv/bin/python benchmarks/render.py [--root benchmarks/results] [--out /tmp/tables.md]
+    .venv/bin/python benchmarks/render.py --write    # rewrite the blocks the renderer owns in the docs
+    .venv/bin/python benchmarks/render.py --check    # exit 1 naming every block that differs (CI runs it)
+
+The renderer owns every block of README.md and BENCHMARKS.md between ``<!-- render:NAME -->`` and
+``<!-- /render:NAME -->`` (``BLOCKS``: NAME -> the text from the results files); edit the results or this
+file, never the block.
 
 Prints: the MasakhaNEWS tables (per pool and budget, rows languages, columns methods, mean ± SD
 over seeds), the mean FedP²EFT − LoRA gaps, the λ-structure statistics of each seed's PSG, and
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -134,6 +141,28 @@ def privacy(root: Path = HERE) -> str:
     return privacy_table(json.loads(f.read_text())) if f.is_file() else "(no privacy/results.json yet)"
 
 
+BLOCKS = {"privacy": privacy}  # name -> (results root) -> the block's text
+DOCS = (HERE.parent.parent / "README.md", HERE.parent.parent / "BENCHMARKS.md")
+_BLOCK = re.compile(r"(<!-- render:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /render:(?P=name) -->)", re.S)
+
+
+def render_blocks(text: str, root: Path = HERE) -> tuple[str, list[str]]:
+    """``text`` with every block rendered again, and the names of those that changed; an unknown name is an
+    error."""
+    changed = []
+
+    def fill(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in BLOCKS:
+            raise KeyError(f"unknown render block {name!r}; blocks are {sorted(BLOCKS)}")
+        body = BLOCKS[name](root).rstrip("\n")
+        if body != m.group("body"):
+            changed.append(name)
+        return m.group(1) + body + m.group(4)
+
+    return _BLOCK.sub(fill, text), changed
+
+
 def render(root: Path = HERE) -> str:
     return "\n".join(["## MasakhaNEWS (small)\n", masakhanews(root / "masakhanews_small"),
                       "\n## Longer PSG training (seed 0)\n", psg_long(root / "psg_long", root / "masakhanews_small"),
@@ -144,7 +173,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=HERE, help="the results folder")
     ap.add_argument("--out", type=Path, default=None, help="write the tables here (default: print them)")
+    ap.add_argument("--write", action="store_true", help="rewrite the rendered blocks of README.md and BENCHMARKS.md")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a rendered block of the docs is stale")
+    ap.add_argument("--docs", type=Path, nargs="*", default=list(DOCS), help="the documents holding blocks")
     args = ap.parse_args(argv)
+    if args.write or args.check:
+        from fedp2eft.atomic import write_text
+
+        stale = []
+        for doc in args.docs:
+            text, changed = render_blocks(doc.read_text(encoding="utf-8"), args.root)
+            stale += [f"{doc.name}:{name}" for name in changed]
+            if args.write and changed:
+                write_text(doc, text)
+        if stale:
+            print(("rewrote " if args.write else "stale (run benchmarks/render.py --write): ") + ", ".join(stale))
+        return 1 if stale and args.check else 0
     text = render(args.root)
     if args.out is None:
         sys.stdout.write(text)

@@ -314,6 +314,19 @@ def test_render_prints_the_tables_of_the_committed_results(tmp_path):
     assert text.count("\n| ") > 50
 
 
+@covers("render")
+def test_the_docs_blocks_equal_what_the_committed_results_render(tmp_path, capsys):
+    """Every figure block the renderer owns in README.md and BENCHMARKS.md is what the committed results
+    files give; a changed result, or a hand-edited block, fails here until ``render.py --write``."""
+    script = load_script("render")
+    assert script.main(["--check"]) == 0, capsys.readouterr().out
+    doc = tmp_path / "doc.md"
+    doc.write_text("x\n<!-- render:privacy -->\nhand-edited\n<!-- /render:privacy -->\ny\n")
+    assert script.main(["--check", "--docs", str(doc)]) == 1 and "doc.md:privacy" in capsys.readouterr().out
+    assert script.main(["--write", "--docs", str(doc)]) == 0
+    assert script.main(["--check", "--docs", str(doc)]) == 0 and "hand-edited" not in doc.read_text()
+
+
 @pytest.fixture(scope="module")
 def tiny_fedp2eft_pf2lora_run(tmp_path_factory, masakhanews_dir):
     """A tiny MasakhaNEWS run with FedP²EFT (PSG snapshots every round) and PF2LoRA at r = 1."""
