@@ -86,8 +86,8 @@ def aggregation_settings(cfg, stage: str) -> dict:
         name, args = agg.for_stage(stage)
         out["aggregation"] = {"strategy": name, "strategy_args": args,
                               "max_update_norm_ratio": agg.max_update_norm_ratio}
-    if privacy.enabled:
-        out["privacy"] = dataclasses.asdict(privacy)
+    if privacy.enabled:  # all but the budget check, which refuses a stage but never changes one
+        out["privacy"] = {k: v for k, v in dataclasses.asdict(privacy).items() if k != "dp_target_epsilon"}
     if cfg.federation.secure.secure_aggregation:  # its quantisation changes the aggregate
         out["secure_aggregation"] = dataclasses.asdict(cfg.federation.secure)
     return out
