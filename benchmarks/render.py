@@ -143,7 +143,7 @@ def privacy(root: Path = HERE) -> str:
 
 BLOCKS = {"privacy": privacy}  # name -> (results root) -> the block's text
 DOCS = (HERE.parent.parent / "README.md", HERE.parent.parent / "BENCHMARKS.md")
-_BLOCK = re.compile(r"(<!-- render:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(\n<!-- /render:(?P=name) -->)", re.S)
+_BLOCK = re.compile(r"(<!-- render:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /render:(?P=name) -->)", re.S)
 
 
 def render_blocks(text: str, root: Path = HERE) -> tuple[str, list[str]]:
@@ -158,7 +158,7 @@ def render_blocks(text: str, root: Path = HERE) -> tuple[str, list[str]]:
         body = BLOCKS[name](root).rstrip("\n")
         if body != m.group("body"):
             changed.append(name)
-        return m.group(1) + body + m.group(4)
+        return m.group(1) + body + "\n" + m.group(4)
 
     return _BLOCK.sub(fill, text), changed
 
