@@ -141,7 +141,10 @@ def privacy(root: Path = HERE) -> str:
     return privacy_table(json.loads(f.read_text())) if f.is_file() else "(no privacy/results.json yet)"
 
 
-BLOCKS = {"privacy": privacy}  # name -> (results root) -> the block's text
+BLOCKS = {  # name -> (results root) -> the block's text
+    "privacy": privacy, "cost": cost,
+    "psg_long": lambda root: psg_long(root / "psg_long", root / "masakhanews_small"),
+}
 DOCS = (HERE.parent.parent / "README.md", HERE.parent.parent / "BENCHMARKS.md")
 _BLOCK = re.compile(r"(<!-- render:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /render:(?P=name) -->)", re.S)
 
