@@ -136,6 +136,21 @@ def baseline_cost(c: dict) -> list[str]:
     return rows
 
 
+def quickstart(root: Path = HERE) -> str:
+    """The quickstart's accuracy table and times (``quickstart/``: its ``results.json`` and the base model's
+    ``rounds.jsonl``, copied from a run of ``configs/quickstart.toml`` at 2 threads)."""
+    folder = root / "quickstart"
+    runs = json.loads((folder / "results.json").read_text())["runs"]
+    base_s = sum(json.loads(ln)["seconds"] for ln in (folder / "base_model_rounds.jsonl").read_text().splitlines())
+    cell = {(r["method"], r["pool"]): r for r in runs}
+    out = [f"Times on 2 CPU cores: the base model's 12 rounds {base_s / 60:.1f} min (the sum of its rounds), "
+           f"personalisation {sum(r['seconds'] for r in runs) / 60:.1f} min (the sum of the {len(runs)} runs); "
+           "accuracy %:", "", "| pool | none (Standard-FL base as is) | LoRA r = 2 |", "|---|---:|---:|"]
+    for pool in ("seen", "unseen"):
+        out.append(f"| {pool} | {100 * cell[('none', pool)]['mean']:.1f} | {100 * cell[('lora', pool)]['mean']:.1f} |")
+    return "\n".join(out)
+
+
 def privacy_table(result: dict) -> str:
     """``benchmarks/privacy.py``'s result: accuracy against ε, and SecAgg+'s cost."""
     out = ["| setting | z | C | ε spent (δ 1e-5) | none seen | none unseen | lora seen | lora unseen |",
@@ -160,7 +175,7 @@ def privacy(root: Path = HERE) -> str:
 
 
 BLOCKS = {  # name -> (results root) -> the block's text
-    "privacy": privacy, "cost": cost,
+    "privacy": privacy, "cost": cost, "quickstart": quickstart,
     "masakhanews_small": lambda root: masakhanews_tables(root / "masakhanews_small") + "\n"
     + lambda_table(root / "masakhanews_small"),
     "six_methods": lambda root: six_methods(root / "masakhanews_small"),
