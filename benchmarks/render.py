@@ -151,6 +151,22 @@ def quickstart(root: Path = HERE) -> str:
     return "\n".join(out)
 
 
+def paper_protocol(root: Path = HERE) -> str:
+    """The README's paper-protocol table: mean over languages ± SD over seeds (seeds), r = 2; no ± where the
+    seeds agree exactly (a method whose update the seeds do not vary)."""
+    summary = summarise(json.loads((root / "masakhanews_paper" / "results.json").read_text())["runs"])
+    methods = ["none", "lora", "lora-tuned", "adalora", "bt-lora", "fedp2eft"]
+    out = ["| pool | none | LoRA | LoRA, rate tuned on validation | AdaLoRA | BT-LoRA | FedP²EFT (30-round PSG, λ̂₀ = 1) |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for pool in ("seen", "unseen"):
+        cells = []
+        for m in methods:
+            mean, sd, n = summary[(pool, None if m == "none" else 2, m)]["mean"]
+            cells.append(f"{100 * mean:.1f}" + (f" ± {100 * sd:.1f}" if sd > 1e-9 else "") + f" ({n})")
+        out.append(f"| {pool} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def engine_overhead(root: Path = HERE) -> str:
     """``engine_overhead.json``: the same Standard-FL job bare and on the in-process engine."""
     jobs = json.loads((root / "engine_overhead.json").read_text())["jobs"]
@@ -188,6 +204,7 @@ def privacy(root: Path = HERE) -> str:
 
 BLOCKS = {  # name -> (results root) -> the block's text
     "privacy": privacy, "cost": cost, "quickstart": quickstart, "engine_overhead": engine_overhead,
+    "paper_protocol": paper_protocol,
     "masakhanews_small": lambda root: masakhanews_tables(root / "masakhanews_small") + "\n"
     + lambda_table(root / "masakhanews_small"),
     "six_methods": lambda root: six_methods(root / "masakhanews_small"),
