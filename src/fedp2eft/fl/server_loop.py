@@ -147,20 +147,8 @@ def run_rounds(
     if not seen:
         raise UserError("no seen-pool client among the nodes: nothing can train")
     k = len(sample(seen, settings, 1))  # every round samples this many
-    dp = settings.privacy if settings.privacy is not None and settings.privacy.enabled else None
-    secure = settings.secure if settings.secure is not None and settings.secure.secure_aggregation else None
-    if secure is not None:
-        check_combination(settings.strategy.name, secure, dp is not None)
-    strategy = make_strategy(settings.strategy, dp, k)
-    accountant = None
-    if dp is not None:
-        check_budget(dp, settings.rounds, k, len(seen), settings.name)  # before any round
-        accountant = new_accountant(dp, len(seen))
-    if loaded is not None:
-        restore_strategy_state(strategy, meta["server_state"])
-        restore_strategy_meta(strategy, meta.get("server", {}))
-        if accountant is not None and meta.get("server", {}).get("accountant"):
-            accountant.load_state_dict(meta["server"]["accountant"])
+    dp = _dp(settings)
+    strategy, accountant = _server_side(settings, k, len(seen), meta if loaded is not None else None)
     for round_ in range(start, settings.rounds + 1):
         t0 = time.perf_counter()
         chosen = sample(seen, settings, round_)
@@ -190,6 +178,32 @@ def run_rounds(
     return state
 
 
+def _dp(settings: LoopSettings):
+    """The stage's differential privacy, or None."""
+    return settings.privacy if settings.privacy is not None and settings.privacy.enabled else None
+
+
+def _server_side(settings: LoopSettings, k: int, population: int, checkpoint_meta: dict | None):
+    """``(strategy, accountant or None)`` for a stage sampling ``k`` of ``population`` clients a round:
+    the combination checked, the privacy budget checked before any round, and (resuming) the server state
+    of ``checkpoint_meta`` restored."""
+    dp = _dp(settings)
+    if settings.secure is not None and settings.secure.secure_aggregation:
+        check_combination(settings.strategy.name, settings.secure, dp is not None)
+    strategy = make_strategy(settings.strategy, dp, k)
+    accountant = None
+    if dp is not None:
+        check_budget(dp, settings.rounds, k, population, settings.name)
+        accountant = new_accountant(dp, population)
+    if checkpoint_meta is not None:
+        server = checkpoint_meta.get("server", {})
+        restore_strategy_state(strategy, checkpoint_meta["server_state"])
+        restore_strategy_meta(strategy, server)
+        if accountant is not None and server.get("accountant"):
+            accountant.load_state_dict(server["accountant"])
+    return strategy, accountant
+
+
 def _train_round(grid, content, round_, chosen, node_clients, settings, strategy, metrics_path):
     """Send ``content`` (the global state and the job) to the ``chosen`` nodes, aggregate their replies:
     ``(new state, round record)``. Its own function so that the round's messages and replies (a copy of
@@ -204,7 +218,7 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
     replies = list(grid.send_and_receive(msgs, timeout=settings.round.client_timeout_s))
     del msgs
     ok = [r for r in replies if not r.has_error()]
-    dp = settings.privacy if settings.privacy is not None and settings.privacy.enabled else None
+    dp = _dp(settings)
     # under DP only a client's own update decides its refusal (the norm ratio would let one client's data
     # decide another's inclusion); clipping bounds every update instead
     ratio = 0.0 if dp is not None else settings.strategy.max_update_norm_ratio
