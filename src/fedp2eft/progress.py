@@ -5,8 +5,10 @@ whole."""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def make_console(stderr: bool = False):
@@ -74,3 +76,15 @@ class RunProgress:
         self.finished += 1
         if self._progress is not None:
             self._progress.advance(self._overall)
+
+
+@contextmanager
+def quiet(name: str = "flwr") -> Iterator[None]:
+    """Logger ``name`` at WARNING within the block (a library's INFO lines would break the progress display)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

@@ -28,6 +28,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+from .setup.stage_state import flatten
 
 _ACTIVE: list = []
 
@@ -41,16 +42,6 @@ def scalars(record: dict) -> dict[str, float]:
             out[f"eval_{k}"] = float(v)
     if isinstance(record.get("privacy"), dict):
         out["epsilon"] = float(record["privacy"]["epsilon"])
-    return out
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out |= _flat(v, f"{prefix}{k}.")
-        else:
-            out[f"{prefix}{k}"] = v
     return out
 
 
@@ -91,7 +82,7 @@ class _MLflow:
         found = self.client.get_experiment_by_name(experiment)
         self.experiment = found.experiment_id if found else self.client.create_experiment(experiment)
         self.runs: dict[str, str] = {}
-        self.config = _flat(config)
+        self.config = flatten(config)
 
     def _run(self, name: str, params: dict | None = None) -> str:
         if name not in self.runs:

@@ -36,7 +36,6 @@ adds to Flower's wrappers, kept thin:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -58,6 +57,7 @@ from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from ..config import Privacy
 from ..errors import UserError
+from ..progress import quiet
 
 DP_STRATEGIES = ("fedavg", "fedprox")  # a mean of the clipped updates: what the wrappers' noise is calibrated to
 CLIPPING_MODE = "dp-clipping"  # config key: "fixed" or "adaptive" when the clients clip
@@ -178,10 +178,5 @@ def dp_clipping_mod(msg: Message, ctxt, call_next) -> Message:
     if mode is None:
         return call_next(msg, ctxt)
     mod = {"fixed": fixedclipping_mod, "adaptive": adaptiveclipping_mod}[str(mode)]
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # its INFO line per update would break the progress display
-    try:
+    with quiet():  # its INFO line per update
         return mod(msg, ctxt, call_next)
-    finally:
-        logger.setLevel(level)

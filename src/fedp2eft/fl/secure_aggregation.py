@@ -27,7 +27,6 @@ SecAgg+ averages over the clients that finish the protocol, so DP's fixed denomi
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
@@ -45,6 +44,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 
 from ..config import SecureAggregation
 from ..errors import UserError
+from ..progress import quiet
 
 SECAGG_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
 KEYS = "secagg-keys"  # config key: the order of the trained arrays in the legacy (unnamed) format
@@ -86,13 +86,8 @@ def secure_mean(grid, trained: ArrayRecord, config: dict, nodes: list[int], roun
                                       quantization_range=settings.secagg_quantization_range, timeout=timeout)
     except ValueError as exc:
         raise UserError(f"config keys federation.secagg_*: {exc}") from None
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # its INFO lines per stage would break the progress display
-    try:
+    with quiet():  # its INFO lines per stage
         workflow(grid, context)
-    finally:
-        logger.setLevel(level)
     result = context.state.array_records[MAIN_PARAMS_RECORD]
     if result is sent:  # the workflow replaces the record only when it unmasked the sum
         raise UserError(f"round {round_}: secure aggregation halted (too few of {len(nodes)} clients finished "
@@ -131,13 +126,8 @@ def secagg_mod(msg: Message, ctxt: Context, call_next) -> Message:
     legacy ↔ project adapter inside; every other message passes through."""
     if RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, ctxt)
-    logger = logging.getLogger("flwr")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
+    with quiet():
         return secaggplus_mod(msg, ctxt, lambda m, c: _legacy_reply(call_next(_project_message(m), c), m))
-    finally:
-        logger.setLevel(level)
 
 
 def _project_message(msg: Message) -> Message:

@@ -13,10 +13,8 @@ fraction exceeds ``max_failure_fraction``, and aggregate the rest with the stage
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from ..atomic import save_tensors, write_json
 from ..config import Privacy, RoundSettings, SecureAggregation
 from ..errors import UserError
 from ..memory import trim_freed_memory
+from ..progress import quiet
 from ..setup.jobs import Job
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
 from .privacy import (
@@ -210,7 +209,7 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
     the state each) are gone once it returns, not alive through the next round."""
     arrays = content.array_records["arrays"]
     trained, frozen = trainable(arrays, settings.frozen_prefix)
-    with _quiet("flwr"):  # its per-round INFO lines would break the progress display
+    with quiet():  # its per-round INFO lines would break the progress display
         content.config_records["config"].update(begin_round(strategy, round_, trained, chosen))
     if settings.secure is not None and settings.secure.secure_aggregation:
         return _secure_round(grid, content, round_, chosen, node_clients, settings, strategy)
@@ -242,7 +241,7 @@ def _train_round(grid, content, round_, chosen, node_clients, settings, strategy
         ok = [clip_reply(r, trained, strategy.clipping_norm, dp.dp.endswith("adaptive")) for r in ok]
     if dp is not None:  # a fixed denominator: a missing update counts as none (the global state)
         ok += [zero_update(trained, n, dp.dp.endswith("adaptive")) for n in chosen if n not in ok_nodes]
-    with _quiet("flwr"), seeded_noise(settings.seed, round_):
+    with quiet(), seeded_noise(settings.seed, round_):
         merged, metrics = aggregate(strategy, round_, ok, trained, frozen, uniform=dp is not None)
     del ok
     state = {k: merged[k] for k in arrays.keys()}  # the global state's key order
@@ -260,7 +259,7 @@ def _secure_round(grid, content, round_, chosen, node_clients, settings, strateg
     config = dict(content.config_records["config"].items())
     mean, client_metrics = secure_mean(grid, everything, config, chosen, round_, settings.secure,
                                        settings.round.client_timeout_s)
-    with _quiet("flwr"):
+    with quiet():
         merged, metrics = aggregate(strategy, round_, [pseudo_reply(mean, client_metrics)], trained, frozen)
     state = {k: merged[k] for k in arrays.keys()}
     record = {"round": round_, "sampled": [node_clients[n][0] for n in chosen], "failed": {},
@@ -297,17 +296,6 @@ def _reason(replies, node: int) -> str:
         if r.metadata.src_node_id == node and r.has_error():
             return (r.error.reason or f"error code {r.error.code}").strip().splitlines()[-1][:200]
     return "no reply within the time limit"
-
-
-@contextmanager
-def _quiet(name: str):
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _append(path: Path, record: dict) -> None:
