@@ -5,7 +5,8 @@ calls ``fedp2eft.fl.worker.train`` and a hand-written weighted average directly;
 through ``InProcessGrid`` -> ClientApp -> records -> ``FedAvg.aggregate_train``, with discovery,
 per-round JSON lines and a checkpoint at the end. Both sample the same clients with the same seeds
 and must end with the same weights. Prints the time ratio (target <= 1.10) and writes
-``benchmarks/results/engine_overhead.json``.
+``benchmarks/results/engine_overhead.json``. Run as a script it preloads the allocator the ``fedp2eft``
+command runs with (``memory.preload_allocator``; ``FEDP2EFT_ALLOCATOR=system`` for glibc's).
 
     .venv/bin/python benchmarks/engine_overhead.py [--rounds 10] [--repeats 3] [--data ../shared/data/masakhanews]
     .venv/bin/python benchmarks/engine_overhead.py --fast --out /tmp/overhead.json   # tiny-bert, 2 rounds, once
@@ -127,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads or 2)
     results = {name: measure(args, name) for name in args.jobs.split(",")}
-    write_result(args.out, {"target": 1.10, "jobs": results})
+    from fedp2eft.memory import allocator_in_use
+
+    write_result(args.out, {"target": 1.10, "allocator": allocator_in_use(), "jobs": results})
     return 0
 
 
 if __name__ == "__main__":
+    from fedp2eft.memory import preload_allocator
+
+    preload_allocator()  # as the fedp2eft command runs (tcmalloc when installed; FEDP2EFT_ALLOCATOR=system: glibc)
     sys.exit(main())

@@ -8,8 +8,9 @@ reference measured in the same run.
     .venv/bin/python benchmarks/memory.py --fast --methods lora --out /tmp/memory.json   # tiny-bert, seconds
 
 Prints, per measurement, the peak RSS in MB, its ratio to the model's parameter bytes, the wall time
-and the time ratio against the reference; the quickstart's target is a peak of at most 2 GB without
-being slower than the reference.
+and the time ratio against the reference. Whole runs (each in a fresh process): the quickstart (target: a
+peak of at most 1.5 GB), the same without gradient checkpointing (its previous set-up: what checkpointing
+costs in time) and the generation quickstart (target 3 GB).
 """
 
 from __future__ import annotations
@@ -74,6 +75,25 @@ def peak_of(cmd: list[str], env: dict) -> tuple[float, float, int]:
     return usage.ru_maxrss / 1024, time.perf_counter() - start, proc.returncode
 
 
+QUICKSTART_MB, GENERATION_MB = 1500 * 10**6 / 2**20, 3 * 10**9 / 2**20  # the targets: 1.5 GB and 3 GB
+
+
+def quickstarts(args, threads: int) -> list[tuple[str, str, list[str], float | None]]:
+    """``(name, config, --set values, target MB)`` of each whole run measured: the quickstart as set up, the
+    same without gradient checkpointing (the previous default: what it costs in time), and the generation
+    quickstart (not in ``--fast``)."""
+    common = [*(fast_sets() if args.fast else []), *args.sets, f"experiment.threads={threads}"]
+    runs = [("quickstart", args.config, common, round(QUICKSTART_MB)),
+            ("quickstart without gradient checkpointing", args.config,
+             [*common, 'experiment.gradient_checkpointing="off"'], None),
+            ("quickstart, gradient checkpointing everywhere", args.config,
+             [*common, 'experiment.gradient_checkpointing="all"'], round(QUICKSTART_MB))]
+    if not args.fast:
+        runs.append(("generation quickstart", "configs/generation_quickstart.toml",
+                     [f"experiment.threads={threads}"], round(GENERATION_MB)))
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     from fedp2eft.benchkit import add_options, bench_config, open_bench, write_result
 
@@ -104,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model parameters: {size:.0f} MB (fp32)")
     library = find_allocator()
     results: dict = {"config": args.config, "sets": args.sets, "fast": args.fast, "model_mb": size,
-                     "threads": threads, "allocator_library": library, "client_round": {}, "quickstart": {}}
+                     "threads": threads, "allocator_library": library, "client_round": {}, "quickstart": {},
+                     **{name: {} for name, *_ in quickstarts(args, threads) if name != "quickstart"}}
     base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     base_env["OMP_NUM_THREADS"] = str(threads)
     modes = [(REFERENCE, {**base_env, "FEDP2EFT_ALLOCATOR": "system"})]
@@ -122,24 +143,34 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit(f"{method}: the probe failed (exit {rc})")
             results["client_round"].setdefault(method, {})[mode] = {"peak_mb": round(peak), "seconds": round(secs, 1)}
             print(f"{mode:>24} | {method:<22} peak {peak:6.0f} MB = {peak / size:4.1f} x model, {secs:5.1f} s")
-        if not args.skip_quickstart and (not reference or args.quickstart_reference or library is None):
+        if args.skip_quickstart or (reference and not args.quickstart_reference and library is not None):
+            continue
+        for name, config, sets, target in quickstarts(args, threads):
+            if reference and name != "quickstart":
+                continue  # the reference allocator runs the quickstart alone
             with tempfile.TemporaryDirectory() as tmp:
                 # python -m fedp2eft: the command's own allocator choice (LD_PRELOAD from env, or system)
-                quick = [*(fast_sets() if args.fast else []), *args.sets, f"experiment.threads={threads}"]  # (a classification config)
-                cmd = [sys.executable, "-m", "fedp2eft", "run", args.config, "--out", tmp,
-                       *(x for s in quick for x in ("--set", s))]
+                cmd = [sys.executable, "-m", "fedp2eft", "run", config, "--out", tmp,
+                       *(x for s in sets for x in ("--set", s))]
                 peak, secs, rc = peak_of(cmd, env)
             if rc != 0:
-                raise SystemExit(f"quickstart failed (exit {rc})")
-            results["quickstart"][mode] = {"peak_mb": round(peak), "seconds": round(secs, 1)}
-            verdict = "<= 2 GB" if peak <= 2048 else "> 2 GB"
-            print(f"{mode:>24} | quickstart             peak {peak:6.0f} MB = {peak / size:4.1f} x model, "
-                  f"{secs:5.0f} s ({verdict})")
+                raise SystemExit(f"{name} failed (exit {rc})")
+            results["quickstart" if name == "quickstart" else name][mode] = {
+                "peak_mb": round(peak), "seconds": round(secs, 1), "target_mb": target}
+            verdict = "" if target is None else (f" (<= {target} MB)" if peak <= target else f" (> {target} MB)")
+            print(f"{mode:>24} | {name:<34} peak {peak:6.0f} MB = {peak / size:4.1f} x model, {secs:5.0f} s{verdict}")
     ratios = {m: round(r[PRELOADED]["seconds"] / r[REFERENCE]["seconds"], 2)
               for m, r in results["client_round"].items() if PRELOADED in r}
     if len(results["quickstart"]) == 2:
         q = results["quickstart"]
         ratios["quickstart"] = round(q[PRELOADED]["seconds"] / q[REFERENCE]["seconds"], 2)
+    off = results.get("quickstart without gradient checkpointing", {}).get(PRELOADED)
+    if off and PRELOADED in results["quickstart"]:
+        q = results["quickstart"][PRELOADED]
+        results["checkpointing"] = {"time_ratio": round(q["seconds"] / off["seconds"], 2),
+                                    "peak_ratio": round(q["peak_mb"] / off["peak_mb"], 2)}
+        print(f"quickstart with / without gradient checkpointing: time {results['checkpointing']['time_ratio']:.2f}, "
+              f"peak {results['checkpointing']['peak_ratio']:.2f}")
     if ratios:
         results["time_ratio_preloaded_over_reference"] = ratios
         print("time, preloaded / reference: " + ", ".join(f"{m} {r:.2f}" for m, r in ratios.items()))

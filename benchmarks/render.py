@@ -202,9 +202,35 @@ def privacy(root: Path = HERE) -> str:
     return privacy_table(json.loads(f.read_text())) if f.is_file() else "(no privacy/results.json yet)"
 
 
+def memory(root: Path = HERE) -> str:
+    """``memory.json`` (``benchmarks/memory.py``): whole runs' peaks and times, then one client's round per
+    method under each allocator."""
+    m = json.loads((root / "memory.json").read_text())
+    pre, ref = "preloaded allocator", "system (reference)"
+    out = ["| run (tcmalloc, 2 threads) | peak RSS | target | wall time |", "|---|---:|---:|---:|"]
+    for name in ("quickstart", "quickstart without gradient checkpointing",
+                 "quickstart, gradient checkpointing everywhere", "generation quickstart"):
+        r = m.get(name, {}).get(pre)
+        if r:
+            target = "–" if r.get("target_mb") is None else \
+                f"≤ {r['target_mb'] * 2**20 / 1e9:.1f} GB ({r['target_mb']} MiB)"
+            out.append(f"| {name} | {r['peak_mb']} MiB ({r['peak_mb'] * 2**20 / 1e9:.2f} GB) | {target} "
+                       f"| {r['seconds']:.0f} s |")
+    if "checkpointing" in m:
+        c = m["checkpointing"]
+        out.append(f"\nGradient checkpointing of the base model's stage: peak × {c['peak_ratio']:.2f}, "
+                   f"time × {c['time_ratio']:.2f} (the two quickstart rows, same run).")
+    out += ["", "| one client's round | tcmalloc | glibc | time, tcmalloc / glibc |", "|---|---:|---:|---:|"]
+    for method, r in m["client_round"].items():
+        ratio = m.get("time_ratio_preloaded_over_reference", {}).get(method)
+        out.append(f"| {method} | {r[pre]['peak_mb']} MiB, {r[pre]['seconds']:.1f} s | {r[ref]['peak_mb']} MiB, "
+                   f"{r[ref]['seconds']:.1f} s | {'–' if ratio is None else f'{ratio:.2f}'} |")
+    return "\n".join(out)
+
+
 BLOCKS = {  # name -> (results root) -> the block's text
     "privacy": privacy, "cost": cost, "quickstart": quickstart, "engine_overhead": engine_overhead,
-    "paper_protocol": paper_protocol,
+    "paper_protocol": paper_protocol, "memory": memory,
     "masakhanews_small": lambda root: masakhanews_tables(root / "masakhanews_small") + "\n"
     + lambda_table(root / "masakhanews_small"),
     "six_methods": lambda root: six_methods(root / "masakhanews_small"),

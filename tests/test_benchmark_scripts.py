@@ -298,6 +298,7 @@ def test_memory_measures_a_round_and_the_quickstart_with_each_allocator(tmp_path
     assert set(mem["client_round"]["lora"]) == modes and mem["model_mb"] > 0
     assert all(m["peak_mb"] > mem["model_mb"] and m["seconds"] > 0 for m in mem["client_round"]["lora"].values())
     assert len(mem["quickstart"]) == 1 and next(iter(mem["quickstart"].values()))["peak_mb"] > 0
+    assert len(mem["quickstart without gradient checkpointing"]) == 1  # the previous set-up, timed beside it
     assert "quickstart" in capsys.readouterr().out
     assert script.main(["--fast", "--methods", "nope", "--out", str(out)]) == 2
 

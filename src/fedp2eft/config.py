@@ -39,6 +39,7 @@ REPLICATES = ("personalisation", "federation")  # what a seed varies: setup/repl
 
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 
+CHECKPOINTING = ("off", "base", "all")  # experiment.gradient_checkpointing
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -51,6 +52,9 @@ class ExperimentConfig:
     replicate: str = "personalisation"
     tracking: list[str] = field(default_factory=list)  # "tensorboard", "mlflow", "wandb" (``tracking``)
     tracking_dir: str = ""  # "" = <out>/tracking
+    # recompute activations in the backward pass (models.memory_saving): "off", "base" (the base model's
+    # stage, where the most parameters train), "all" (every local training); same results, less memory
+    gradient_checkpointing: str = "off"
 
     def __post_init__(self) -> None:
         require(len(self.seeds) > 0, "seeds", "needs at least one seed")
@@ -59,6 +63,8 @@ class ExperimentConfig:
         require(self.replicate in REPLICATES, "replicate", f"must be one of {list(REPLICATES)}")
         require(len(set(self.seeds)) == len(self.seeds), "seeds", "seeds repeat")
         require(self.threads >= 0, "threads", "must be >= 0")
+        require(self.gradient_checkpointing in CHECKPOINTING, "gradient_checkpointing",
+                f"must be one of {list(CHECKPOINTING)}")
 
 
 @dataclass(frozen=True)

@@ -108,3 +108,56 @@ def trim_freed_memory() -> None:
     release = _release_function()
     if release is not None:
         release()
+
+
+MADV_PAGEOUT = 21  # Linux >= 5.4
+
+
+def _file_mappings() -> list[tuple[int, int]]:
+    """``(start, end)`` of this process's memory mappings that map a file (``/proc/self/maps``), sorted."""
+    spans = []
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                parts = line.split(maxsplit=5)
+                if len(parts) == 6 and parts[5].startswith("/"):
+                    lo, hi = parts[0].split("-")
+                    spans.append((int(lo, 16), int(hi, 16)))
+    except OSError:
+        return []
+    return sorted(spans)
+
+
+def release_file_pages(tensors) -> int:
+    """Let the kernel reclaim the resident pages of those ``tensors`` that map a file: a model's weights
+    memory-mapped from its safetensors file and read once in full (a fingerprint, a save) otherwise stay
+    resident, e.g. all 250,037 rows of e5-small's embedding table (384 MB) where training uses the rows of
+    its data's tokens. ``madvise(MADV_PAGEOUT)`` (Linux >= 5.4) keeps contents: a page used again is read
+    back from the file, and memory that maps no file (trained or copied tensors) is not touched. Returns
+    the bytes advised; 0 where the call is unavailable."""
+    import bisect
+    import mmap
+
+    spans = _file_mappings()
+    if not spans:
+        return 0
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page, done, seen = mmap.PAGESIZE, 0, set()
+    starts = [s for s, _ in spans]
+    for t in tensors:
+        storage = t.untyped_storage()
+        addr, size = storage.data_ptr(), storage.nbytes()
+        if addr in seen or size < page:
+            continue
+        seen.add(addr)
+        i = bisect.bisect_right(starts, addr) - 1
+        if i < 0 or addr + size > spans[i][1]:
+            continue  # not inside one file mapping
+        lo, hi = -(-addr // page) * page, (addr + size) // page * page
+        if hi > lo and madvise(lo, hi - lo, MADV_PAGEOUT) == 0:
+            done += hi - lo
+    return done

@@ -26,6 +26,7 @@ from .methods import ClientTask, PersonaliseConfig, get_method, get_spec
 from .methods.interface import client_base
 from .methods.registry import method_names
 from .models import resolve
+from .models.memory_saving import held, set_gradient_checkpointing
 from .progress import RunProgress, make_console
 from .report import add_run, environment, load_results, results_lock, run_key, write_results
 from .setup.federation import client_tasks, load_federation, task_for
@@ -38,6 +39,7 @@ from .stages import method_resources
 _RUN_SELECTORS = {("federation", "engine"), ("federation", "num_cpus"), ("federation", "num_gpus"),
                   ("federation", "client_timeout_s"), ("experiment", "seeds"), ("experiment", "output_dir"), ("experiment", "name"),
                   ("experiment", "threads"), ("experiment", "tracking"), ("experiment", "tracking_dir"),
+                  ("experiment", "gradient_checkpointing"),
                   ("personalise", "methods"), ("personalise", "budgets"),
                   ("personalise", "pools"), ("personalise", "eval_batch_size"),
                   ("data", "path")}  # where the data lie, not what they are: a copy elsewhere is the same data
@@ -211,9 +213,11 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
             source.prepare(seed_cfg, seed_layout, runner, fresh, console.print)
             base: SharedBase = source.open(seed_cfg, len(seed_fed.label_names), seed)
             trim_freed_memory()  # what loading it copied through
+            set_gradient_checkpointing(base.model, cfg.experiment.gradient_checkpointing == "all")
             check_runs_base(results, base.identity, out_dir, seed if seed_cfg is not cfg else None)
-            tasks = {pool: client_tasks(seed_fed.pool(pool), base.tokenizer, cfg.data.max_length, problem)
-                     for pool in p.pools}
+            with held(base.tokenizer):  # one tokenizer load for every pool, released after
+                tasks = {pool: client_tasks(seed_fed.pool(pool), base.tokenizer, cfg.data.max_length, problem)
+                         for pool in p.pools}
             resources = method_resources(seed_cfg, seed_layout, seed, base.model, base.spec, tasks,
                                          [(m, b) for _, _, m, b in seed_todo], runner, fresh, console.print,
                                          clients_base=base)

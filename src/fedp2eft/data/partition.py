@@ -61,6 +61,8 @@ class Client:
     pool: str
     train: list[Example]
     test: list[Example]
+    # the rows encoded for a model, per (tokenizer, length, task): ``setup.federation.client_task``'s memo
+    encoded: dict = field(default_factory=dict, repr=False, compare=False)
 
     def languages(self, split: str = "train") -> dict[str, int]:
         """Rows per language in a split (a Fed-Aya client may speak several)."""

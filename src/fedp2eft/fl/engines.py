@@ -59,7 +59,14 @@ def stage_job(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, bud
     settings = stage.client_settings(cfg)
     return Job(stage=stage.name, experiment=experiment, base_spec=base_spec, seed=seed,
                settings=stage.settings_json(settings), num_clients=len(cached_federation(experiment)[1].clients),
-               budget=budget, client_state_dir=str(client_state_dir) if client_state_dir is not None else None)
+               budget=budget, client_state_dir=str(client_state_dir) if client_state_dir is not None else None,
+               gradient_checkpointing=checkpointed(cfg, stage))
+
+
+def checkpointed(cfg: Config, stage: FederatedStage) -> bool:
+    """Whether ``stage``'s clients train with gradient checkpointing (``experiment.gradient_checkpointing``)."""
+    mode = cfg.experiment.gradient_checkpointing
+    return mode == "all" or (mode == "base" and stage.section == "base_model")
 
 
 def run_job(cfg: Config, job: Job, init, settings: LoopSettings, out_dir: Path, resume: bool,

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import UserError
 from . import packaged
 from .classifier import SequenceClassifier
+from .memory_saving import ReleasableTokenizer
 from .tiny import TINY, build_tiny
 
 
@@ -64,13 +65,21 @@ def is_decoder(config) -> bool:
 
 
 def load_tokenizer(spec: str):
+    """The model's tokenizer: the tiny test models' cached one, else a ``ReleasableTokenizer`` that loads
+    the hub or folder tokenizer when used (``models.memory_saving``)."""
     _quiet_transformers()
     src = resolve(spec)
     if src.kind == "tiny":
         return packaged.xlmr_tokenizer()
+    folder = Path(src.ref).expanduser()
+    return ReleasableTokenizer(lambda: _hub_tokenizer(src.ref), key=str(src.ref),
+                               folder=folder if folder.is_dir() else None)
+
+
+def _hub_tokenizer(ref: str):
     from transformers import AutoTokenizer
 
-    tok = _from_pretrained(AutoTokenizer, src.ref)
+    tok = _from_pretrained(AutoTokenizer, ref)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -9,6 +9,7 @@ from ..data import FederationSpec, get_dataset
 from ..data.partition import Client, Federation
 from ..methods import ClientTask
 from ..methods.registry import StageContext
+from ..models.memory_saving import held, tokenizer_key
 from ..tasks import Task, make_task
 
 
@@ -70,12 +71,22 @@ def cap_rows(rows: list, cap: int) -> list:
 
 
 def client_task(client: Client, tokenizer, max_length: int, problem: Task) -> ClientTask:
-    return ClientTask(client.cid, client.language, problem.encode(tokenizer, client.train, max_length),
-                      problem.encode(tokenizer, client.test, max_length), problem)
+    """The client's rows encoded for ``problem``: once per process and (tokenizer, length, task), kept on
+    the client (``Client.encoded``: a few bytes per token), so a released tokenizer
+    (``models.memory_saving``) is loaded again only for a client not encoded before."""
+    key = (tokenizer_key(tokenizer), max_length, type(problem).__name__, repr(sorted(vars(problem).items())),
+           id(client.train), id(client.test))
+    if key not in client.encoded:
+        with held(tokenizer):
+            client.encoded[key] = ClientTask(client.cid, client.language,
+                                             problem.encode(tokenizer, client.train, max_length),
+                                             problem.encode(tokenizer, client.test, max_length), problem)
+    return client.encoded[key]
 
 
 def client_tasks(clients: list[Client], tokenizer, max_length: int, problem: Task) -> list[ClientTask]:
-    return [client_task(c, tokenizer, max_length, problem) for c in clients]
+    with held(tokenizer):  # one load for the whole list
+        return [client_task(c, tokenizer, max_length, problem) for c in clients]
 
 
 @functools.lru_cache(maxsize=2)

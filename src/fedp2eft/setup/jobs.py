@@ -24,6 +24,7 @@ class Job:
     budget: int | None = None
     client_state_dir: str | None = None
     round: int = 0
+    gradient_checkpointing: bool = False  # the clients' local training recomputes activations (memory)
 
     def for_round(self, round_: int) -> Job:
         return dataclasses.replace(self, round=int(round_))

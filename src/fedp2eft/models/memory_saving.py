@@ -1,0 +1,125 @@
+"""Two ways a process keeps less in memory while it trains, neither changing what it computes.
+
+- ``ReleasableTokenizer``: a hub or folder tokenizer loaded when first used and dropped by ``release``.
+  XLM-R's fast tokenizer (e5-small's; 250,002 Unigram pieces) holds ~250 MiB, most of it the piece trie,
+  and a client's training needs none of it once the client's rows are encoded
+  (``setup.federation.client_task`` encodes each client once per process, then releases it). Loading
+  it again costs ~0.6 s on 2 cores.
+- ``set_gradient_checkpointing``: the transformer's layers recompute their activations in the backward
+  pass instead of keeping them (Hugging Face's gradient checkpointing, non-reentrant, dropout's random
+  state replayed), so a training step holds one layer's activations instead of all of them, for one
+  more forward pass per step (``experiment.gradient_checkpointing``).
+
+Measured in ``benchmarks/memory.py``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+# what a tokenizer folder holds (Hugging Face's file names), copied by ``ReleasableTokenizer.save_pretrained``
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "chat_template.jinja", "chat_template.json", "vocab.txt", "vocab.json", "merges.txt",
+                   "sentencepiece.bpe.model", "spiece.model", "tokenizer.model")
+
+
+class ReleasableTokenizer:
+    """A tokenizer made by ``load()`` on first use; every attribute and call is the loaded tokenizer's.
+    ``release()`` drops it (and gives its memory back) unless a ``held`` block is using it. ``folder``:
+    the local folder it loads from, if any (``save_pretrained`` then copies its files, loading nothing)."""
+
+    def __init__(self, load: Callable[[], Any], key: str, folder: str | Path | None = None):
+        self._load, self.key, self._tokenizer, self._holds = load, key, None, 0
+        self._folder = Path(folder) if folder is not None else None
+
+    def save_pretrained(self, dest: str | Path) -> None:
+        """The tokenizer's files in ``dest``: copied from its folder while it is not loaded (a base model
+        written after training needs no 250 MiB load for it), else the loaded tokenizer's own save."""
+        files = [self._folder / n for n in TOKENIZER_FILES] if self._folder is not None else []
+        files = [f for f in files if f.is_file()]
+        if self._tokenizer is not None or not any(f.name == "tokenizer_config.json" for f in files):
+            self.loaded.save_pretrained(dest)
+            return
+        for f in files:
+            shutil.copyfile(f, Path(dest) / f.name)
+
+    @property
+    def loaded(self):
+        if self._tokenizer is None:
+            self._tokenizer = self._load()
+        return self._tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return self.loaded(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.loaded, name)
+
+    def __len__(self) -> int:
+        return len(self.loaded)
+
+    def release(self) -> None:
+        if self._tokenizer is not None and self._holds == 0:
+            from ..memory import trim_freed_memory
+
+            self._tokenizer = None
+            gc.collect()
+            trim_freed_memory()
+
+    def __repr__(self) -> str:
+        return f"ReleasableTokenizer({self.key!r}, {'loaded' if self._tokenizer is not None else 'released'})"
+
+
+@contextlib.contextmanager
+def held(tokenizer):
+    """Keep ``tokenizer`` loaded for the block (nested blocks share one load); a ``ReleasableTokenizer``
+    is released when the outermost block ends. Any other tokenizer is used as it is."""
+    if not isinstance(tokenizer, ReleasableTokenizer):
+        yield tokenizer
+        return
+    tokenizer._holds += 1
+    try:
+        yield tokenizer
+    finally:
+        tokenizer._holds -= 1
+        tokenizer.release()
+
+
+def tokenizer_key(tokenizer) -> str:
+    """What identifies a tokenizer's encodings (a memo's key)."""
+    if isinstance(tokenizer, ReleasableTokenizer):
+        return tokenizer.key
+    return f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{id(tokenizer)}"
+
+
+def set_gradient_checkpointing(model: nn.Module, on: bool) -> bool:
+    """Switch gradient checkpointing of ``model``'s transformer (``model.backbone``, or ``model``) on or
+    off; copies made afterwards (``copy.deepcopy``) inherit it. Returns whether the transformer supports
+    it (a model that does not trains as before)."""
+    hf = getattr(model, "backbone", model)
+    if hasattr(hf, "get_base_model"):  # a peft wrapper
+        hf = hf.get_base_model()
+    if not getattr(hf, "supports_gradient_checkpointing", False):
+        return False
+    if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
+        active, enable, disable = hf.is_activation_checkpointing, hf.activation_checkpointing_enable, \
+            hf.activation_checkpointing_disable
+        kwargs = {"activation_checkpointing_kwargs": {"use_reentrant": False}}
+    else:
+        active, enable, disable = hf.is_gradient_checkpointing, hf.gradient_checkpointing_enable, \
+            hf.gradient_checkpointing_disable
+        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
+    if on and not active:
+        enable(**kwargs)
+    elif not on and active:
+        disable()
+    return True
