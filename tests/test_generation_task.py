@@ -50,7 +50,7 @@ def test_loss_depends_only_on_response_logits(tiny):
     batch = data.batch([0, 1])
     full = model(batch["input_ids"], batch["attention_mask"])  # [B, T, V]
     sparse = model(batch["input_ids"], batch["attention_mask"], batch["target_mask"])  # scored positions only
-    assert sparse.shape[0] == int(batch["target_mask"].sum())
+    assert sparse.logits().shape == (int(batch["target_mask"].sum()), full.shape[-1])
     assert torch.allclose(task.loss(full, batch), task.loss(sparse, batch), atol=1e-5)
     changed = full.clone()
     changed[~batch["target_mask"]] += torch.randn_like(changed[~batch["target_mask"]])  # prompt and padding
@@ -59,6 +59,30 @@ def test_loss_depends_only_on_response_logits(tiny):
     hf = model.backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                         labels=batch["labels"]).loss
     assert torch.allclose(task.loss(sparse, batch), hf, atol=1e-5)
+
+
+def test_chunked_scored_loss_equals_the_whole_one_in_value_gradient_and_second_derivative(tiny, monkeypatch):
+    from fedp2eft.models import causal_lm
+
+    task, model, tok = tiny
+    batch = task.encode(tok, ROWS, max_length=40).batch([0, 1, 2])
+    mlp = model.backbone.get_decoder().layers[-1].mlp  # above the last attention (whose CPU kernel has no
+    params = [mlp.up_proj.weight, mlp.down_proj.weight]  # second derivative), as FedL2P's rates would be
+
+    def value_grad_hvp():
+        loss = task.loss(model(batch["input_ids"], batch["attention_mask"], batch["target_mask"]), batch)
+        grads = torch.autograd.grad(loss, params, create_graph=True)  # what FedL2P's hypergradient takes
+        hvp = torch.autograd.grad(sum((g * g.detach()).sum() for g in grads), params)
+        return loss.detach(), [g.detach() for g in grads], hvp
+
+    whole = value_grad_hvp()
+    vocab = model.backbone.get_output_embeddings().out_features
+    monkeypatch.setattr(causal_lm, "CHUNK_ELEMENTS", 3 * vocab)  # 3 positions per chunk: several chunks
+    chunked = value_grad_hvp()
+    assert int(batch["target_mask"].sum()) > 6
+    assert torch.allclose(whole[0], chunked[0], atol=1e-6)
+    for a, b in zip([*whole[1], *whole[2]], [*chunked[1], *chunked[2]]):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
 
 
 def test_adapters_target_every_decoder_linear_but_the_output_projection(tiny):

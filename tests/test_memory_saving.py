@@ -69,6 +69,41 @@ def test_a_released_tokenizer_saves_its_files_without_loading_and_they_load_the_
     assert AutoTokenizer.from_pretrained(tmp_path)(text)["input_ids"] == xlmr_tokenizer()(text)["input_ids"]
 
 
+@pytest.fixture(scope="module")
+def bpe_folder(tmp_path_factory):
+    """A small byte-fallback BPE tokenizer (Gemma-3's and Llama's kind) trained on a few lines, saved."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    bpe.normalizer = normalizers.Replace(" ", "\u2581")
+    bpe.pre_tokenizer = pre_tokenizers.Split(" ", "merged_with_previous")
+    bpe.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    lines = ["Habari ya asubuhi", "Ìròyìn tuntun láti Èkó", "the news of the morning", "ዘጠኝ ግብ"] * 20
+    specials = ["<pad>", "<unk>", "<bos>", "<eos>", "<end_of_turn>"]
+    bytes_ = [f"<0x{i:02X}>" for i in range(256)]
+    bpe.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=400, special_tokens=specials + bytes_))
+    folder = tmp_path_factory.mktemp("bpe")
+    PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", unk_token="<unk>", bos_token="<bos>",
+                            eos_token="<eos>").save_pretrained(folder)
+    return folder
+
+
+def test_a_released_bpe_tokenizer_decodes_like_the_loaded_one_without_loading_it(bpe_folder):
+    import random
+
+    tok, loads = counting_tokenizer(bpe_folder)
+    assert tok.decoder() is not None and not loads  # vocabulary, specials and decoder; no merges
+    rng = random.Random(0)
+    rows = [[rng.randrange(400) for _ in range(rng.randrange(1, 20))] for _ in range(300)]
+    rows += [[2, 4, 0, *r[:4], 3] for r in rows[:20]]  # special tokens among them
+    released = [[tok.decode(r, skip_special_tokens=skip) for r in rows] for skip in (True, False)]
+    assert not loads
+    loaded = [[tok.loaded.decode(r, skip_special_tokens=skip) for r in rows] for skip in (True, False)]
+    assert released == loaded and len(loads) == 1
+    assert any("<eos>" in t for t in released[1]) and not any("<eos>" in t for t in released[0])
+
+
 def test_each_client_is_encoded_once_per_process_and_the_tokenizer_released_after(tokenizer_folder):
     tok, loads = counting_tokenizer(tokenizer_folder)
     rows = [Example(text=f"habari {i}", label=i % 2, language="swa") for i in range(5)]

@@ -14,8 +14,7 @@ installed (``preload_allocator``). ``FEDP2EFT_ALLOCATOR`` = ``auto`` (default) |
 (SuperNodes, Ray workers) get one through ``LD_PRELOAD`` in their environment (README).
 
 ``trim_freed_memory`` gives the freed pages back between clients, rounds and stages, under each of
-the three allocators (once per client, not per step; whether it costs time on glibc is not isolated:
-BENCHMARKS.md, "Memory").
+the three allocators (between clients and rounds only when hundreds of MB are free; never per step).
 """
 
 from __future__ import annotations
@@ -101,13 +100,54 @@ def _release_function():
     return None
 
 
-def trim_freed_memory() -> None:
+class _MallInfo2(ctypes.Structure):  # glibc >= 2.33's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def freed_bytes() -> int | None:
+    """Bytes the allocator holds freed and not yet given back, where it says so cheaply (tcmalloc's page
+    heap, glibc's ``mallinfo2``), else None."""
+    try:
+        process = ctypes.CDLL(None)
+    except OSError:
+        return None
+    name = allocator_in_use()
+    if name == "tcmalloc" and hasattr(process, "MallocExtension_GetNumericProperty"):
+        value = ctypes.c_size_t(0)
+        if process.MallocExtension_GetNumericProperty(b"tcmalloc.pageheap_free_bytes", ctypes.byref(value)):
+            return value.value
+    if name == "system" and hasattr(process, "mallinfo2"):
+        process.mallinfo2.restype = _MallInfo2
+        return process.mallinfo2().fordblks
+    return None
+
+
+# freed memory below these stays with the allocator for what comes next: the next client of a stage reuses
+# its predecessor's memory (an e5-small full-fine-tuning client frees ~690 MB, all reused by the next), so a
+# ClientApp gives back only beyond what any client here frees (a SuperNode or Ray worker serves many clients
+# over its life); between rounds (evaluation, aggregation and checkpoints differ) and personalised clients
+# (methods differ), from 512 MiB
+CLIENT_TRIM_BYTES, ROUND_TRIM_BYTES = 1 << 30, 512 << 20
+
+
+def trim_freed_memory(at_least: int = 0) -> None:
     """Give the allocator's freed pages back to the system between clients, rounds and stages (glibc's
     ``malloc_trim``, tcmalloc's ``ReleaseFreeMemory``, jemalloc's purge; a no-op elsewhere): what one
-    client freed then never adds to the next one's peak."""
+    client freed then never adds to the next one's peak. With ``at_least``, only when the allocator holds
+    that many freed bytes (where it can tell: ``freed_bytes``). The call itself takes milliseconds; what
+    costs is faulting the given-back pages in again: a tiny-bert client of ``benchmarks/engine_overhead.py``
+    frees 150-280 MB, and giving it back after every client made the engine's rounds ~0.7 s per client
+    slower. Memory that the next client reuses is kept (``CLIENT_TRIM_BYTES``, ``ROUND_TRIM_BYTES``)."""
     release = _release_function()
-    if release is not None:
-        release()
+    if release is None:
+        return
+    if at_least:
+        freed = freed_bytes()
+        if freed is not None and freed < at_least:
+            return
+    release()
 
 
 MADV_PAGEOUT = 21  # Linux >= 5.4

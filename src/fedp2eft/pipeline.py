@@ -21,7 +21,7 @@ from .config import Config, from_dict, migrate
 from .errors import UserError
 from .evaluation import LanguageTally, mean_over_languages
 from .fl.engines import stage_runner
-from .memory import trim_freed_memory
+from .memory import ROUND_TRIM_BYTES, trim_freed_memory
 from .methods import ClientTask, PersonaliseConfig, get_method, get_spec
 from .methods.interface import client_base
 from .methods.registry import method_names
@@ -104,7 +104,7 @@ def personalise_pool(
         tally.add_scores(languages, scores)
         if per_client is not None:
             per_client[task.client_id] = client_record(task.language, scores)
-        trim_freed_memory()  # the client's copies and activations
+        trim_freed_memory(ROUND_TRIM_BYTES)  # the client's copies and activations (when they are many MB)
         advance()
     return tally
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..memory import trim_freed_memory
+from ..memory import CLIENT_TRIM_BYTES, trim_freed_memory
 from . import worker
 from .privacy import dp_clipping_mod
 from .records import RecordState, read_job, train_reply
@@ -49,7 +49,7 @@ def train(msg: Message, context: Context) -> Message:
     state = RecordState(msg.content.array_records["arrays"])
     mu = float(msg.content.config_records["config"].get("proximal-mu", 0.0))  # FedProx's, set by the strategy
     new_state, n, metrics = worker.train(job, cid, state, mu)
-    trim_freed_memory()  # a SuperNode or Ray worker serves many clients over its life
+    trim_freed_memory(CLIENT_TRIM_BYTES)  # a SuperNode or Ray worker serves many clients over its life
     return Message(train_reply(new_state, n, metrics), reply_to=msg)
 
 
@@ -58,7 +58,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     job = read_job(msg.content)
     cid, _ = node_client(job, context)
     sums, n = worker.evaluate(job, cid, RecordState(msg.content.array_records["arrays"]))
-    trim_freed_memory()
+    trim_freed_memory(CLIENT_TRIM_BYTES)
     # per metric the task names: its sum over the rows (what the server pools) and the client's mean
     metrics = MetricRecord({"num-examples": n, **{f"sum-{m}": s for m, s in sums.items()},
                             **{m: s / max(n, 1) for m, s in sums.items()}})

@@ -25,7 +25,7 @@ from flwr.app import ArrayRecord, Message, RecordDict
 from ..atomic import save_tensors, write_json
 from ..config import Privacy, RoundSettings, SecureAggregation
 from ..errors import UserError
-from ..memory import trim_freed_memory
+from ..memory import ROUND_TRIM_BYTES, trim_freed_memory
 from ..progress import quiet
 from ..setup.jobs import Job
 from .checkpoint import load_checkpoint, restore_rng, save_checkpoint
@@ -160,7 +160,7 @@ def run_rounds(
             record["privacy"] = {"epsilon": float(accountant.get_epsilon(dp.dp_target_delta)),
                                  "delta": dp.dp_target_delta, "clipping_norm": float(strategy.clipping_norm)}
         del content
-        trim_freed_memory()  # the round's messages and the clients' copies
+        trim_freed_memory(ROUND_TRIM_BYTES)  # the round's messages and the clients' copies (when many MB)
         if settings.round.eval_pool and settings.round.eval_every and round_ % settings.round.eval_every == 0:
             record["eval"] = evaluate_pool(grid, job, state, node_clients, settings.round.eval_pool, round_)
         record["seconds"] = round(time.perf_counter() - t0, 3)

@@ -121,10 +121,14 @@ def begin_round(strategy: Strategy, round_: int, arrays: ArrayRecord, nodes: lis
 
 
 def update_norms(global_arrays: ArrayRecord, replies: list[Message], keys: list[str]) -> list[float | str]:
-    """Each reply's ‖update − global‖₂ over ``keys`` (float64), or why it has none."""
+    """Each reply's ‖update − global‖₂ over ``keys`` (summed in float64), or why it has none: one difference
+    per tensor in its own dtype (torch's threads), no copies; a NaN or Inf anywhere makes the sum non-finite,
+    so no separate check."""
     norms: list[float | str] = [0.0] * len(replies)
     for key in keys:
-        g = global_arrays[key].numpy().astype(np.float64)
+        g = global_arrays[key].numpy()
+        g_t = torch.from_numpy(g).reshape(-1)
+        g_t = g_t if g_t.is_floating_point() else g_t.double()  # integer or boolean buffers
         for i, r in enumerate(replies):
             if isinstance(norms[i], str):
                 continue
@@ -132,8 +136,9 @@ def update_norms(global_arrays: ArrayRecord, replies: list[Message], keys: list[
             if key not in mine or tuple(mine[key].shape) != g.shape:
                 norms[i] = f"its update does not have the global state's tensor {key!r} {list(g.shape)}"
                 continue
-            d = (mine[key].numpy().astype(np.float64) - g).ravel()
-            norms[i] = norms[i] + float(np.dot(d, d)) if np.isfinite(d).all() else "its update is not finite (NaN or Inf)"
+            d = torch.from_numpy(mine[key].numpy()).reshape(-1).to(g_t.dtype) - g_t  # np.load's: writable, own
+            square = float(torch.linalg.vector_norm(d, dtype=torch.float64)) ** 2
+            norms[i] = norms[i] + square if np.isfinite(square) else "its update is not finite (NaN or Inf)"
     return [n if isinstance(n, str) else float(np.sqrt(n)) for n in norms]
 
 

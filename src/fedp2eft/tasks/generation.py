@@ -50,10 +50,13 @@ def next_token_batch(data: EncodedData, index: list[int]) -> dict[str, torch.Ten
     return out
 
 
-def causal_lm_loss(outputs: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean next-token cross-entropy over the scored (response) tokens. ``outputs`` are the logits at the
-    positions of ``batch["target_mask"]`` ([n, vocab], ``CausalLM.forward``) or full [B, T, vocab]."""
+def causal_lm_loss(outputs, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over the scored (response) tokens. ``outputs`` are the states at the
+    positions of ``batch["target_mask"]`` (``ScoredStates``, what ``CausalLM.forward`` returns with it),
+    their logits ([n, vocab]) or full [B, T, vocab] logits."""
     targets = batch["labels"][:, 1:][batch["target_mask"][:, :-1]]
+    if hasattr(outputs, "cross_entropy"):  # models.causal_lm.ScoredStates: projected chunk by chunk
+        return outputs.cross_entropy(targets)
     if outputs.dim() == 3:
         outputs = outputs[batch["target_mask"]]
     return F.cross_entropy(outputs.float(), targets)
@@ -113,7 +116,8 @@ class GenerationTask:
             prompts.append(prompt)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end
         return EncodedData(ids, labels, pad, prompt_ids=prompts, references=[ex.response for ex in examples],
-                           languages=[ex.language for ex in examples], tokenizer=tokenizer, collate=next_token_batch)
+                           languages=[ex.language for ex in examples], tokenizer=tokenizer,
+                           stop_ids=stop_ids(tokenizer), collate=next_token_batch)
 
     def load_model(self, source: str, num_labels: int = 0, pooling: str | None = None) -> tuple[nn.Module, Any]:
         from ..models import load_causal_lm
@@ -143,8 +147,8 @@ class GenerationTask:
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         lm.eval()
         device = device_of(lm)
-        tok = data.tokenizer
-        stops = stop_ids(tok)
+        tok = data.tokenizer  # a released ReleasableTokenizer decodes without loading the whole tokenizer
+        stops = data.stop_ids if data.stop_ids is not None else stop_ids(tok)
         out: list[str] = []
         for start in range(0, len(data), batch_size):
             rows = data.prompt_ids[start : start + batch_size]

@@ -53,6 +53,7 @@ class EncodedData:
     references: list[str] | None = None
     languages: list[str] | None = None
     tokenizer: object | None = None  # generation: what encoded the rows decodes the outputs
+    stop_ids: list[int] | None = None  # generation: the tokens that end a decoded output
     collate: Callable[[EncodedData, list[int]], dict[str, torch.Tensor]] = one_label_per_row  # the task's batching
 
     _PER_ROW = ("input_ids", "labels", "token_type_ids", "prompt_ids", "references", "languages")
@@ -65,7 +66,8 @@ class EncodedData:
 
     def subset(self, index: list[int]) -> EncodedData:
         rows = {k: None if getattr(self, k) is None else [getattr(self, k)[i] for i in index] for k in self._PER_ROW}
-        return EncodedData(pad_id=self.pad_id, tokenizer=self.tokenizer, collate=self.collate, **rows)
+        return EncodedData(pad_id=self.pad_id, tokenizer=self.tokenizer, stop_ids=self.stop_ids, collate=self.collate,
+                           **rows)
 
     def split(self, fraction: float, seed: int) -> tuple[EncodedData, EncodedData]:
         """A seeded random split: ``(1 − fraction, fraction)`` of the rows; each part keeps at least one row."""
