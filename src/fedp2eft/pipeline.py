@@ -21,7 +21,7 @@ from .config import Config, from_dict, migrate
 from .errors import UserError
 from .evaluation import LanguageTally, mean_over_languages
 from .fl.engines import stage_runner
-from .memory import ROUND_TRIM_BYTES, trim_freed_memory
+from .memory import ROUND_TRIM_BYTES, release_file_pages, trim_freed_memory
 from .methods import ClientTask, PersonaliseConfig, get_method, get_spec
 from .methods.interface import client_base
 from .methods.registry import method_names
@@ -251,5 +251,6 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 add_run(out_dir, results, run)
                 tracking.run_finished(run)
                 progress.done()
+                release_file_pages(base.model.state_dict().values())  # the embedding rows this pool's rows read
             del base, resources
     return results

@@ -53,8 +53,11 @@ def state_fingerprint(model) -> str:
 def save_base_model(model, tokenizer, folder: Path, meta: dict) -> None:
     """Write a base-model folder that the task's loader reads (backbone, tokenizer, a classifier's head),
     atomically."""
+    gc.collect()
+    trim_freed_memory()  # the stage's freed memory, before the save brings every weight's pages in
     with atomic_folder(folder) as tmp:
         model.backbone.save_pretrained(tmp, safe_serialization=True)
+        release_file_pages(model.state_dict().values())  # and out again before the fingerprint reads them
         tokenizer.save_pretrained(tmp)
         shape = {"fingerprint": state_fingerprint(model)}
         if hasattr(model, "num_labels"):  # a classifier: its head and pooling
