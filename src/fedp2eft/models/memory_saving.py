@@ -6,7 +6,7 @@
   (``setup.federation.client_task`` encodes each client once per process, then releases it). Loading
   it again costs ~0.6 s on 2 cores. Decoding does not load it: ``decode`` on a released tokenizer uses a
   decode-only tokenizer built from the folder's ``tokenizer.json`` without its BPE merges (Gemma-3's:
-  ~90 MiB instead of ~580 MiB; the merges only matter to encoding), where the folder has one.
+  ~64 MiB held instead of ~580 MiB, measured by hand; the merges only matter to encoding), where the folder has one.
 - ``set_gradient_checkpointing``: the transformer's layers recompute their activations in the backward
   pass instead of keeping them (Hugging Face's gradient checkpointing, non-reentrant, dropout's random
   state replayed), so a training step holds one layer's activations instead of all of them, for one
