@@ -1,22 +1,25 @@
 """Memory: the command's allocator choice (re-executed once with tcmalloc/jemalloc preloaded when one is
-installed), freed memory given back under every allocator, a received state never copied whole, and a
+installed), freed memory given back under every allocator, messages read without np.load's chunked
+copies, a received state never copied whole, and a
 round's messages gone before the next round trains. The peaks themselves are measured by
 ``benchmarks/memory.py``, not asserted here."""
 
 from __future__ import annotations
 
 import gc
+import io
 import subprocess
 import sys
 import weakref
 
+import numpy as np
 import pytest
 import torch
-from flwr.app import Message
+from flwr.app import Array, Message
 
 from fedp2eft.config import RoundSettings
 from fedp2eft.fl.inprocess import InProcessGrid
-from fedp2eft.fl.records import RecordState, from_arrays, to_arrays, train_reply
+from fedp2eft.fl.records import RecordState, array_tensor, array_view, from_arrays, to_array, to_arrays, train_reply
 from fedp2eft.fl.server_loop import LoopSettings, run_rounds
 from fedp2eft.memory import find_allocator
 from fedp2eft.setup.jobs import Job
@@ -54,6 +57,33 @@ def test_the_reexecuted_command_keeps_its_arguments():
     proc = subprocess.run([sys.executable, "-m", "fedp2eft", "--version"], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith("fedp2eft "), proc.stderr
+
+
+@pytest.mark.parametrize("tensor", [torch.randn(3, 4), torch.arange(7, dtype=torch.int64), torch.tensor(2.5),
+                                    torch.zeros(0, 3), torch.randn(4, 6).t(), torch.rand(5) > 0.5,
+                                    torch.randn(2, 3, 4, dtype=torch.float64).half()])
+def test_messages_hold_the_bytes_np_save_writes_and_read_back_without_np_load(tensor):
+    """``to_array`` writes what Flower's ``Array(tensor)`` writes, byte for byte (so Flower's strategies and
+    transports read it as their own); ``array_view`` reads it, and a Flower-made Array, without a copy."""
+    ours, flowers = to_array(tensor), Array(tensor.contiguous())
+    assert (ours.dtype, ours.shape, ours.stype, ours.data) == (flowers.dtype, flowers.shape, flowers.stype,
+                                                                 flowers.data)
+    for array in (ours, flowers):
+        view = array_view(array)
+        assert not view.flags.writeable and view.dtype == array.numpy().dtype
+        assert torch.equal(torch.from_numpy(view.copy()), tensor)
+        own = array_tensor(array)
+        own.add_(1) if own.dtype != torch.bool else own.logical_not_()
+        assert torch.equal(torch.from_numpy(array.numpy()), tensor)  # the copy is the caller's own
+    fortran = Array(dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=_npy(np.asfortranarray(
+        np.arange(6, dtype=np.float32).reshape(2, 3))))
+    assert np.array_equal(array_view(fortran), np.arange(6, dtype=np.float32).reshape(2, 3))  # Flower's path
+
+
+def _npy(ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, ndarray, allow_pickle=False)
+    return buffer.getvalue()
 
 
 def test_a_received_state_reads_like_the_state_and_is_read_only():

@@ -109,18 +109,28 @@ class _MallInfo2(ctypes.Structure):  # glibc >= 2.33's struct mallinfo2
 def freed_bytes() -> int | None:
     """Bytes the allocator holds freed and not yet given back, where it says so cheaply (tcmalloc's page
     heap, glibc's ``mallinfo2``), else None."""
+    probe = _freed_bytes_function()
+    return None if probe is None else probe()
+
+
+@functools.cache
+def _freed_bytes_function():
+    """The call behind ``freed_bytes``, found once (``allocator_in_use`` reads ``/proc/self/maps``, ~10 ms in a
+    process with a model loaded), or None."""
     try:
         process = ctypes.CDLL(None)
     except OSError:
         return None
     name = allocator_in_use()
     if name == "tcmalloc" and hasattr(process, "MallocExtension_GetNumericProperty"):
-        value = ctypes.c_size_t(0)
-        if process.MallocExtension_GetNumericProperty(b"tcmalloc.pageheap_free_bytes", ctypes.byref(value)):
-            return value.value
+        def tcmalloc_free() -> int | None:
+            value = ctypes.c_size_t(0)
+            ok = process.MallocExtension_GetNumericProperty(b"tcmalloc.pageheap_free_bytes", ctypes.byref(value))
+            return value.value if ok else None
+        return tcmalloc_free
     if name == "system" and hasattr(process, "mallinfo2"):
         process.mallinfo2.restype = _MallInfo2
-        return process.mallinfo2().fordblks
+        return lambda: process.mallinfo2().fordblks
     return None
 
 

@@ -43,7 +43,7 @@ from flwr.serverapp.strategy import (
 from ..config import Privacy
 from ..errors import UserError
 from .privacy import with_privacy
-from .records import from_arrays
+from .records import array_tensor, from_arrays
 
 STRATEGIES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad, "fedavgm": FedAvgM,
@@ -122,21 +122,22 @@ def begin_round(strategy: Strategy, round_: int, arrays: ArrayRecord, nodes: lis
 
 def update_norms(global_arrays: ArrayRecord, replies: list[Message], keys: list[str]) -> list[float | str]:
     """Each reply's ‖update − global‖₂ over ``keys`` (summed in float64), or why it has none: one difference
-    per tensor in its own dtype (torch's threads), no copies; a NaN or Inf anywhere makes the sum non-finite,
-    so no separate check."""
+    per tensor in its own dtype (torch's threads), both read in place from the messages' bytes
+    (``records.array_tensor``); a NaN or Inf anywhere makes the sum non-finite, so no separate check."""
     norms: list[float | str] = [0.0] * len(replies)
     for key in keys:
-        g = global_arrays[key].numpy()
-        g_t = torch.from_numpy(g).reshape(-1)
+        g_t = array_tensor(global_arrays[key], copy=False)
+        shape = tuple(g_t.shape)
+        g_t = g_t.reshape(-1)
         g_t = g_t if g_t.is_floating_point() else g_t.double()  # integer or boolean buffers
         for i, r in enumerate(replies):
             if isinstance(norms[i], str):
                 continue
             mine = r.content.array_records["arrays"]
-            if key not in mine or tuple(mine[key].shape) != g.shape:
-                norms[i] = f"its update does not have the global state's tensor {key!r} {list(g.shape)}"
+            if key not in mine or tuple(mine[key].shape) != shape:
+                norms[i] = f"its update does not have the global state's tensor {key!r} {list(shape)}"
                 continue
-            d = torch.from_numpy(mine[key].numpy()).reshape(-1).to(g_t.dtype) - g_t  # np.load's: writable, own
+            d = array_tensor(mine[key], copy=False).reshape(-1).to(g_t.dtype) - g_t  # views of the messages' bytes
             square = float(torch.linalg.vector_norm(d, dtype=torch.float64)) ** 2
             norms[i] = norms[i] + square if np.isfinite(square) else "its update is not finite (NaN or Inf)"
     return [n if isinstance(n, str) else float(np.sqrt(n)) for n in norms]
