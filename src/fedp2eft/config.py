@@ -31,6 +31,7 @@ from .methods.registry import (  # importing it fills the registry (methods/__in
     moved_keys,
 )
 from .models.classifier import POOLINGS
+from .models.precision import PRECISIONS
 from .schema import build_section, inline, section_dict, section_keys
 from .tasks import TEMPLATES, task_names
 
@@ -55,9 +56,13 @@ class ExperimentConfig:
     # recompute activations in the backward pass (models.memory_saving): "off", "base" (the base model's
     # stage, where the most parameters train), "all" (every local training); same results, less memory
     gradient_checkpointing: str = "off"
+    # the forward passes' precision (models.precision): "fp32"; "bf16" (autocast, fp32 weights, optimiser and
+    # merges); "auto" = bf16 where the device runs it natively (a bf16 GPU, a CPU with avx512_bf16/amx_bf16)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         require(len(self.seeds) > 0, "seeds", "needs at least one seed")
+        require(self.precision in PRECISIONS, "precision", f"must be one of {list(PRECISIONS)}")
         require(all(t in TRACKERS for t in self.tracking), "tracking", f"each must be one of {list(TRACKERS)}")
         require(len(set(self.tracking)) == len(self.tracking), "tracking", "trackers repeat")
         require(self.replicate in REPLICATES, "replicate", f"must be one of {list(REPLICATES)}")

@@ -27,8 +27,10 @@ from .methods.interface import client_base
 from .methods.registry import method_names
 from .models import resolve
 from .models.memory_saving import held, set_gradient_checkpointing
+from .models.precision import set_precision
 from .progress import RunProgress, make_console
 from .report import add_run, environment, load_results, results_lock, run_key, write_results
+from .setup.base_models import resolved_precision
 from .setup.federation import client_tasks, load_federation, task_for
 from .setup.layout import RunLayout
 from .setup.replicates import replicate_config, replicate_layout
@@ -214,6 +216,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
             base: SharedBase = source.open(seed_cfg, len(seed_fed.label_names), seed)
             trim_freed_memory()  # what loading it copied through
             set_gradient_checkpointing(base.model, cfg.experiment.gradient_checkpointing == "all")
+            set_precision(base.model, resolved_precision(cfg))
             check_runs_base(results, base.identity, out_dir, seed if seed_cfg is not cfg else None)
             with held(base.tokenizer):  # one tokenizer load for every pool, released after
                 tasks = {pool: client_tasks(seed_fed.pool(pool), base.tokenizer, cfg.data.max_length, problem)

@@ -13,6 +13,8 @@ from .atomic import write_json, write_text
 from .evaluation.aggregate import summarise
 from .evaluation.paired import paired_difference
 from .memory import allocator_in_use
+from .models.precision import bf16_is_fast
+from .setup.base_models import default_device
 from .setup.replicates import replicate_label
 
 
@@ -29,7 +31,8 @@ def environment() -> dict[str, Any]:
             versions[pkg] = None
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
     return {"packages": versions, "device": device, "torch_threads": torch.get_num_threads(),
-            "allocator": allocator_in_use(), "platform": platform.platform()}
+            "allocator": allocator_in_use(), "platform": platform.platform(),
+            "native_bf16": bf16_is_fast(default_device())}  # what experiment.precision = "auto" resolves by
 
 
 def load_results(path: Path) -> dict[str, Any] | None:

@@ -31,6 +31,7 @@ from .setup.stage_state import (
     claim_stage,
     data_settings,
     flatten,
+    precision_settings,
     sampling_settings,
 )
 
@@ -48,7 +49,7 @@ def stage_record(cfg, stage: FederatedStage, seed: int, budget: int | None) -> d
     settings |= {"seed": seed, **({"budget": budget} if stage.per_budget else {})}  # injected by the runner
     record = {stage.name: settings, "rounds": stage.rounds(cfg),
               "snapshot_every": stage.snapshot_every(cfg), "base": base_settings(cfg), "data": data_settings(cfg),
-              "federation": sampling_settings(cfg) | aggregation_settings(cfg, stage.name)}
+              "federation": sampling_settings(cfg) | aggregation_settings(cfg, stage.name), **precision_settings(cfg)}
     if stage.needs is not None:  # retraining the stage it starts from invalidates it
         record["needs"] = stage_record(cfg, get_stage(stage.needs), seed, None)
     return record

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import Config
 from ..errors import UserError
 from ..methods.registry import FederatedStage, prior_key
+from ..setup.base_models import resolved_precision
 from ..setup.federation import cached_federation
 from ..setup.jobs import Job, experiment_json
 from ..stages import Runner
@@ -60,7 +61,7 @@ def stage_job(cfg: Config, stage: FederatedStage, base_spec: str, seed: int, bud
     return Job(stage=stage.name, experiment=experiment, base_spec=base_spec, seed=seed,
                settings=stage.settings_json(settings), num_clients=len(cached_federation(experiment)[1].clients),
                budget=budget, client_state_dir=str(client_state_dir) if client_state_dir is not None else None,
-               gradient_checkpointing=checkpointed(cfg, stage))
+               gradient_checkpointing=checkpointed(cfg, stage), precision=resolved_precision(cfg))
 
 
 def checkpointed(cfg: Config, stage: FederatedStage) -> bool:

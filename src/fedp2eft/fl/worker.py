@@ -16,6 +16,7 @@ import torch
 from ..methods import ClientTask
 from ..methods.registry import StageContext, get_stage
 from ..models.memory_saving import set_gradient_checkpointing
+from ..models.precision import set_precision
 from ..setup.base_models import cached_base, personal_model
 from ..setup.federation import cached_federation, client_tasks, task_for
 from ..setup.jobs import Job
@@ -37,7 +38,9 @@ def client_model(job: Job, cid: str):
     """Client ``cid``'s own base: the job's base with the client's part when the base is personalised
     (FedDPA-T, DEPT, PF2LoRA; read from the client's storage), else the shared base itself."""
     base, _ = base_model(job)
-    return personal_model(base, job.base_spec, cid)
+    model = personal_model(base, job.base_spec, cid)
+    set_precision(model, job.precision)  # the copies its stage trains inherit it
+    return model
 
 
 def client_task(job: Job, cid: str) -> ClientTask:

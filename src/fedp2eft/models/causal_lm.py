@@ -14,7 +14,8 @@ projects and scores them in chunks of at most ``CHUNK_ELEMENTS`` logits; with mo
 chunk is checkpointed (non-reentrant: its logits are recomputed in backward, and second derivatives, which
 FedL2P's hypergradient takes, still flow). ``ScoredStates.logits()`` gives the whole ``[n, vocab]``.
 Without ``target_mask`` ``forward`` returns the full ``[batch, length, vocab]`` logits. ``generate`` is
-the backbone's (greedy decoding and the KV cache come from transformers).
+the backbone's (greedy decoding and the KV cache come from transformers). The transformer, the
+projection and generation run under the model's precision (``models.precision``); the loss is fp32.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+
+from .precision import autocast
 
 CHUNK_ELEMENTS = 1 << 23  # logits per chunk of the scored projection (32 MiB in fp32)
 
@@ -68,7 +71,8 @@ class CausalLM(nn.Module):
         return self.backbone.config
 
     def _project(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.backbone.get_output_embeddings()(hidden)
+        with autocast(self, hidden.device):
+            logits = self.backbone.get_output_embeddings()(hidden).float()
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap:  # Gemma-2/3 style soft-capping, as the backbone's own forward applies it
             logits = torch.tanh(logits / cap) * cap
@@ -76,12 +80,14 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, target_mask: torch.Tensor | None = None,
                 **_) -> torch.Tensor | ScoredStates:
-        out = self.backbone.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        with autocast(self, input_ids.device):
+            out = self.backbone.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         if target_mask is not None:
             return ScoredStates(hidden[target_mask], self._project, self.backbone.get_output_embeddings().out_features)
         return self._project(hidden)
 
     @torch.no_grad()
     def generate(self, **kwargs):
-        return self.backbone.generate(**kwargs)
+        with autocast(self, kwargs["input_ids"].device):
+            return self.backbone.generate(**kwargs)

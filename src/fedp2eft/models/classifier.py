@@ -4,13 +4,16 @@
 ship without one (multilingual-e5-small was trained with mean pooling and has no pooler), so
 classification uses this small wrapper instead: ``head(dropout(pool(backbone(x))))`` with
 ``mean`` (masked mean over tokens), ``cls`` (first token) or ``last`` (last non-pad token,
-for decoders) pooling. The backbone is any ``transformers`` model; the head is ``head``.
+for decoders) pooling. The backbone is any ``transformers`` model; the head is ``head``. The backbone
+runs under the model's precision (``models.precision``); pooling and head in fp32.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from .precision import autocast
 
 POOLINGS = ("mean", "cls", "last")
 
@@ -42,10 +45,15 @@ class SequenceClassifier(nn.Module):
         last = attention_mask.long().cumsum(1).argmax(1)  # index of the last 1 (right padding)
         return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None, **_) -> torch.Tensor:
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None, **_) -> torch.Tensor:
+        """The backbone's pooled features ``[batch, hidden]`` (what the head reads), in fp32."""
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
-        out = self.backbone(**kwargs)
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return self.head(self.dropout(self.pool(hidden, attention_mask)))
+        with autocast(self, input_ids.device):
+            out = self.backbone(**kwargs)
+            hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return self.pool(hidden.float(), attention_mask)  # the pooling's sums in fp32
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids=None, **_) -> torch.Tensor:
+        return self.head(self.dropout(self.pooled(input_ids, attention_mask, token_type_ids)))  # the head in fp32

@@ -15,6 +15,7 @@ import torch
 from ..adapters.client_part import apply_client_part, client_part_file
 from ..atomic import atomic_folder, save_tensors
 from ..memory import release_file_pages, trim_freed_memory
+from ..models.precision import resolve_precision
 from ..tasks import Task
 from .federation import task_for
 
@@ -26,6 +27,12 @@ MODEL_META = "fedp2eft_classifier.json"
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolved_precision(cfg) -> str:
+    """``experiment.precision`` as this process runs it ("fp32" or "bf16"; "auto" resolved for its device):
+    what the stages' clients run and what the stage folders and results record."""
+    return resolve_precision(cfg.experiment.precision, default_device())
 
 
 def load_base(cfg, source: str, num_labels: int, seed: int, problem: Task | None = None):

@@ -25,6 +25,7 @@ class Job:
     client_state_dir: str | None = None
     round: int = 0
     gradient_checkpointing: bool = False  # the clients' local training recomputes activations (memory)
+    precision: str = "fp32"  # the clients' forward passes: "fp32" or "bf16", as the server resolved the setting
 
     def for_round(self, round_: int) -> Job:
         return dataclasses.replace(self, round=int(round_))

@@ -93,6 +93,15 @@ def aggregation_settings(cfg, stage: str) -> dict:
     return out
 
 
+def precision_settings(cfg) -> dict:
+    """``{"precision": "bf16"}`` where this process's forward passes run in bf16 (``experiment.precision``
+    resolved), else nothing: what every stage trained before the setting existed ran in fp32."""
+    from .base_models import resolved_precision
+
+    precision = resolved_precision(cfg)
+    return {} if precision == "fp32" else {"precision": precision}
+
+
 def base_settings(cfg) -> dict:
     """What the base model depends on (for a trained base: model, data, its training and sampling)."""
     from ..methods.registry import base_kind_sections, base_kinds
@@ -104,4 +113,5 @@ def base_settings(cfg) -> dict:
                 "federation": sampling_settings(cfg) | aggregation_settings(cfg, base_kinds()[kind].name)}
         for section in base_kind_sections(kind):  # e.g. PF2LoRA's base trains with the [pf2lora] settings
             out[section] = section_dict(getattr(cfg, section))  # flat, as the TOML table
+        out |= precision_settings(cfg)
     return out

@@ -40,8 +40,7 @@ def pooled_features(model: nn.Module, data: EncodedData, batch_size: int) -> tor
     feats = []
     for batch in data.batches(batch_size):
         inputs = model_inputs(to_device(batch, device))
-        out = model.backbone(**inputs)
-        feats.append(model.pool(out.last_hidden_state, inputs["attention_mask"]))
+        feats.append(model.pooled(**inputs))
     return torch.cat(feats)
 
 
