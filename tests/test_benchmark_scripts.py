@@ -303,6 +303,52 @@ def test_memory_measures_a_round_and_the_quickstart_with_each_allocator(tmp_path
     assert script.main(["--fast", "--methods", "nope", "--out", str(out)]) == 2
 
 
+@covers("precision")
+def test_precision_times_both_precisions_and_pairs_every_methods_accuracy(tmp_path, masakhanews_dir, capsys):
+    """Issue 28: the kernel timed at fp32 and bf16, and two whole runs (resumable) whose every run is paired."""
+    script = load_script("precision")
+    out, work = tmp_path / "precision.json", tmp_path / "work"
+    sets = ["--set", f'data.path="{masakhanews_dir}"', "--set", 'data.languages=["hau","swa"]',
+            "--set", 'personalise.methods=["none","lora"]', "--set", 'personalise.pools=["unseen"]']
+    assert script.main(["--fast", "--threads", "1", "--work", str(work), "--out", str(out), *sets]) == 0
+    entry = next(iter(json.loads(out.read_text())["measurements"].values()))["quickstart-fast"]
+    assert set(entry["kernel"]["speed_ratio"]) == {"forward", "forward_backward"}
+    assert all(v > 0 for v in entry["kernel"]["speed_ratio"].values())
+    runs = entry["runs"]
+    assert {(r["method"], r["pool"]) for r in runs["accuracy"]} == {("none", "unseen"), ("lora", "unseen")}
+    for r in runs["accuracy"]:
+        assert r["delta"] == pytest.approx(r["bf16"] - r["fp32"], abs=0.02) and len(r["interval"]) == 2
+    assert runs["wall_s"]["fp32"] > 0 and runs["parts"] == {"fp32": 1, "bf16": 1}
+    bf16 = json.loads((work / "bf16" / "results.json").read_text())
+    assert bf16["config"]["experiment"]["precision"] == "bf16"
+    assert "fp32 / bf16 time" in capsys.readouterr().out
+    # finished runs are read back, not run again
+    assert script.main(["--fast", "--threads", "1", "--work", str(work), "--out", str(out), *sets]) == 0
+    assert json.loads((work / "fp32" / "timing.json").read_text())["parts_s"] == [runs["wall_s"]["fp32"]]
+
+
+@covers("base_curve")
+def test_base_curve_scores_each_snapshot_of_a_standard_fl_base_on_rows_it_never_trained_on(tmp_path, xnli_dir,
+                                                                                          capsys):
+    """Issue 28: the XNLI config's base on tiny data, 2 rounds with a snapshot each; both pools' train rows
+    scored per snapshot, local steps counted from rounds.jsonl; a second run scores nothing again."""
+    script = load_script("base_curve")
+    out = tmp_path / "curve"
+    argv = ["--fast", "--threads", "1", "--every", "1", "--out-dir", str(out), "--set", f'data.path="{xnli_dir}"',
+            "--set", 'data.languages=["en","sw"]', "--set", 'base_model.kind="standard-fl"',
+            "--set", "base_model.rounds=2", "--set", "federation.min_clients=1"]
+    assert script.main(argv) == 0
+    curve = json.loads((out / "base_curve.json").read_text())
+    assert sorted(curve["points"], key=int) == ["1", "2"] and curve["chance"] == pytest.approx(33.33)
+    first, second = curve["points"]["1"], curve["points"]["2"]
+    assert 0 < first["local_steps"] < second["local_steps"]
+    assert all(0 <= p["accuracy"][pool] <= 100 for p in (first, second) for pool in ("seen", "unseen"))
+    assert (out / "base_curve.png").is_file() and (out / "base_model" / "model").is_dir()
+    assert "round    2" in capsys.readouterr().out
+    assert script.main(argv) == 0 and "round" not in capsys.readouterr().out  # nothing scored again
+    assert script.main([*argv, "--set", 'base_model.kind="dept"']) == 2
+
+
 @covers("render")
 def test_render_prints_the_tables_of_the_committed_results(tmp_path):
     script = load_script("render")

@@ -46,6 +46,7 @@ class BaseModelConfig:
     lora_dropout: float = 0.05
     local_rank: int = 0  # feddpa-t's local LoRA (0 = lora_rank); pf2lora's level 2 is [pf2lora] local_rank
     seed: int = 0  # the base model is one artefact shared by every experiment seed (the stage's seed)
+    snapshot_every: int = 0  # > 0: keep the global state of every k-th round in base_model/snapshots/ (a curve)
 
     def __post_init__(self) -> None:
         require(bool(self.kind), "kind", "must not be empty")
@@ -55,6 +56,7 @@ class BaseModelConfig:
         require(self.lr > 0, "lr", "must be > 0")
         require(0 <= self.lora_dropout < 1, "lora_dropout", "must be in [0, 1)")
         require(self.local_rank >= 0, "local_rank", "must be >= 0 (0 = lora_rank)")
+        require(self.snapshot_every >= 0, "snapshot_every", "must be >= 0 (0 = none)")
 
 
 def build_trainable(base: nn.Module, hp: BaseModelConfig, problem: Task) -> nn.Module:

@@ -109,7 +109,10 @@ def base_settings(cfg) -> dict:
     kind = cfg.base_model.kind
     out = {"kind": kind, "model": dataclasses.asdict(cfg.model)}
     if kind in base_kinds():
-        out |= {"data": data_settings(cfg), "base_model": section_dict(cfg.base_model),
+        base_model = section_dict(cfg.base_model)
+        if not base_model.get("snapshot_every"):  # added later; kept snapshots never change the base itself
+            base_model.pop("snapshot_every", None)
+        out |= {"data": data_settings(cfg), "base_model": base_model,
                 "federation": sampling_settings(cfg) | aggregation_settings(cfg, base_kinds()[kind].name)}
         for section in base_kind_sections(kind):  # e.g. PF2LoRA's base trains with the [pf2lora] settings
             out[section] = section_dict(getattr(cfg, section))  # flat, as the TOML table

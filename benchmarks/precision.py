@@ -1,0 +1,175 @@
+"""bf16 mixed precision (``experiment.precision``) against fp32, both measured in one run of this script:
+
+1. **kernel**: the configured model's forward pass and forward + backward (gradients through every layer
+   to a LoRA-sized trainable head, the frozen base as in personalisation) on one batch of the config's
+   shape, alternating fp32 and bf16 repeats: the median time ratio fp32 / bf16;
+2. **runs**: whole ``fedp2eft run``s of the config (default the quickstart; a paper-protocol seed with
+   ``--config benchmarks/masakhanews_paper.toml --set 'experiment.seeds=[0]'``), one per precision, each in
+   a fresh process: wall time ratio fp32 / bf16, and every method's accuracy difference bf16 − fp32 per
+   pool with a paired bootstrap 95 % interval over clients (``evaluation.paired``). A difference whose
+   interval holds 0 is within noise.
+
+Runs are resumable (their folders are under ``--work``; a run stopped part-way is finished by running the
+same command again, and its wall time is the sum of its parts, ``timing.json``). Writes
+``benchmarks/results/precision.json`` under the device it ran on (``native_bf16``: what ``"auto"`` goes by)
+and the config, keeping the other devices' and configs' measurements.
+
+    .venv/bin/python benchmarks/precision.py [--config configs/quickstart.toml] [--set k=v ...] [--threads 2]
+    .venv/bin/python benchmarks/precision.py --fast --out /tmp/precision.json   # tiny-bert, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+from fedp2eft.atomic import write_json  # noqa: E402
+from fedp2eft.benchkit import add_options, bench_config, fast_sets, open_bench  # noqa: E402
+from fedp2eft.evaluation.paired import bootstrap_clients  # noqa: E402
+from fedp2eft.models.precision import set_precision  # noqa: E402
+from fedp2eft.report import environment  # noqa: E402
+from fedp2eft.setup.base_models import default_device  # noqa: E402
+from fedp2eft.setup.federation import task_name  # noqa: E402
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def kernel(cfg, batch_size: int, repeats: int) -> dict:
+    """Median seconds of the forward pass and of forward + backward per precision, and their ratios."""
+    bench = open_bench(cfg)
+    model = bench.base.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    head = getattr(model, "head", None)
+    trained = [p for p in head.parameters()] if isinstance(head, torch.nn.Linear) else []
+    for p in trained:
+        p.requires_grad_(True)
+    length = cfg.data.max_length
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 1000, (batch_size, length), generator=gen)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    times: dict[str, dict[str, list[float]]] = {p: {"forward": [], "forward_backward": []} for p in PRECISIONS}
+
+    def out_sum() -> torch.Tensor:
+        out = model(**inputs)
+        return out.float().sum() if torch.is_tensor(out) else out.logits().float().sum()
+
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        for precision in PRECISIONS:
+            set_precision(model, precision)
+            t = time.perf_counter()
+            with torch.no_grad():
+                out_sum()
+            forward = time.perf_counter() - t
+            t = time.perf_counter()
+            loss = out_sum()
+            if loss.requires_grad:
+                loss.backward()
+            both = time.perf_counter() - t
+            times[precision]["forward"].append(forward)
+            times[precision]["forward_backward"].append(both)
+    med = {p: {k: statistics.median(v[1:]) for k, v in t.items()} for p, t in times.items()}
+    return {"model": cfg.model.name, "batch": [batch_size, length], "repeats": repeats,
+            "median_s": {p: {k: round(v, 4) for k, v in m.items()} for p, m in med.items()},
+            "speed_ratio": {k: round(med["fp32"][k] / med["bf16"][k], 3) for k in med["fp32"]}}
+
+
+def run_once(config: str, sets: list[str], precision: str, folder: Path, threads: int) -> dict:
+    """One ``fedp2eft run`` at ``precision`` in a fresh process (resuming ``folder``); its results and the
+    summed wall time of every part that ran."""
+    timing_path = folder / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {"parts_s": [], "complete": False}
+    if not timing["complete"]:
+        cmd = [sys.executable, "-m", "fedp2eft", "run", config, "--out", str(folder),
+               "--set", f'experiment.precision="{precision}"', "--set", f"experiment.threads={threads}"]
+        for s in sets:
+            cmd += ["--set", s]
+        folder.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO / "src")},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        timing["parts_s"].append(round(time.perf_counter() - start, 2))
+        timing["complete"] = proc.returncode == 0
+        write_json(timing_path, timing)
+        if proc.returncode != 0:
+            raise SystemExit(f"{precision} run failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    results = json.loads((folder / "results.json").read_text())
+    return {"wall_s": round(sum(timing["parts_s"]), 2), "parts": len(timing["parts_s"]), "results": results}
+
+
+def compare(runs: dict[str, dict]) -> list[dict]:
+    """Per (method, budget, pool, seed): both means and bf16 − fp32 with its bootstrap interval over clients."""
+    keyed = {p: {(r["method"], r["budget"], r["pool"], r["seed"]): r for r in runs[p]["results"]["runs"]}
+             for p in PRECISIONS}
+    rows = []
+    for key in sorted(set(keyed["fp32"]) & set(keyed["bf16"]), key=str):
+        a, b = keyed["bf16"][key], keyed["fp32"][key]
+        interval = bootstrap_clients([(a, b)])
+        delta = 100 * (a["mean"] - b["mean"])
+        rows.append({"method": key[0], "budget": key[1], "pool": key[2], "seed": key[3],
+                     "fp32": round(100 * b["mean"], 2), "bf16": round(100 * a["mean"], 2), "delta": round(delta, 2),
+                     "interval": None if interval is None else [round(100 * x, 2) for x in interval],
+                     "within_noise": None if interval is None else bool(interval[0] <= 0 <= interval[1])})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = add_options(argparse.ArgumentParser(description=__doc__.splitlines()[0]),
+                     REPO / "benchmarks" / "results" / "precision.json")
+    ap.add_argument("--config", default="configs/quickstart.toml")
+    ap.add_argument("--work", type=Path, default=None, help="the runs' folders (default runs/precision/<config>)")
+    ap.add_argument("--batch-size", type=int, default=32, help="the kernel's batch")
+    ap.add_argument("--repeats", type=int, default=5, help="the kernel's repeats per precision")
+    ap.add_argument("--skip-runs", action="store_true", help="the kernel only")
+    args = ap.parse_args(argv)
+    cfg = bench_config(REPO / args.config, args)
+    threads = torch.get_num_threads()
+    repeats = 1 if args.fast else args.repeats
+    result = {"config": args.config, "sets": args.sets, "fast": args.fast, "device": str(default_device()),
+              "kernel": kernel(cfg, 4 if args.fast else args.batch_size, repeats)}
+    k = result["kernel"]
+    print(f"kernel ({k['model']}, batch {k['batch'][0]} x {k['batch'][1]}): fp32 / bf16 time "
+          f"{k['speed_ratio']['forward']} forward, {k['speed_ratio']['forward_backward']} forward + backward")
+    if not args.skip_runs:
+        work = args.work or REPO / "runs" / "precision" / (Path(args.config).stem + ("-fast" if args.fast else ""))
+        sets = [*(fast_sets(task_name(cfg) == "generation", cfg.data.dataset) if args.fast else []), *args.sets]
+        runs = {p: run_once(args.config, sets, p, work / p, threads) for p in PRECISIONS}
+        rows = compare(runs)
+        result["runs"] = {"work": str(work), "wall_s": {p: runs[p]["wall_s"] for p in PRECISIONS},
+                          "parts": {p: runs[p]["parts"] for p in PRECISIONS},
+                          "speed_ratio": round(runs["fp32"]["wall_s"] / runs["bf16"]["wall_s"], 3),
+                          "accuracy": rows}
+        print(f"runs: fp32 {runs['fp32']['wall_s']:.0f} s, bf16 {runs['bf16']['wall_s']:.0f} s, ratio "
+              f"{result['runs']['speed_ratio']}")
+        for r in rows:
+            iv = "" if r["interval"] is None else f" [{r['interval'][0]:+.2f}, {r['interval'][1]:+.2f}]"
+            print(f"  {r['method']:<14} {r['pool']:<7} fp32 {r['fp32']:.2f}  bf16 {r['bf16']:.2f}  "
+                  f"delta {r['delta']:+.2f}{iv}")
+    if args.out is not None:
+        write_measurement(args.out, result)
+    return 0
+
+
+def write_measurement(path: Path, result: dict) -> None:
+    """Add ``result`` to the file under its device and config (other devices' and configs' entries kept)."""
+    env = environment()
+    device = env["device"] + (" (native bf16)" if env["native_bf16"] else "")
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    measurements = old.get("measurements", {})
+    measurements.setdefault(device, {})[Path(result["config"]).stem + ("-fast" if result["fast"] else "")] = \
+        {**result, "environment": env}
+    write_json(path, {"measurements": measurements})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
