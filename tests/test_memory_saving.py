@@ -171,3 +171,20 @@ def test_pages_of_a_memory_mapped_tensor_are_given_back_and_read_again_unchanged
         pytest.skip("madvise(MADV_PAGEOUT) is unavailable here")
     assert advised >= 7 * 2**20 and rss_file() < before - 4 * 2**20
     assert float(mapped.double().sum()) == total and torch.equal(mapped[:5], torch.from_numpy(values[:5]))
+
+
+def test_only_an_untied_input_embedding_table_is_read_by_rows():
+    """Personalisation and federated clients give back the file pages of the tables whose rows a client reads
+    (``row_read_tables``): a classifier's word embeddings; never a tied causal LM's, whose output projection
+    reads all of it every step."""
+    from fedp2eft.models.causal_lm import CausalLM
+    from fedp2eft.models.memory_saving import row_read_tables
+    from fedp2eft.models.tiny import build_tiny
+
+    classifier, _ = load_classifier("tiny-bert", 3)
+    tables = row_read_tables(classifier)
+    assert len(tables) == 1 and tables[0] is classifier.backbone.get_input_embeddings().weight
+    lm = CausalLM(build_tiny("tiny-llama", causal_lm=True)[0])
+    assert lm.backbone.get_output_embeddings().weight is lm.backbone.get_input_embeddings().weight
+    assert row_read_tables(lm) == []
+    assert row_read_tables(torch.nn.Linear(2, 2)) == []

@@ -26,7 +26,7 @@ from .methods import ClientTask, PersonaliseConfig, get_method, get_spec
 from .methods.interface import client_base
 from .methods.registry import method_names
 from .models import resolve
-from .models.memory_saving import held, set_gradient_checkpointing
+from .models.memory_saving import held, row_read_tables, set_gradient_checkpointing
 from .models.precision import set_precision
 from .progress import RunProgress, make_console
 from .report import add_run, environment, load_results, results_lock, run_key, write_results
@@ -107,6 +107,7 @@ def personalise_pool(
         if per_client is not None:
             per_client[task.client_id] = client_record(task.language, scores)
         trim_freed_memory(ROUND_TRIM_BYTES)  # the client's copies and activations (when they are many MB)
+        release_file_pages(row_read_tables(getattr(base, "model", base)))  # the embedding rows it read
         advance()
     return tally
 

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
+from ..memory import release_file_pages
 from ..methods import ClientTask
 from ..methods.registry import StageContext, get_stage
-from ..models.memory_saving import set_gradient_checkpointing
+from ..models.memory_saving import row_read_tables, set_gradient_checkpointing
 from ..models.precision import set_precision
 from ..setup.base_models import cached_base, personal_model
 from ..setup.federation import cached_federation, client_tasks, task_for
@@ -78,8 +79,11 @@ def train(job: Job, cid: str, state: dict[str, torch.Tensor], proximal_mu: float
     stage = get_stage(job.stage)
     base = client_model(job, cid)
     set_gradient_checkpointing(base, job.gradient_checkpointing)  # copies the stage trains inherit it
-    return stage.client_update(base, state, client_task(job, cid), stage.settings_from_json(job.settings),
-                               _context(job, proximal_mu))
+    try:
+        return stage.client_update(base, state, client_task(job, cid), stage.settings_from_json(job.settings),
+                                   _context(job, proximal_mu))
+    finally:
+        release_file_pages(row_read_tables(base))  # the embedding rows this client read: never accumulated
 
 
 def evaluate(job: Job, cid: str, state: dict[str, torch.Tensor]) -> tuple[dict[str, float], int]:
