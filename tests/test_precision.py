@@ -115,3 +115,33 @@ def test_the_setting_is_checked_and_a_stage_records_a_bf16_precision(masakhanews
     bf16 = load_config(None, [*sets, 'experiment.precision="bf16"'])
     assert "precision" not in stage_record(fp32, STANDARD_FL_STAGE, 0, None)  # stage folders written before stay valid
     assert stage_record(bf16, STANDARD_FL_STAGE, 0, None)["precision"] == "bf16"
+
+
+def test_every_method_and_stage_runs_in_bf16_and_records_it(tmp_path, masakhanews_dir, capsys):
+    """The whole pipeline at bf16 on tiny-bert and real rows: the base, the PSG, FedL2P (second derivatives
+    through autocast), PF2LoRA and AdaLoRA stages and personalisations all run, scores are finite, and every
+    stage folder records the precision (so an fp32 run of the same folder is refused)."""
+    import json
+
+    from fedp2eft.cli import main
+    from fl_helpers import tiny_overrides
+
+    methods = '["none","lora","adalora","bt-lora","fedl2p","pf2lora","fedp2eft"]'
+    sets = tiny_overrides(masakhanews_dir, **{
+        "experiment.precision": '"bf16"', "base_model.kind": '"standard-fl"', "base_model.rounds": 1,
+        "fedp2eft.rounds": 1, "fedp2eft.r_init": 4, "fedp2eft.lora_alpha": 8, "fedp2eft.batch_size": 8,
+        "fedl2p.rounds": 1, "pf2lora.rounds": 1, "pf2lora.batch_size": 8, "pf2lora.steps": 2,
+        "personalise.batch_size": 8, "personalise.methods": methods, "personalise.pools": '["unseen"]',
+        "personalise.budgets": "[2]"})
+    args = [x for s in sets for x in ("--set", s)]
+    out = tmp_path / "run"
+    assert main(["run", "configs/quickstart.toml", "--out", str(out), *args]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in res["runs"]} == set(json.loads(methods))
+    assert all(0 <= r["mean"] <= 1 for r in res["runs"])
+    records = [json.loads(p.read_text()) for p in out.rglob("settings.json")]
+    assert len(records) >= 4  # base, PSG, FedL2P, PF2LoRA
+    assert all(r.get("precision") == "bf16" for r in records), [r.get("precision") for r in records]
+    fp32 = [x for s in sets if s != 'experiment.precision="bf16"' for x in ("--set", s)]
+    assert main(["run", "configs/quickstart.toml", "--out", str(out), *fp32]) != 0  # its stages ran in bf16
+    assert "precision" in capsys.readouterr().err
