@@ -137,13 +137,18 @@ def tokenizer_key(tokenizer) -> str:
     return f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{id(tokenizer)}"
 
 
+def _transformer(model: nn.Module) -> nn.Module:
+    """The transformers model inside ``model``: its ``backbone`` (the task wrappers) or itself, unwrapped
+    from a peft wrapper."""
+    hf = getattr(model, "backbone", model)
+    return hf.get_base_model() if hasattr(hf, "get_base_model") else hf
+
+
 def set_gradient_checkpointing(model: nn.Module, on: bool) -> bool:
     """Switch gradient checkpointing of ``model``'s transformer (``model.backbone``, or ``model``) on or
     off; copies made afterwards (``copy.deepcopy``) inherit it. Returns whether the transformer supports
     it (a model that does not trains as before)."""
-    hf = getattr(model, "backbone", model)
-    if hasattr(hf, "get_base_model"):  # a peft wrapper
-        hf = hf.get_base_model()
+    hf = _transformer(model)
     if not getattr(hf, "supports_gradient_checkpointing", False):
         return False
     if hasattr(hf, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
@@ -166,9 +171,7 @@ def row_read_tables(model: nn.Module) -> list[torch.Tensor]:
     a client's rows touch a few thousand), unless the output projection shares it (a tied causal LM reads
     all of it every step). Their file pages are given back after each personalised client
     (``memory.release_file_pages``), so the rows of a pool's clients never accumulate."""
-    hf = getattr(model, "backbone", model)
-    if hasattr(hf, "get_base_model"):
-        hf = hf.get_base_model()
+    hf = _transformer(model)
     inputs = hf.get_input_embeddings() if hasattr(hf, "get_input_embeddings") else None
     if inputs is None or not isinstance(getattr(inputs, "weight", None), torch.Tensor):
         return []
