@@ -6,8 +6,11 @@
 2. **runs**: whole ``fedp2eft run``s of the config (default the quickstart; a paper-protocol seed with
    ``--config benchmarks/masakhanews_paper.toml --set 'experiment.seeds=[0]'``), one per precision, each in
    a fresh process: wall time ratio fp32 / bf16, and every method's accuracy difference bf16 − fp32 per
-   pool with a paired bootstrap 95 % interval over clients (``evaluation.paired``). A difference whose
-   interval holds 0 is within noise.
+   pool with a paired bootstrap 95 % interval over clients (``evaluation.paired``);
+3. **seed noise**: a third run at fp32 with ``--noise-set`` (default ``base_model.seed=1``: another base
+   instance, the variation a bf16 base is: a different training trajectory from the same data). bf16 is
+   *within seed noise* for a method and pool where its interval holds 0 or |bf16 − fp32| is at most
+   |fp32 (other seed) − fp32|.
 
 Runs are resumable (their folders are under ``--work``; a run stopped part-way is finished by running the
 same command again, and its wall time is the sum of its parts, ``timing.json``). Writes
@@ -42,6 +45,7 @@ from fedp2eft.setup.base_models import default_device  # noqa: E402
 from fedp2eft.setup.federation import task_name  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16")
+NOISE = "fp32-other-seed"  # the seed-noise reference run
 
 
 def kernel(cfg, batch_size: int, repeats: int) -> dict:
@@ -108,18 +112,25 @@ def run_once(config: str, sets: list[str], precision: str, folder: Path, threads
 
 
 def compare(runs: dict[str, dict]) -> list[dict]:
-    """Per (method, budget, pool, seed): both means and bf16 − fp32 with its bootstrap interval over clients."""
-    keyed = {p: {(r["method"], r["budget"], r["pool"], r["seed"]): r for r in runs[p]["results"]["runs"]}
-             for p in PRECISIONS}
+    """Per (method, budget, pool, seed): the means, bf16 − fp32 with its bootstrap interval over clients, and
+    the seed-noise reference (fp32 on another seed − fp32) beside it."""
+    keyed = {p: {(r["method"], r["budget"], r["pool"], r["seed"]): r for r in run["results"]["runs"]}
+             for p, run in runs.items()}
     rows = []
     for key in sorted(set(keyed["fp32"]) & set(keyed["bf16"]), key=str):
         a, b = keyed["bf16"][key], keyed["fp32"][key]
         interval = bootstrap_clients([(a, b)])
         delta = 100 * (a["mean"] - b["mean"])
-        rows.append({"method": key[0], "budget": key[1], "pool": key[2], "seed": key[3],
-                     "fp32": round(100 * b["mean"], 2), "bf16": round(100 * a["mean"], 2), "delta": round(delta, 2),
-                     "interval": None if interval is None else [round(100 * x, 2) for x in interval],
-                     "within_noise": None if interval is None else bool(interval[0] <= 0 <= interval[1])})
+        row = {"method": key[0], "budget": key[1], "pool": key[2], "seed": key[3],
+               "fp32": round(100 * b["mean"], 2), "bf16": round(100 * a["mean"], 2), "delta": round(delta, 2),
+               "interval": None if interval is None else [round(100 * x, 2) for x in interval]}
+        other = keyed.get(NOISE, {}).get(key)
+        noise = None if other is None else 100 * (other["mean"] - b["mean"])
+        if noise is not None:
+            row["seed_noise_delta"] = round(noise, 2)
+        holds_zero = interval is not None and interval[0] <= 0 <= interval[1]
+        row["within_noise"] = bool(holds_zero or (noise is not None and abs(delta) <= abs(noise) + 1e-9))
+        rows.append(row)
     return rows
 
 
@@ -131,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32, help="the kernel's batch")
     ap.add_argument("--repeats", type=int, default=5, help="the kernel's repeats per precision")
     ap.add_argument("--skip-runs", action="store_true", help="the kernel only")
+    ap.add_argument("--noise-set", default="base_model.seed=1",
+                    help="what the fp32 seed-noise reference run changes ('' for none)")
     args = ap.parse_args(argv)
     cfg = bench_config(REPO / args.config, args)
     threads = torch.get_num_threads()
@@ -144,17 +157,22 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or REPO / "runs" / "precision" / (Path(args.config).stem + ("-fast" if args.fast else ""))
         sets = [*(fast_sets(task_name(cfg) == "generation", cfg.data.dataset) if args.fast else []), *args.sets]
         runs = {p: run_once(args.config, sets, p, work / p, threads) for p in PRECISIONS}
+        if args.noise_set:
+            runs[NOISE] = run_once(args.config, [*sets, args.noise_set], "fp32", work / NOISE, threads)
         rows = compare(runs)
-        result["runs"] = {"work": str(work), "wall_s": {p: runs[p]["wall_s"] for p in PRECISIONS},
-                          "parts": {p: runs[p]["parts"] for p in PRECISIONS},
+        result["runs"] = {"work": str(work), "wall_s": {p: r["wall_s"] for p, r in runs.items()},
+                          "parts": {p: r["parts"] for p, r in runs.items()},
                           "speed_ratio": round(runs["fp32"]["wall_s"] / runs["bf16"]["wall_s"], 3),
-                          "accuracy": rows}
+                          "noise_set": args.noise_set or None, "accuracy": rows,
+                          "bf16_within_noise": all(r["within_noise"] for r in rows)}
         print(f"runs: fp32 {runs['fp32']['wall_s']:.0f} s, bf16 {runs['bf16']['wall_s']:.0f} s, ratio "
               f"{result['runs']['speed_ratio']}")
         for r in rows:
             iv = "" if r["interval"] is None else f" [{r['interval'][0]:+.2f}, {r['interval'][1]:+.2f}]"
+            noise = f"  (seed noise {r['seed_noise_delta']:+.2f})" if "seed_noise_delta" in r else ""
             print(f"  {r['method']:<14} {r['pool']:<7} fp32 {r['fp32']:.2f}  bf16 {r['bf16']:.2f}  "
-                  f"delta {r['delta']:+.2f}{iv}")
+                  f"delta {r['delta']:+.2f}{iv}{noise}  {'within' if r['within_noise'] else 'OUTSIDE'} noise")
+        print(f"bf16 within seed noise everywhere: {result['runs']['bf16_within_noise']}")
     if args.out is not None:
         write_measurement(args.out, result)
     return 0

@@ -318,7 +318,12 @@ def test_precision_times_both_precisions_and_pairs_every_methods_accuracy(tmp_pa
     assert {(r["method"], r["pool"]) for r in runs["accuracy"]} == {("none", "unseen"), ("lora", "unseen")}
     for r in runs["accuracy"]:
         assert r["delta"] == pytest.approx(r["bf16"] - r["fp32"], abs=0.02) and len(r["interval"]) == 2
-    assert runs["wall_s"]["fp32"] > 0 and runs["parts"] == {"fp32": 1, "bf16": 1}
+        # the seed-noise reference: fp32 on another base seed, and the verdict it enters
+        assert "seed_noise_delta" in r and isinstance(r["within_noise"], bool)
+    assert runs["wall_s"]["fp32"] > 0 and runs["parts"] == {"fp32": 1, "bf16": 1, "fp32-other-seed": 1}
+    other = json.loads((work / "fp32-other-seed" / "results.json").read_text())
+    assert other["config"]["base_model"]["seed"] == 1 and other["config"]["experiment"]["precision"] == "fp32"
+    assert runs["bf16_within_noise"] == all(r["within_noise"] for r in runs["accuracy"])
     bf16 = json.loads((work / "bf16" / "results.json").read_text())
     assert bf16["config"]["experiment"]["precision"] == "bf16"
     assert "fp32 / bf16 time" in capsys.readouterr().out

@@ -7,6 +7,7 @@ import json
 from fedp2eft.cli import main
 from fedp2eft.config import load_config
 from fedp2eft.evaluation.paired import bootstrap_clients, mean_interval, paired_difference
+from fedp2eft.report import device_name
 from fedp2eft.setup.federation import load_federation
 from fedp2eft.setup.replicates import replicate_config
 from fl_helpers import tiny_overrides
@@ -52,6 +53,7 @@ def test_federation_replicates_train_their_own_base_and_stages_and_say_so(tmp_pa
     assert not (out / "base_model").exists()
     res = json.loads((out / "results.json").read_text())
     assert {r["replicate"] for r in res["runs"]} == {"federation"}
+    assert all(r["device"]["name"] == device_name() and r["device"]["threads"] >= 1 for r in res["runs"])
     assert {r["seed"]: r["base"] for r in res["runs"]} == {0: prints[0], 1: prints[1]}
     for r in res["runs"]:  # per-client records sum to the per-language pooled values
         total = sum(c["n"] for c in r["per_client"].values())

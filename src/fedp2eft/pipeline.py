@@ -29,7 +29,7 @@ from .models import resolve
 from .models.memory_saving import held, row_read_tables, set_gradient_checkpointing
 from .models.precision import set_precision
 from .progress import RunProgress, make_console
-from .report import add_run, environment, load_results, results_lock, run_key, write_results
+from .report import add_run, device_name, environment, load_results, results_lock, run_key, write_results
 from .setup.base_models import resolved_precision
 from .setup.federation import client_tasks, load_federation, task_for
 from .setup.layout import RunLayout
@@ -244,6 +244,7 @@ def run_experiment(cfg: Config, out_dir: str | Path, fresh: bool = False, consol
                 run["base"] = base.identity
                 run["base_kind"] = cfg.base_model.kind
                 run["replicate"] = cfg.experiment.replicate
+                run["device"] = {"name": device_name(), "threads": torch.get_num_threads()}  # what "seconds" ran on
                 run["per_client"] = per_client
                 if run_settings(cfg, method) is not None:
                     run["settings"] = run_settings(cfg, method)

@@ -18,6 +18,23 @@ from .setup.base_models import default_device
 from .setup.replicates import replicate_label
 
 
+def device_name() -> str:
+    """The accelerator's name, or the CPU's model name (``/proc/cpuinfo``; the architecture where it cannot
+    tell): what a run's seconds were measured on. Sessions can land on different machines, so every run
+    records it."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"cpu ({model or platform.processor() or platform.machine()})"
+
+
 def environment() -> dict[str, Any]:
     import importlib.metadata as md
 
@@ -29,8 +46,7 @@ def environment() -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})"
-    return {"packages": versions, "device": device, "torch_threads": torch.get_num_threads(),
+    return {"packages": versions, "device": device_name(), "torch_threads": torch.get_num_threads(),
             "allocator": allocator_in_use(), "platform": platform.platform(),
             "native_bf16": bf16_is_fast(default_device())}  # what experiment.precision = "auto" resolves by
 
