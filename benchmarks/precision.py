@@ -19,6 +19,9 @@ and the config, keeping the other devices' and configs' measurements.
 
     .venv/bin/python benchmarks/precision.py [--config configs/quickstart.toml] [--set k=v ...] [--threads 2]
     .venv/bin/python benchmarks/precision.py --fast --out /tmp/precision.json   # tiny-bert, seconds
+
+``--noise-set`` names what the fp32 reference run changes (default ``base_model.seed=1``; an off-the-shelf
+base has no seed of its own: give it e.g. ``personalise.lora_a_seed=7``).
 """
 
 from __future__ import annotations

@@ -228,9 +228,41 @@ def memory(root: Path = HERE) -> str:
     return "\n".join(out)
 
 
+def precision(root: Path = HERE) -> str:
+    """``precision.json`` (``benchmarks/precision.py``): per device and config, the kernel's and the whole
+    runs' fp32 / bf16 time ratios, then every run's accuracy at both precisions beside the seed-noise
+    reference."""
+    m = json.loads((root / "precision.json").read_text())["measurements"]
+    out = ["| device | config | kernel fwd / fwd+bwd | whole run fp32 / bf16 | ratio | bf16 within seed noise |",
+           "|---|---|---:|---:|---:|---|"]
+    rows = []
+    for device, configs in m.items():
+        for name, r in configs.items():
+            if r.get("fast"):
+                continue
+            k, runs = r["kernel"], r.get("runs")
+            wall = "–" if runs is None else f"{runs['wall_s']['fp32']:.0f} s / {runs['wall_s']['bf16']:.0f} s"
+            ratio = "–" if runs is None else f"{runs['speed_ratio']:.2f}"
+            within = "–" if runs is None or "bf16_within_noise" not in runs else \
+                ("yes" if runs["bf16_within_noise"] else "no")
+            out.append(f"| {device} | {name} | {k['speed_ratio']['forward']:.2f} / "
+                       f"{k['speed_ratio']['forward_backward']:.2f} | {wall} | {ratio} | {within} |")
+            if runs is not None:
+                rows += [(device, name, a) for a in runs["accuracy"]]
+    if rows:
+        out += ["", "| device | config | method | pool | fp32 | bf16 | bf16 − fp32 [95 % over clients] "
+                "| fp32 other base seed − fp32 |", "|---|---|---|---|---:|---:|---:|---:|"]
+        for device, name, a in rows:
+            iv = "" if a["interval"] is None else f" [{a['interval'][0]:+.2f}, {a['interval'][1]:+.2f}]"
+            noise = f"{a['seed_noise_delta']:+.2f}" if "seed_noise_delta" in a else "–"
+            out.append(f"| {device} | {name} | {a['method']} | {a['pool']} | {a['fp32']:.2f} | {a['bf16']:.2f} "
+                       f"| {a['delta']:+.2f}{iv} | {noise} |")
+    return "\n".join(out)
+
+
 BLOCKS = {  # name -> (results root) -> the block's text
     "privacy": privacy, "cost": cost, "quickstart": quickstart, "engine_overhead": engine_overhead,
-    "paper_protocol": paper_protocol, "memory": memory,
+    "paper_protocol": paper_protocol, "memory": memory, "precision": precision,
     "masakhanews_small": lambda root: masakhanews_tables(root / "masakhanews_small") + "\n"
     + lambda_table(root / "masakhanews_small"),
     "six_methods": lambda root: six_methods(root / "masakhanews_small"),
