@@ -64,6 +64,13 @@ def test_every_method_personalises_a_causal_lm_in_process(tmp_path):
         assert run["per_language"] == run["metrics"]["meteor"]["per_language"]
         for metric in run["metrics"].values():
             assert all(0 <= v["value"] <= 1 and v["n"] >= 1 for v in metric["per_language"].values())
+        # each test row's scores, with its language where the client speaks several (the row bootstrap's input)
+        for client in run["per_client"].values():
+            assert {m: len(v) for m, v in client["rows"].items()} == {m: client["n"] for m in run["metrics"]}
+            assert len(client.get("row_languages", [client["language"]] * client["n"])) == client["n"]
+        rows = sum(c["n"] for c in run["per_client"].values())
+        assert rows == sum(v["n"] for v in run["per_language"].values())
+    assert any("row_languages" in c for r in runs.values() for c in r["per_client"].values())  # mixed clients
     # the Standard-FL LoRA base of a causal LM: merged, no classifier head written
     meta = json.loads((out / "base_model" / "model" / "fedp2eft_classifier.json").read_text())
     assert meta["mode"] == "lora" and "num_labels" not in meta
@@ -71,6 +78,7 @@ def test_every_method_personalises_a_causal_lm_in_process(tmp_path):
     # the PSG's λ covers every decoder linear layer but the output projection
     md = (out / "results.md").read_text()
     assert "r = 2: rougeL" in md and "r = 2: meteor" in md
+    assert "| lora − none |" in md and "bootstrap over rows" in md
 
 
 @pytest.mark.integration

@@ -59,7 +59,9 @@ def test_federation_replicates_train_their_own_base_and_stages_and_say_so(tmp_pa
         total = sum(c["n"] for c in r["per_client"].values())
         assert total == sum(v["n"] for v in r["per_language"].values())
     md = (out / "results.md").read_text()
-    assert "2 federations" in md and "none − lora" in md and "fedp2eft − lora" in md
+    assert "2 federations" in md and "lora − none" in md and "fedp2eft − lora" in md and "none − lora" not in md
+    assert all(len(c["rows"]["accuracy"]) == c["n"] for r in res["runs"] for c in r["per_client"].values())
+    assert "bootstrap over rows" in md
     # the same command again: nothing retrained, nothing re-run
     capsys.readouterr()
     assert main(["run", "configs/quickstart.toml", "--out", str(out), *_args(masakhanews_dir, rounds=1, **sets)]) == 0
@@ -99,6 +101,45 @@ def test_paired_difference_intervals():
     assert paired_difference(runs, "m", "adalora", "seen", 2) is None
     old = [{k: v for k, v in r.items() if k != "per_client"} for r in runs]  # runs from before per_client
     assert paired_difference(old, "m", "lora", "seen", 2)["boot_low"] is None
+
+
+def _rows_run(method, clients):
+    """A run from per-row scores: ``clients`` = {cid: (language, [score per row], row languages or None)}."""
+    per_client, pooled = {}, {}
+    for cid, (lang, rows, row_langs) in clients.items():
+        rec = {"language": lang, "n": len(rows), "sums": {"meteor": sum(rows)}, "rows": {"meteor": rows}}
+        if row_langs:
+            rec["row_languages"] = row_langs
+        per_client[cid] = rec
+        for rl, v in zip(row_langs or [lang] * len(rows), rows, strict=True):
+            pooled.setdefault(rl, []).append(v)
+    per_language = {k: {"value": sum(v) / len(v), "n": len(v)} for k, v in pooled.items()}
+    mean = sum(v["value"] for v in per_language.values()) / len(per_language)
+    return {"method": method, "budget": 2, "pool": "seen", "seed": 0, "mean": mean, "per_language": per_language,
+            "per_client": per_client}
+
+
+def test_the_row_bootstrap_resamples_rows_within_their_language_for_few_clients():
+    """Issue 28: Fed-Aya's pools have a handful of clients, each speaking several languages; the interval over
+    rows finds a uniform gain the one over clients cannot (one client per language), and spans 0 where rows
+    disagree."""
+    from fedp2eft.evaluation.paired import bootstrap_rows
+
+    ref = _rows_run("none", {"c0": ("mixed", [0.2, 0.4, 0.3, 0.5, 0.1, 0.6], ["ar", "ar", "ar", "te", "te", "te"]),
+                             "c1": ("zh", [0.3, 0.2, 0.4, 0.5], None)})
+    up = _rows_run("lora", {cid: (c["language"], [v + 0.05 for v in c["rows"]["meteor"]], c.get("row_languages"))
+                            for cid, c in ref["per_client"].items()})
+    lo, hi = bootstrap_rows([(up, ref)], "meteor")
+    assert abs(lo - 0.05) < 1e-9 and abs(hi - 0.05) < 1e-9  # every row +0.05: no spread
+    d = paired_difference([up, ref], "lora", "none", "seen", 2, "meteor")
+    assert abs(d["rows_low"] - 0.05) < 1e-9 and abs(d["mean"] - 0.05) < 1e-9
+    noisy = _rows_run("lora", {"c0": ("mixed", [0.5, 0.1, 0.3, 0.2, 0.4, 0.6], ["ar", "ar", "ar", "te", "te", "te"]),
+                               "c1": ("zh", [0.1, 0.4, 0.6, 0.3], None)})
+    lo, hi = bootstrap_rows([(noisy, ref)], "meteor")
+    assert lo < 0 < hi
+    fewer = _rows_run("lora", {"c1": ("zh", [0.3, 0.2, 0.4, 0.5], None)})
+    assert bootstrap_rows([(fewer, ref)], "meteor") is None  # different rows: nothing to pair
+    assert bootstrap_rows([(_run("m", 0, {"a": ("x", 10, 5.0)}), _run("lora", 0, {"a": ("x", 10, 5.0)}))]) is None
 
 
 def test_results_md_gives_the_cost_per_client_and_fine_tunings():

@@ -105,19 +105,26 @@ def personalise_pool(
         languages, scores = task.score(outputs)
         tally.add_scores(languages, scores)
         if per_client is not None:
-            per_client[task.client_id] = client_record(task.language, scores)
+            per_client[task.client_id] = client_record(task.language, scores, languages)
         trim_freed_memory(ROUND_TRIM_BYTES)  # the client's copies and activations (when they are many MB)
         release_file_pages(row_read_tables(getattr(base, "model", base)))  # the embedding rows it read
         advance()
     return tally
 
 
-def client_record(language: str, scores: dict[str, list[float]] | list[float]) -> dict[str, Any]:
-    """One client's entry in a run's ``per_client``: its language, test rows and the sum of each metric."""
+def client_record(language: str, scores: dict[str, list[float]] | list[float],
+                  row_languages: str | list[str] | None = None) -> dict[str, Any]:
+    """One client's entry in a run's ``per_client``: its language, test rows, the sum of each metric and each
+    row's score (``rows``, for a bootstrap over rows), with each row's language where the client speaks
+    several (``row_languages``)."""
     if not isinstance(scores, dict):
         scores = {"accuracy": list(scores)}
     n = len(next(iter(scores.values()))) if scores else 0
-    return {"language": language, "n": n, "sums": {m: float(sum(v)) for m, v in scores.items()}}
+    record = {"language": language, "n": n, "sums": {m: float(sum(v)) for m, v in scores.items()},
+              "rows": {m: [round(float(x), 5) for x in v] for m, v in scores.items()}}
+    if isinstance(row_languages, list) and any(lang != language for lang in row_languages):
+        record["row_languages"] = list(row_languages)
+    return record
 
 
 def run_stages(method: str, budget: int | None) -> list[tuple[str, int | None]]:

@@ -173,7 +173,8 @@ def cost_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
-REFERENCES = ("lora", "lora-tuned")  # every method is compared with LoRA at the set rate and at a validated rate
+# every method is compared with the base model as it is, LoRA at the set rate and LoRA at a validated rate
+REFERENCES = ("none", "lora", "lora-tuned")
 
 
 def _interval(low: float | None, high: float | None) -> str:
@@ -182,27 +183,29 @@ def _interval(low: float | None, high: float | None) -> str:
 
 def paired_table(runs: list[dict], methods: list[str], pool: str, budget: int | None, metric: str | None,
                  replicate: str) -> list[str]:
-    """Markdown lines: each method's paired difference to ``lora`` and ``lora-tuned`` (points), with a 95 %
-    t interval over replicates and a paired bootstrap interval over clients (``evaluation.paired``)."""
+    """Markdown lines: each method's paired difference to ``none``, ``lora`` and ``lora-tuned`` (points; a
+    pair shown once: ``lora − none``, not also ``none − lora``), with a 95 % t interval over replicates and
+    paired bootstrap intervals over clients and over test rows (``evaluation.paired``)."""
     rows = []
-    for ref in REFERENCES:
+    for j, ref in enumerate(REFERENCES):
         if ref not in methods:
             continue
         for m in methods:
-            if m == ref:
+            if m == ref or m in REFERENCES[:j]:
                 continue
             d = paired_difference(runs, m, ref, pool, budget, metric)
             if d is None:
                 continue
             rows.append(f"| {m} − {ref} | {d['n']} | {100 * d['mean']:+.1f} | {_interval(d['t_low'], d['t_high'])} | "
-                        f"{_interval(d['boot_low'], d['boot_high'])} |")
+                        f"{_interval(d['boot_low'], d['boot_high'])} | {_interval(d['rows_low'], d['rows_high'])} |")
     if not rows:
         return []
     what = "federations" if replicate == "federation" else "personalisation seeds"
     return ["", f"Paired differences (points; the same {what} and clients): mean over replicates, 95 % t interval "
-            "over replicates, 95 % paired bootstrap over clients (resampled within language, 2000 draws).", "",
-            "| difference | replicates | mean | t interval | bootstrap over clients |", "|---|---:|---:|---:|---:|",
-            *rows]
+            "over replicates, 95 % paired bootstraps over clients and over test rows (each resampled within "
+            "language, 2000 draws).", "",
+            "| difference | replicates | mean | t interval | bootstrap over clients | bootstrap over rows |",
+            "|---|---:|---:|---:|---:|---:|", *rows]
 
 
 def console_table(results: dict[str, Any]):

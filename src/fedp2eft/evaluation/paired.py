@@ -10,6 +10,11 @@ then the mean over languages. Two intervals are given for the difference method 
   language's clients with replacement (the same clients for both methods), recomputes both scores and
   their difference, and averages it over the replicates; the interval is the 2.5 and 97.5 percentiles.
   It needs each run's ``per_client`` record (runs written before it existed have none).
+- **over rows**: the same, drawing test rows instead of clients (within each language, the rows of all
+  its clients pooled). Where a pool has few clients (Fed-Aya: 9 seen, 3 unseen) this is the interval
+  that says whether a difference is larger than the test set's noise; it holds the clients fixed, so it
+  is narrower than the one over clients wherever clients differ. It needs each client's per-row scores
+  (``per_client[...]["rows"]``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import math
 import random
 from collections import defaultdict
+
+import torch
 
 # Student-t 0.975 quantiles for 1..30 degrees of freedom (beyond: the normal's 1.96 and a 1/df correction)
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -93,11 +100,48 @@ def bootstrap_clients(pairs: list[tuple[dict, dict]], metric: str | None = None,
     return diffs[int(0.025 * (resamples - 1))], diffs[int(math.ceil(0.975 * (resamples - 1)))]
 
 
+def _row_table(run: dict, metric: str | None) -> dict[str, list[float]] | None:
+    """language -> the run's per-row scores of ``metric`` in a fixed order (clients sorted, rows in order);
+    None when a client has no per-row record."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for _, rec in sorted(run.get("per_client", {}).items(), key=lambda kv: kv[0]):
+        rows = rec.get("rows")
+        if not rows:
+            return None
+        values = rows[metric] if metric in rows else next(iter(rows.values()))
+        langs = rec.get("row_languages") or [rec["language"]] * len(values)
+        for lang, v in zip(langs, values, strict=True):
+            out[lang].append(float(v))
+    return dict(out) if out else None
+
+
+def bootstrap_rows(pairs: list[tuple[dict, dict]], metric: str | None = None, resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float] | None:
+    """Paired bootstrap 95 % interval of the mean (over replicates) difference, resampling test rows within
+    each language (the same rows for both methods); ``pairs``: (run, reference run) per replicate. None when
+    a run has no per-row record or the two runs scored different rows."""
+    gen = torch.Generator().manual_seed(seed)
+    total = torch.zeros(resamples, dtype=torch.float64)
+    for a, b in pairs:
+        ta, tb = _row_table(a, metric), _row_table(b, metric)
+        if ta is None or tb is None or {k: len(v) for k, v in ta.items()} != {k: len(v) for k, v in tb.items()}:
+            return None
+        per_language = []
+        for lang in sorted(ta):
+            diff = torch.tensor(ta[lang], dtype=torch.float64) - torch.tensor(tb[lang], dtype=torch.float64)
+            draws = torch.randint(len(diff), (resamples, len(diff)), generator=gen)
+            per_language.append(diff[draws].mean(1))
+        total += torch.stack(per_language).mean(0)
+    diffs = sorted((total / len(pairs)).tolist())
+    return diffs[int(0.025 * (resamples - 1))], diffs[int(math.ceil(0.975 * (resamples - 1)))]
+
+
 def paired_difference(runs: list[dict], method: str, reference: str, pool: str, budget: int | None,
                       metric: str | None = None, resamples: int = 2000) -> dict | None:
     """``method`` − ``reference`` on the seeds both have in ``pool`` at ``budget`` (a method without a budget,
     e.g. ``none``, is paired with the reference at ``budget``): ``{n, mean, t_low, t_high, boot_low,
-    boot_high, per_seed}`` (fractions, not %); None when they share no seed."""
+    boot_high, rows_low, rows_high, per_seed}`` (fractions, not %; an interval None where the runs lack the
+    records it resamples); None when they share no seed."""
     def pick(name: str) -> dict[int, dict]:
         return {r["seed"]: r for r in runs if r["method"] == name and r["pool"] == pool
                 and r["budget"] in (budget, None)}
@@ -109,6 +153,8 @@ def paired_difference(runs: list[dict], method: str, reference: str, pool: str, 
     per_seed = [_metric_value(a[s], metric) - _metric_value(b[s], metric) for s in seeds]
     mean, low, high = mean_interval(per_seed)
     boot = bootstrap_clients([(a[s], b[s]) for s in seeds], metric, resamples)
+    rows = bootstrap_rows([(a[s], b[s]) for s in seeds], metric, resamples)
     return {"n": len(seeds), "mean": mean, "t_low": low, "t_high": high,
             "boot_low": boot[0] if boot else None, "boot_high": boot[1] if boot else None,
+            "rows_low": rows[0] if rows else None, "rows_high": rows[1] if rows else None,
             "per_seed": dict(zip(seeds, per_seed, strict=True))}
