@@ -271,6 +271,33 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
     assert {c[1] for c in Inner.calls[:-2]} == {8}  # 20 % of 10 rows held out while choosing
 
 
+def test_a_method_whose_rate_is_its_own_setting_is_swept_through_with_rate(monkeypatch):
+    """adalora-tuned: AdaLoRA's rate is [adalora] lr, not the recipe's, so the sweep builds a copy per rate;
+    bt-lora-tuned: a client's λ learned on the sweep's 80 % split is not reused for its whole train split."""
+    import fedp2eft.methods.fedp2eft.bt_lora_client as bt_module
+    from fedp2eft.config import load_config
+    from fedp2eft.methods.adalora import AdaLoRAMethod
+    from fedp2eft.methods.tuned import TunedMethod
+
+    tuned = TunedMethod(AdaLoRAMethod(lr=1e-3, alpha=8), lrs=(1e-4, 3e-3))
+    swept = tuned.at_rate(3e-3)
+    assert isinstance(swept, AdaLoRAMethod) and swept.lr == 3e-3 and swept.alpha == 8 and tuned.inner.lr == 1e-3
+    cfg = load_config(None, ["tuned.lrs=[1e-4, 3e-3]"])
+    assert get_method("adalora-tuned", cfg, None, 0).name == "adalora-tuned"
+    assert get_method("bt-lora-tuned", cfg, None, 0).at_rate(1e-4).__class__ is BTLoRAClientMethod
+
+    calls = []
+    monkeypatch.setattr(bt_module, "train_lambdas",
+                        lambda base, rows, *a, **k: (calls.append(len(rows)) or ({"x": torch.ones(1)},)))
+    _, tok = load_classifier("tiny-bert", 3)
+    rows = CLASSIFICATION.encode(tok, [Example(f"t {i}", i % 3, "aa") for i in range(10)], 16)
+    fit, _ = rows.split(0.2, 0)
+    bt = BTLoRAClientMethod()
+    for train in (fit, rows, rows):
+        bt.client_lambdas(None, ClientTask("aa-seen-00", "aa", train, rows, CLASSIFICATION), 0)
+    assert calls == [8, 10]  # learned again on the whole split, then reused
+
+
 def test_pf2lora_with_the_head_as_adapter_keeps_level2_and_head_weights_home(tmp_path):
     from fedp2eft.methods.pf2lora import (
         PF2LoRAMethod,

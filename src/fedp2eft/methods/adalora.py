@@ -21,6 +21,7 @@ from ..training import copy_sharing_embeddings
 from .interface import ClientTask, PersonaliseConfig
 from .lora import split_trainable
 from .registry import MethodSpec, register_method, register_moved_key
+from .tuned import tuned_spec
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class AdaLoRAMethod:
         self.lr, self.orth_reg_weight = lr, orth_reg_weight
         self.alpha = alpha  # 0 = 2 · budget (as LoRA); the authors' AdaLoRA leaves peft's default 8
 
+    def with_rate(self, lr: float) -> AdaLoRAMethod:
+        """This method at adapter rate ``lr`` (``adalora-tuned``'s sweep: AdaLoRA's rate is its own setting)."""
+        return AdaLoRAMethod(lr=lr, orth_reg_weight=self.orth_reg_weight, alpha=self.alpha)
+
     def personalise(self, base: nn.Module, task: ClientTask, budget: int | None, p: PersonaliseConfig,
                     seed: int) -> list:
         if budget is None or budget < 1:
@@ -86,8 +91,9 @@ class AdaLoRAMethod:
         return task.problem.predict(model.merge_and_unload(), task.test, p.eval_batch_size)
 
 
-register_method(MethodSpec(
+ADALORA = register_method(MethodSpec(
     "adalora", lambda cfg, resources, seed: AdaLoRAMethod(lr=cfg.adalora.lr, alpha=cfg.adalora.alpha),
     section="adalora", settings=AdaLoRAConfig, summary="AdaLoRA from 3r/2 to r ranks per module (peft)"))
+register_method(tuned_spec(ADALORA))
 register_moved_key("personalise.adalora_lr", "adalora.lr")
 register_moved_key("personalise.adalora_alpha", "adalora.alpha")

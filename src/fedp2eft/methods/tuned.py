@@ -73,7 +73,8 @@ class TunedMethod:
                 seed = client_seed(i)
                 fit, val = task.train.split(self.fraction, seed)
                 held = ClientTask(task.client_id, task.language, fit, val, task.problem)
-                outputs = self.inner.personalise(client_base(base, task.client_id), held, budget, p.with_lr(lr), seed)
+                outputs = self.at_rate(lr).personalise(client_base(base, task.client_id), held, budget,
+                                                       p.with_lr(lr), seed)
                 tally.add_scores(*held.score(outputs))
                 advance()
             scores[lr] = mean_over_languages(tally.per_language())
@@ -90,7 +91,12 @@ class TunedMethod:
                     seed: int) -> list[int]:
         if self.chosen is None:
             raise UserError(f"{self.name}: its rate is chosen per pool first (prepare)")
-        return self.inner.personalise(base, task, budget, p.with_lr(self.chosen), seed)
+        return self.at_rate(self.chosen).personalise(base, task, budget, p.with_lr(self.chosen), seed)
+
+    def at_rate(self, lr: float):
+        """The inner method fine-tuning at ``lr``: one whose rate is its own setting (AdaLoRA's
+        ``[adalora] lr``) gives a copy through ``with_rate``; the others take it from the recipe."""
+        return self.inner.with_rate(lr) if hasattr(self.inner, "with_rate") else self.inner
 
 
 def tuned_spec(inner: MethodSpec) -> MethodSpec:

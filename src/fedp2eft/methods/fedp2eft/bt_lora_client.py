@@ -10,6 +10,7 @@ from torch import nn
 
 from ..interface import ClientTask, PersonaliseConfig
 from ..registry import MethodSpec, register_method
+from ..tuned import tuned_spec
 from .method import FedP2EFTConfig
 from .training import BTSettings, finetune_pruned, personalisation_settings, train_lambdas
 
@@ -23,7 +24,7 @@ class BTLoRAClientMethod:
         self._lambdas: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
 
     def client_lambdas(self, base: nn.Module, task: ClientTask, seed: int) -> dict[str, torch.Tensor]:
-        key = (task.client_id, seed)
+        key = (task.client_id, seed, len(task.train))  # a rate sweep's held-out split is other data
         if key not in self._lambdas:
             self._lambdas.clear()  # one client at a time: memory stays flat
             # stage 1 with the [fedp2eft] settings (epochs, batch, rates)
@@ -37,7 +38,8 @@ class BTLoRAClientMethod:
         return finetune_pruned(base, task.train, task.test, lambdas, budget, s, seed, p.eval_batch_size, task.problem)
 
 
-register_method(MethodSpec(
+BT_LORA = register_method(MethodSpec(
     "bt-lora", lambda cfg, resources, seed: BTLoRAClientMethod(cfg.fedp2eft.bt_settings(cfg.personalise)),
     section="fedp2eft", settings=FedP2EFTConfig, max_budget=lambda cfg: ("fedp2eft.r_init", cfg.fedp2eft.prior.r_init),
     summary="BT-LoRA's λ learned on the client alone (no PSG), pruned to r"))
+register_method(tuned_spec(BT_LORA))
