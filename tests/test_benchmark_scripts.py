@@ -332,6 +332,23 @@ def test_precision_times_both_precisions_and_pairs_every_methods_accuracy(tmp_pa
     assert json.loads((work / "fp32" / "timing.json").read_text())["parts_s"] == [runs["wall_s"]["fp32"]]
 
 
+@covers("speedups")
+def test_speedups_measures_attention_compile_and_sorted_evaluation_on_real_rows(tmp_path, masakhanews_dir, capsys):
+    """Issue 28: eager against SDPA attention, torch.compile (its first step and steady state) and
+    length-sorted evaluation, each against today's path, with the predictions compared."""
+    script = load_script("speedups")
+    out = tmp_path / "speedups.json"
+    sets = ["--set", f'data.path="{masakhanews_dir}"', "--set", 'data.languages=["hau","swa"]']
+    assert script.main(["--fast", "--threads", "1", "--out", str(out), *sets]) == 0
+    entry = next(iter(json.loads(out.read_text())["measurements"].values()))["masakhanews_paper-fast"]
+    assert entry["attention"]["ratio_eager_over_sdpa"] > 0 and entry["batches"] == 2
+    assert entry["compile"]["first_step_s"] > 0 and entry["compile"]["ratio_eager_over_compiled"] > 0
+    e = entry["sorted_evaluation"]
+    assert e["same_predictions"] is True and e["padded_tokens"]["sorted"] <= e["padded_tokens"]["in_order"]
+    assert e["tokens"] <= e["padded_tokens"]["sorted"] and e["rows"] > 0
+    assert "length-sorted evaluation" in capsys.readouterr().out
+
+
 @covers("base_curve")
 def test_base_curve_scores_each_snapshot_of_a_standard_fl_base_on_rows_it_never_trained_on(tmp_path, xnli_dir,
                                                                                           capsys):
