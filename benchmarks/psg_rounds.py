@@ -110,7 +110,9 @@ def main(argv=None) -> int:
     from fedp2eft.methods.fedp2eft import PSG_STAGE, new_psg
     from fedp2eft.methods.lora import finetune_lora
     from fedp2eft.methods.registry import get_method, get_spec
+    from fedp2eft.models.precision import set_precision
     from fedp2eft.schema import with_keys
+    from fedp2eft.setup.base_models import resolved_precision
     from fedp2eft.setup.federation import client_tasks, load_federation, stage_context, task_for
     from fedp2eft.setup.layout import RunLayout
     from fedp2eft.setup.replicates import replicate_config, replicate_layout
@@ -127,6 +129,7 @@ def main(argv=None) -> int:
     fed = load_federation(cfg)
     shared = base_source(cfg, layout).open(cfg, len(fed.label_names), args.seed)
     base, tok = shared.model, shared.tokenizer
+    set_precision(base, resolved_precision(cfg))  # as the run whose stages it scores
     tasks = {pool: client_tasks(fed.pool(pool), tok, cfg.data.max_length, task_for(cfg)) for pool in pools}
     p = cfg.personalise
     results_path = work / "accuracy_vs_rounds.json"

@@ -28,8 +28,9 @@ from .config import load_config
 from .data import get_dataset
 from .data.registry import specific_keys
 from .methods.registry import get_method, get_spec, get_stage, prior_key
+from .models.precision import set_precision
 from .report import environment
-from .setup.base_models import load_base
+from .setup.base_models import load_base, resolved_precision
 from .setup.federation import client_tasks, load_federation, stage_context, task_for, task_name
 
 # A script's fast mode: these overrides first, the script's own --set after them; the model is the tiny one
@@ -112,10 +113,12 @@ class Bench:
 
 
 def open_bench(cfg, base: str = "off-the-shelf", seed: int = 0) -> Bench:
-    """``base``: ``off-the-shelf`` (the configured model as published) or a base-model folder."""
+    """``base``: ``off-the-shelf`` (the configured model as published) or a base-model folder; its forward
+    passes in the config's precision, as a run's."""
     fed = load_federation(cfg)
     problem = task_for(cfg)
     model, tok = load_base(cfg, str(base), len(fed.label_names), seed, problem)
+    set_precision(model, resolved_precision(cfg))
     return Bench(cfg, fed, problem, model, tok)
 
 
