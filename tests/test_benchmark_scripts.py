@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import sys
 
 import pytest
 import torch
@@ -43,8 +44,9 @@ def set_args(sets: list[str]) -> list[str]:
 
 
 def load_script(name="psg_rounds"):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a script's dataclasses resolve their annotations through it
     spec.loader.exec_module(module)
     return module
 
@@ -347,6 +349,39 @@ def test_speedups_measures_attention_compile_and_sorted_evaluation_on_real_rows(
     assert e["same_predictions"] is True and e["padded_tokens"]["sorted"] <= e["padded_tokens"]["in_order"]
     assert e["tokens"] <= e["padded_tokens"]["sorted"] and e["rows"] > 0
     assert "length-sorted evaluation" in capsys.readouterr().out
+
+
+@covers("replicates")
+def test_replicates_runs_each_seed_and_method_as_its_own_job_and_waits_for_what_a_job_needs(tmp_path,
+                                                                                        masakhanews_dir, capsys):
+    """Issue 26: two federations, four methods, two 1-thread slots: the base job first, fedp2eft-step after
+    the fedp2eft job that trains its PSG, every run in one results.json; a second run starts nothing new."""
+
+    script = load_script("replicates")
+    jobs = script.plan([0, 1], ["lora", "fedp2eft-step", "none", "fedp2eft"], script.DEFAULT_ORDER)
+    assert [(j.seed, j.method) for j in jobs[:4]] == [(0, "none"), (0, "fedp2eft"), (0, "fedp2eft-step"), (0, "lora")]
+    assert jobs[0].base and jobs[2].needs == ["none", "fedp2eft"] and jobs[1].needs == ["none"]
+    sets = tiny_overrides(masakhanews_dir, rounds=1, **{
+        "experiment.replicate": '"federation"', "personalise.budgets": "[1]", "fedp2eft.rounds": 1,
+        "fedp2eft.r_init": 2, "fedp2eft.lora_alpha": 4, "fedp2eft.batch_size": 8, "fedp2eft_step.rounds": 1,
+        "fedp2eft_step.snapshot_every": 0})
+    out = tmp_path / "out"
+    argv = ["configs/quickstart.toml", "--out", str(out), "--seeds", "0", "1", "--poll", "0.2", "--cwd", str(REPO),
+            "--methods", "none", "lora", "fedp2eft", "fedp2eft-step"]
+    for s in sets:
+        argv += ["--set", s]
+    assert script.main(argv) == 0, capsys.readouterr()
+    printed = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert {(r["seed"], r["method"]) for r in res["runs"]} == {(s, m) for s in (0, 1)
+                                                            for m in ("none", "lora", "fedp2eft", "fedp2eft-step")}
+    assert {r["seed"]: r["base"] for r in res["runs"]}[0] != {r["seed"]: r["base"] for r in res["runs"]}[1]
+    assert printed.splitlines()[0].endswith("seed 0 none: started on 2 thread(s)")  # the base first, on both slots
+    step = printed.index("seed 0 fedp2eft-step: started")
+    assert printed.index("seed 0 fedp2eft: done") < step  # waited for the PSG
+    assert (out / "jobs" / "0-fedp2eft-step.log").is_file()
+    assert script.main(argv) == 0  # again: every job resumes to "nothing to do"
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == len(res["runs"])
 
 
 @covers("base_curve")
