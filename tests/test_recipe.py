@@ -271,6 +271,41 @@ def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
     assert {c[1] for c in Inner.calls[:-2]} == {8}  # 20 % of 10 rows held out while choosing
 
 
+def test_tuned_client_gives_each_client_the_rate_its_own_held_out_rows_chose():
+    """lora-tuned-client (issue 26): the ceiling of a per-client step from a client's own validation rows."""
+    from fedp2eft.methods.tuned import TunedMethod
+    from fedp2eft.pipeline import personalise_pool
+
+    _, tok = load_classifier("tiny-bert", 3)
+    tasks = []
+    for k, lang in enumerate(["aa", "bb"]):
+        train = [Example(f"train{k} {i}", i % 3, lang) for i in range(10)]
+        test = [Example(f"test{k} {i}", i % 3, lang) for i in range(6)]
+        tasks.append(ClientTask(f"{lang}-seen-00", lang, CLASSIFICATION.encode(tok, train, 16),
+                                CLASSIFICATION.encode(tok, test, 16), CLASSIFICATION))
+    best = {"aa-seen-00": 3e-4, "bb-seen-00": 1e-3}
+    calls = []
+
+    class Inner:
+        name, uses_budget = "fake", True
+
+        def personalise(self, base, task, budget, p, seed):
+            calls.append((task.client_id, p.recipe.lr, len(task.train)))
+            right = p.recipe.lr == best[task.client_id]
+            return list(task.test.labels) if right else [(y + 1) % 3 for y in task.test.labels]
+
+    method = TunedMethod(Inner(), lrs=(1e-4, 3e-4, 1e-3), per_client=True)
+    assert method.name == "fake-tuned-client"
+    selection = {}
+    tally = personalise_pool(method, None, tasks, 2, PersonaliseConfig(), 0, selection=selection)
+    assert selection["per_client_lr"] == best and selection["clients_per_lr"] == {"0.0001": 0, "0.0003": 1, "0.001": 1}
+    assert calls[-2:] == [("aa-seen-00", 3e-4, 10), ("bb-seen-00", 1e-3, 10)]  # each at its own rate, whole split
+    assert all(v["value"] == 1.0 for v in tally.per_language().values())
+    pooled = TunedMethod(Inner(), lrs=(1e-4, 3e-4, 1e-3))
+    personalise_pool(pooled, None, tasks, 2, PersonaliseConfig(), 0, selection={})
+    assert calls[-2:] == [("aa-seen-00", 3e-4, 10), ("bb-seen-00", 3e-4, 10)]  # one rate for the pool (tie: smaller)
+
+
 def test_a_method_whose_rate_is_its_own_setting_is_swept_through_with_rate(monkeypatch):
     """adalora-tuned: AdaLoRA's rate is [adalora] lr, not the recipe's, so the sweep builds a copy per rate;
     bt-lora-tuned: a client's λ learned on the sweep's 80 % split is not reused for its whole train split."""

@@ -147,7 +147,7 @@ def fine_tunings_per_client(method: str, config: dict) -> int:
     from .config import migrate
 
     config = migrate(config)  # results files written before the rate sweep's keys moved to [tuned]
-    if method.endswith("-tuned"):
+    if method.endswith(("-tuned", "-tuned-client")):
         return len(config.get("tuned", {}).get("lrs", [])) + 1
     if method == "none":
         return int(bool(config.get("none", {}).get("trains_head", True)))

@@ -85,3 +85,4 @@ class LoRAMethod:
 LORA = register_method(MethodSpec("lora", lambda cfg, resources, seed: LoRAMethod(),
                                   summary="LoRA of rank r on every adapted module"))
 register_method(tuned_spec(LORA))
+register_method(tuned_spec(LORA, per_client=True))
