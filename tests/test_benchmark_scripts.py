@@ -384,6 +384,26 @@ def test_replicates_runs_each_seed_and_method_as_its_own_job_and_waits_for_what_
     assert len(json.loads((out / "results.json").read_text())["runs"]) == len(res["runs"])
 
 
+@covers("step_targets")
+def test_step_targets_puts_the_step_heads_linearised_sweep_beside_a_real_one(tmp_path, masakhanews_dir, capsys):
+    """Issue 26: per rate, the real fine-tuning's held-out accuracy and loss, and every other rate's update
+    rescaled to it; the linearised row of a rate at its own rate is the real fine-tuning."""
+    script = load_script("step_targets")
+    out = tmp_path / "step_targets.json"
+    sets = ["--set", f'data.path="{masakhanews_dir}"', "--set", 'data.languages=["hau","swa"]']
+    assert script.main(["configs/quickstart.toml", "--fast", "--threads", "1", "--clients", "2", "--rates", "1e-2",
+                        "1e-3", "--out", str(out), *sets]) == 0
+    r = json.loads(out.read_text())
+    assert r["rates"] == [1e-3, 1e-2] and r["clients"] == 2
+    assert {c["language"] for c in r["per_client"]} == {"hau", "swa"}  # one client per language first
+    for i, rate in enumerate(r["rates"]):
+        lin = r["linearised_from"][f"{rate:g}"]
+        assert lin["loss"][i] == r["real"]["loss"][i] and lin["accuracy"][i] == r["real"]["accuracy"][i]
+        assert lin["picks"] in r["rates"]
+    assert all(sum(v.values()) == 2 for v in r["clients_picking"].values())
+    assert r["pool_picks"]["by_accuracy"] in r["rates"] and "pool picks" in capsys.readouterr().out
+
+
 @covers("base_curve")
 def test_base_curve_scores_each_snapshot_of_a_standard_fl_base_on_rows_it_never_trained_on(tmp_path, xnli_dir,
                                                                                           capsys):
