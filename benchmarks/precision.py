@@ -20,6 +20,10 @@ and the config, keeping the other devices' and configs' measurements.
     .venv/bin/python benchmarks/precision.py [--config configs/quickstart.toml] [--set k=v ...] [--threads 2]
     .venv/bin/python benchmarks/precision.py --fast --out /tmp/precision.json   # tiny-bert, seconds
 
+``--compare FP32_DIR BF16_DIR`` compares two finished runs' ``results.json`` instead (same config and seeds,
+e.g. the paper protocol's federation 0 in fp32 and again in bf16): every method's bf16 − fp32 with its
+paired bootstrap over clients, under ``--name`` (no timing: the two may have run on different machines).
+
 ``--noise-set`` names what the fp32 reference run changes (default ``base_model.seed=1``; an off-the-shelf
 base has no seed of its own: give it e.g. ``personalise.lora_a_seed=7``).
 """
@@ -145,9 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=32, help="the kernel's batch")
     ap.add_argument("--repeats", type=int, default=5, help="the kernel's repeats per precision")
     ap.add_argument("--skip-runs", action="store_true", help="the kernel only")
+    ap.add_argument("--compare", nargs=2, type=Path, metavar=("FP32_DIR", "BF16_DIR"),
+                    help="compare two finished runs' results.json instead of running anything")
+    ap.add_argument("--name", default="", help="the entry's name with --compare (default: the bf16 folder's)")
     ap.add_argument("--noise-set", default="base_model.seed=1",
                     help="what the fp32 seed-noise reference run changes ('' for none)")
     args = ap.parse_args(argv)
+    if args.compare:
+        return compare_folders(args)
     cfg = bench_config(REPO / args.config, args)
     threads = torch.get_num_threads()
     repeats = 1 if args.fast else args.repeats
@@ -181,10 +190,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def write_measurement(path: Path, result: dict) -> None:
-    """Add ``result`` to the file under its device and config (other devices' and configs' entries kept)."""
+def compare_folders(args) -> int:
+    """``--compare``: the accuracy rows of two finished runs, written under ``--name``."""
+    runs = {}
+    for precision, folder in zip(PRECISIONS, args.compare, strict=True):
+        path = folder / "results.json"
+        if not path.is_file():
+            raise SystemExit(f"{path}: no results.json to compare")
+        runs[precision] = {"results": json.loads(path.read_text())}
+    recorded = {p: runs[p]["results"]["config"]["experiment"].get("precision", "fp32") for p in PRECISIONS}
+    if recorded != {"fp32": "fp32", "bf16": "bf16"}:
+        raise SystemExit(f"--compare wants an fp32 folder then a bf16 one; their configs say {recorded}")
+    rows = compare(runs)
+    if not rows:
+        raise SystemExit("--compare: the two folders share no (method, budget, pool, seed) run")
+    name = args.name or args.compare[1].name
+    result = {"config": name, "sets": [], "fast": False, "compared": [str(f) for f in args.compare],
+              "devices": {p: runs[p]["results"].get("environment", {}).get("device") for p in PRECISIONS},
+              "runs": {"accuracy": rows}}
+    for r in rows:
+        iv = "" if r["interval"] is None else f" [{r['interval'][0]:+.2f}, {r['interval'][1]:+.2f}]"
+        print(f"  {r['method']:<14} {r['pool']:<7} fp32 {r['fp32']:.2f}  bf16 {r['bf16']:.2f}  delta {r['delta']:+.2f}{iv}")
+    if args.out is not None:
+        d = result["devices"]
+        write_measurement(args.out, result, f"fp32 on {d['fp32']}, bf16 on {d['bf16']}")
+    return 0
+
+
+def write_measurement(path: Path, result: dict, device: str | None = None) -> None:
+    """Add ``result`` to the file under its device (default: this machine's) and config (other devices' and
+    configs' entries kept)."""
     env = environment()
-    device = env["device"] + (" (native bf16)" if env["native_bf16"] else "")
+    device = device or env["device"] + (" (native bf16)" if env["native_bf16"] else "")
     old = json.loads(path.read_text()) if path.is_file() else {}
     measurements = old.get("measurements", {})
     measurements.setdefault(device, {})[Path(result["config"]).stem + ("-fast" if result["fast"] else "")] = \

@@ -240,13 +240,15 @@ def precision(root: Path = HERE) -> str:
         for name, r in configs.items():
             if r.get("fast"):
                 continue
-            k, runs = r["kernel"], r.get("runs")
-            wall = "–" if runs is None else f"{runs['wall_s']['fp32']:.0f} s / {runs['wall_s']['bf16']:.0f} s"
-            ratio = "–" if runs is None else f"{runs['speed_ratio']:.2f}"
+            k, runs = r.get("kernel"), r.get("runs")
+            timed = runs is not None and "wall_s" in runs
+            wall = f"{runs['wall_s']['fp32']:.0f} s / {runs['wall_s']['bf16']:.0f} s" if timed else "–"
+            ratio = f"{runs['speed_ratio']:.2f}" if timed else "–"
             within = "–" if runs is None or "bf16_within_noise" not in runs else \
                 ("yes" if runs["bf16_within_noise"] else "no")
-            out.append(f"| {device} | {name} | {k['speed_ratio']['forward']:.2f} / "
-                       f"{k['speed_ratio']['forward_backward']:.2f} | {wall} | {ratio} | {within} |")
+            kernel = "–" if k is None else \
+                f"{k['speed_ratio']['forward']:.2f} / {k['speed_ratio']['forward_backward']:.2f}"
+            out.append(f"| {device} | {name} | {kernel} | {wall} | {ratio} | {within} |")
             if runs is not None:
                 rows += [(device, name, a) for a in runs["accuracy"]]
     if rows:

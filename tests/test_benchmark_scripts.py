@@ -332,6 +332,16 @@ def test_precision_times_both_precisions_and_pairs_every_methods_accuracy(tmp_pa
     # finished runs are read back, not run again
     assert script.main(["--fast", "--threads", "1", "--work", str(work), "--out", str(out), *sets]) == 0
     assert json.loads((work / "fp32" / "timing.json").read_text())["parts_s"] == [runs["wall_s"]["fp32"]]
+    # two finished folders compared (the paper protocol's fp32 and bf16 federation 0), and rendered
+    assert script.main(["--compare", str(work / "fp32"), str(work / "bf16"), "--name", "pair", "--out", str(out)]) == 0
+    pair = [e["pair"] for e in json.loads(out.read_text())["measurements"].values() if "pair" in e][0]
+    assert [(r["method"], r["delta"]) for r in pair["runs"]["accuracy"]] == \
+        [(r["method"], r["delta"]) for r in runs["accuracy"]]
+    with pytest.raises(SystemExit, match="fp32 folder then a bf16"):
+        script.main(["--compare", str(work / "bf16"), str(work / "fp32"), "--out", str(out)])
+    render = load_script("render")
+    text = render.precision(tmp_path)
+    assert "| pair | – | – | – |" in text and "quickstart-fast" not in text  # fast entries stay out of the docs
 
 
 @covers("speedups")
