@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fedp2eft.atomic import write_json
 
-STAGES = ("fedl2p", "fedl2p-paper", "fedp2eft-step", "lora-step")
+STAGES = ("fedl2p", "fedl2p-paper", "fedp2eft-step", "fedp2eft-sweep", "lora-step")
 
 
 def replicate_of(path: Path, root: Path) -> tuple[int, int | None]:

@@ -108,6 +108,31 @@ def test_linearised_sweep_finds_a_larger_rate_when_the_update_was_too_short():
     assert torch.equal(model.q.lora_A["default"].detach(), torch.tensor([0.5, 0.5]))  # trained weights restored
 
 
+def test_the_real_sweep_fine_tunes_once_per_multiplier_and_keeps_the_lowest_held_out_loss(monkeypatch):
+    """fedp2eft-sweep: each multiplier of the head's rates is a fine-tuning of its own (not w_0 + c·Δ), scored
+    by held-out loss; the best multiplier applies to every kept type. Losses here are a function of the rate
+    fine-tuned at (minimum at 4e-3), so the sweep must move the rate up from 1e-3."""
+    import fedp2eft.methods.fedp2eft.step as step
+    from fedp2eft.methods.fedp2eft.step import StepSettings, StepTraining, finetuned_sweep
+
+    trained = []
+
+    class Model:
+        def eval(self):
+            return self
+
+    monkeypatch.setattr(step, "adapter_model", lambda *a, **k: Model())
+    monkeypatch.setattr(step, "adapter_groups", lambda model: {"ffn_up": [], "query": []})
+    monkeypatch.setattr(step, "train_at_rates", lambda model, fit, rates, *a: trained.append(dict(rates)) or model)
+    monkeypatch.setattr(step, "held_out_loss", lambda model, *a: abs(math.log(trained[-1]["ffn_up"] / 4e-3)))
+    s = StepSettings(StepTraining(sweep="finetune", finetune_grid=[0.5, 2.0, 4.0]))
+    scale, seen = finetuned_sweep(None, s, 2, 0, None, {"ffn_up": 1e-3, "query": 1e-3}, None, None, None)
+    assert [t["ffn_up"] for t in trained] == pytest.approx([5e-4, 2e-3, 4e-3])  # one fine-tuning per multiplier
+    assert scale == {"ffn_up": 4.0, "query": 4.0} and seen["multiplier"] == 4.0 and seen["val_loss_best"] == 0.0
+    with pytest.raises(Exception, match="sweep"):
+        StepTraining(sweep="grid")
+
+
 def test_fedp2eft_step_trains_after_the_psg_keeps_it_frozen_and_personalises(tmp_path, capsys, masakhanews_dir):
     import json
 
@@ -117,7 +142,8 @@ def test_fedp2eft_step_trains_after_the_psg_keeps_it_frozen_and_personalises(tmp
     from fl_helpers import tiny_overrides
 
     out = tmp_path / "run"
-    sets = {"personalise.methods": '["fedp2eft-step", "fedl2p", "lora-step"]', "personalise.budgets": "[1]",
+    sets = {"personalise.methods": '["fedp2eft-step", "fedl2p", "lora-step", "fedp2eft-sweep"]',
+            "personalise.budgets": "[1]", "fedp2eft_sweep.rounds": 1,
             "personalise.pools": '["seen", "unseen"]', "fedp2eft.rounds": 1, "fedp2eft.r_init": 2,
             "fedp2eft.lora_alpha": 4, "fedp2eft.batch_size": 8, "fedp2eft_step.rounds": 2,
             "fedl2p.rounds": 1, "fedl2p.parameterisation": '"log"', "fedl2p.base_lr_lr": 0.1,
@@ -144,4 +170,6 @@ def test_fedp2eft_step_trains_after_the_psg_keeps_it_frozen_and_personalises(tmp
     assert "needs" not in json.loads((out / "lora-step" / "seed0" / "r1" / "settings.json").read_text())
     res = json.loads((out / "results.json").read_text())
     assert {(r["method"], r["pool"]) for r in res["runs"]} == {
-        (m, p) for m in ("fedp2eft-step", "fedl2p", "lora-step") for p in ("seen", "unseen")}
+        (m, p) for m in ("fedp2eft-step", "fedl2p", "lora-step", "fedp2eft-sweep") for p in ("seen", "unseen")}
+    sweep = [json.loads(x) for x in (out / "fedp2eft-sweep" / "seed0" / "r1" / "rounds.jsonl").read_text().splitlines()]
+    assert sweep and all(r["clients"] for r in sweep)  # its own stage folder, trained after the same PSG
