@@ -15,7 +15,8 @@ slots, ``--threads`` threads each, in this order:
 Every job writes the same ``--out`` folder (``results.json`` is shared under its file lock) and resumes
 what an earlier run of it left: running the script again finishes what is missing. Each job's output goes
 to ``<out>/jobs/<seed>-<method>.log``; a failed job is reported, its dependants skipped, and the script
-exits non-zero at the end.
+exits non-zero at the end. SIGTERM or Ctrl-C stops every running job the same way (each keeps its finished
+runs and its stages' last checkpoints) and exits 143 / 130; the same command resumes.
 
     .venv/bin/python benchmarks/replicates.py benchmarks/masakhanews_paper.toml \\
         --out benchmarks/results/masakhanews_paper_replicates --seeds 0 1 2 \\
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +99,27 @@ def run(args) -> int:
     def status(seed: int, method: str) -> str:
         return next(j.state for j in jobs if j.seed == seed and j.method == method)
 
+    def stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        return loop(args, jobs, logs, free, status)
+    except (SystemExit, KeyboardInterrupt) as exc:
+        running = [j for j in jobs if j.state == "running"]
+        for j in running:  # each job stops as its own SIGTERM handling does: runs and checkpoints kept
+            j.proc.send_signal(signal.SIGTERM)
+        for j in running:
+            j.proc.wait()
+        print(f"stopped: {len(running)} running job(s) told to stop; run the same command again to resume",
+              file=sys.stderr, flush=True)
+        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def loop(args, jobs: list[Job], logs: Path, free: int, status) -> int:
+    """Start, reap and skip jobs until none is waiting or running; 0 when every job finished."""
     while any(j.state in ("waiting", "running") for j in jobs):
         for j in jobs:  # reap
             if j.state == "running" and j.proc.poll() is not None:

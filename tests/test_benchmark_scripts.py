@@ -394,6 +394,32 @@ def test_replicates_runs_each_seed_and_method_as_its_own_job_and_waits_for_what_
     assert len(json.loads((out / "results.json").read_text())["runs"]) == len(res["runs"])
 
 
+@covers("replicates")
+def test_replicates_stops_its_running_jobs_on_sigterm_and_says_how_to_resume(tmp_path, masakhanews_dir):
+    """A SIGTERM to the driver reaches every running job (each stops as the CLI does: checkpoint kept)."""
+    import signal
+    import subprocess
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "replicates.py"), "configs/quickstart.toml", "--out", str(out),
+           "--seeds", "0", "--methods", "none", "--poll", "0.2", "--cwd", str(REPO)]
+    for s in tiny_overrides(masakhanews_dir, rounds=200):
+        cmd += ["--set", s]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    log = out / "jobs" / "0-none.log"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and "round 2/200" in log.read_text()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "run the same command again to resume" in stderr
+    assert "terminated (SIGTERM)" in log.read_text()  # the job got it and stopped cleanly
+    assert (out / "base_model" / "checkpoint").is_dir()
+
+
 @covers("step_targets")
 def test_step_targets_puts_the_step_heads_linearised_sweep_beside_a_real_one(tmp_path, masakhanews_dir, capsys):
     """Issue 26: per rate, the real fine-tuning's held-out accuracy and loss, and every other rate's update

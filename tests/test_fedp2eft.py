@@ -203,7 +203,7 @@ def test_bt_lora_per_client_learns_lambda_once_for_every_budget():
     for budget in (1, 2, 4):
         assert len(method.personalise(base, task, budget, settings, 0)) == len(task.test)
     (key, lam), = method._lambdas.items()
-    assert key == ("xx-seen-00", 0)
+    assert key == ("xx-seen-00", 0, len(task.train))  # one λ per client, seed and the rows it learned from
     assert all(not torch.allclose(v, torch.full_like(v, 1e-4)) for v in lam.values())  # λ moved from 1e-4
 
 
