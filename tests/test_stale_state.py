@@ -145,6 +145,12 @@ def test_stage_records_keep_the_keys_of_folders_already_on_disk():
         assert set(record[name]) == keys, name
         assert record[name]["seed"] == 3 and record[name].get("budget", 2) == 2
     assert stage_record(cfg, stages["psg"], 0, None)["psg"]["head"] == "adapter"  # the recipe's, from [personalise]
+    # a key added later is recorded only off the value earlier folders were trained with (issue 26's sweep)
+    sweep = stage_record(cfg, stages["fedp2eft-sweep"], 3, 2)["fedp2eft-sweep"]
+    assert sweep["sweep"] == "finetune" and "finetune_grid" not in sweep
+    changed = load_config("configs/quickstart.toml", ['fedp2eft_step.sweep="finetune"', "fedp2eft_step.finetune_grid=[0.5, 4.0]"])
+    step = stage_record(changed, stages["fedp2eft-step"], 3, 2)["fedp2eft-step"]
+    assert step["sweep"] == "finetune" and step["finetune_grid"] == [0.5, 4.0]
 
 
 def test_a_base_record_keeps_each_section_flat_as_its_toml_table():

@@ -45,7 +45,8 @@ def stage_record(cfg, stage: FederatedStage, seed: int, budget: int | None) -> d
     settings = flatten(composed, dotted=False)
     if len(settings) != len(flatten(composed)):  # two composed parts declare the same key: one would hide the other
         raise ValueError(f"stage {stage.name}: its client settings repeat a key; the record would lose one")
-    settings = {k: v for k, v in settings.items() if k not in stage.unrecorded}
+    settings = {k: v for k, v in settings.items() if k not in stage.unrecorded
+                and not (k in stage.added_keys and v == stage.added_keys[k])}
     settings |= {"seed": seed, **({"budget": budget} if stage.per_budget else {})}  # injected by the runner
     record = {stage.name: settings, "rounds": stage.rounds(cfg),
               "snapshot_every": stage.snapshot_every(cfg), "base": base_settings(cfg), "data": data_settings(cfg),

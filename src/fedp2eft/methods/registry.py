@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -58,7 +58,9 @@ class FederatedStage:
     ``section`` is the config section holding its ``rounds`` (and ``snapshot_every`` if it has one).
     ``client_settings(cfg)`` returns the client settings (a frozen dataclass composed of the config's
     sections; they travel in every job as JSON and are recorded in the stage folder with the seed and, per
-    budget, the budget); ``settings_type`` rebuilds them. ``unrecorded``: settings keys the stage does not
+    budget, the budget); ``settings_type`` rebuilds them. ``added_keys``: settings added after folders of the
+    stage were trained, each with the value that reproduces those folders; a key is recorded only when its
+    value differs, so the folders stay valid. ``unrecorded``: settings keys the stage does not
     depend on (left out of the record). ``initial_state(base, settings, context)`` is the round-0 global
     state; ``client_update(base, state, task, settings, context) -> (state, num_examples, metrics)`` one
     client's round; ``finalize(base, state, settings, folder, context)`` the resource the method uses (a
@@ -90,6 +92,7 @@ class FederatedStage:
     needs: str | None = None
     round_metrics: tuple[str, ...] = ("train_loss",)  # the round metrics each round's log line shows
     unrecorded: tuple[str, ...] = ()
+    added_keys: dict[str, Any] = field(default_factory=dict)
 
     def rounds(self, cfg) -> int:
         return getattr(cfg, self.section).rounds

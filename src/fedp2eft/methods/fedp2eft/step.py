@@ -370,6 +370,7 @@ def step_stage(name: str, section: str, structure: str) -> FederatedStage:
         report=lambda base, resource, tasks, folder, cfg: write_step_rates(base, resource, tasks, folder,
                                                                            cfg.personalise.recipe.head),
         round_metrics=("l1", "val_loss", "lr_mean"),
+        added_keys={"sweep": "linearised", "finetune_grid": [0.5, 2.0]},  # (issue 26) earlier folders: linearised
     )
 
 
