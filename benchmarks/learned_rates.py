@@ -1,6 +1,7 @@
 """Learned learning rates beside the validated one (issue 26): for each replicate of a run, the rate per
 module type that each rate-learning stage gives the clients of each pool (FedL2P's generator, FedP²EFT's
-step head: their ``rate_report.json``), next to the rate ``lora-tuned`` chose on held-out train rows.
+step head: their ``rate_report.json``), and the rates ``lora-tuned-client`` chose client by client on their own
+held-out rows, next to the rate ``lora-tuned`` chose for the pool on held-out train rows.
 
     .venv/bin/python benchmarks/learned_rates.py benchmarks/results/masakhanews_paper_replicates [--out FILE.json]
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -43,9 +45,29 @@ def validated(root: Path) -> dict[tuple[str, int, int | None], float]:
             if r["method"] == "lora-tuned" and "selection" in r}
 
 
+def per_client_choices(root: Path, chosen: dict) -> list[dict]:
+    """One row per ``lora-tuned-client`` run: the per-client rates its selection recorded, summarised as the
+    stages' are (module type "all": one rate for every adapter)."""
+    path = root / "results.json"
+    if not path.is_file():
+        return []
+    rows = []
+    for r in json.loads(path.read_text())["runs"]:
+        rates = list(r.get("selection", {}).get("per_client_lr", {}).values())
+        if r["method"] != "lora-tuned-client" or not rates:
+            continue
+        logs = [math.log10(x) for x in rates]
+        mean = sum(logs) / len(logs)
+        sd = math.sqrt(sum((v - mean) ** 2 for v in logs) / (len(logs) - 1)) if len(logs) > 1 else 0.0
+        rows.append({"stage": "lora-tuned-client", "seed": r["seed"], "budget": r["budget"], "pool": r["pool"],
+                     "group": "all", "clients": len(rates), "geomean": 10 ** mean, "min": min(rates),
+                     "max": max(rates), "sd_log10": sd, "lora_tuned_lr": chosen.get((r["pool"], r["seed"], r["budget"]))})
+    return rows
+
+
 def collect(root: Path) -> list[dict]:
     chosen = validated(root)
-    rows = []
+    rows = per_client_choices(root, chosen)
     for report in sorted(root.rglob("rate_report.json")):
         folder = report.parent
         stage = next((s for s in STAGES if f"/{s}/" in f"/{folder.relative_to(root).as_posix()}/"), None)

@@ -594,10 +594,15 @@ def test_learned_rates_puts_each_stages_rates_beside_the_validated_one(tmp_path,
     (root / "psg" / "seed0").mkdir(parents=True)  # a stage that learns no rate: ignored
     runs = [{"method": "lora-tuned", "pool": "unseen", "seed": s, "budget": 2, "selection": {"lr": lr}}
             for s, lr in ((0, 3e-3), (1, 1e-3))]
+    runs.append({"method": "lora-tuned-client", "pool": "unseen", "seed": 0, "budget": 2,
+                 "selection": {"lr": 3e-3, "per_client_lr": {"a": 1e-3, "b": 1e-2}}})
     (root / "results.json").write_text(json.dumps({"runs": runs}))
     script = load_script("learned_rates")
     assert script.main([str(root)]) == 0
     rows = json.loads((root / "learned_rates.json").read_text())["rows"]
+    client = rows.pop(0)  # lora-tuned-client's own choices, summarised as a stage's
+    assert client["stage"] == "lora-tuned-client" and client["geomean"] == pytest.approx(10 ** -2.5)
+    assert client["min"] == 1e-3 and client["max"] == 1e-2 and client["lora_tuned_lr"] == 3e-3
     assert [(r["seed"], r["budget"], r["group"], r["lora_tuned_lr"]) for r in rows] == [
         (0, 2, "ffn_up", 3e-3), (1, 2, "ffn_up", 1e-3)]
     assert rows[0]["geomean"] == pytest.approx(2 * 6e-4) and rows[0]["sd_log10"] > 0  # two clients apart by 4x
