@@ -235,16 +235,23 @@ def test_lambda_trajectory_from_per_client_round_metrics(tmp_path):
     assert all(v > 0 for v in traj["sd_over_modules"]) and all(v > 0 for v in traj["sd_over_clients"])
 
 
-def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
-    from fedp2eft.methods.tuned import TunedMethod
-    from fedp2eft.pipeline import personalise_pool
-
+def two_toy_clients() -> list[ClientTask]:
+    """Two clients (languages aa, bb) of 10 train and 6 test rows, 3 labels, tiny-bert's tokenizer."""
     _, tok = load_classifier("tiny-bert", 3)
     tasks = []
     for k, lang in enumerate(["aa", "bb"]):
         train = [Example(f"train{k} {i}", i % 3, lang) for i in range(10)]
         test = [Example(f"test{k} {i}", i % 3, lang) for i in range(6)]
-        tasks.append(ClientTask(f"{lang}-seen-00", lang, CLASSIFICATION.encode(tok, train, 16), CLASSIFICATION.encode(tok, test, 16), CLASSIFICATION))
+        tasks.append(ClientTask(f"{lang}-seen-00", lang, CLASSIFICATION.encode(tok, train, 16),
+                                CLASSIFICATION.encode(tok, test, 16), CLASSIFICATION))
+    return tasks
+
+
+def test_tuned_method_chooses_the_rate_on_held_out_train_rows_never_test():
+    from fedp2eft.methods.tuned import TunedMethod
+    from fedp2eft.pipeline import personalise_pool
+
+    tasks = two_toy_clients()
     test_ids = {tuple(ids) for t in tasks for ids in t.test.input_ids}
 
     class Inner:
@@ -276,13 +283,7 @@ def test_tuned_client_gives_each_client_the_rate_its_own_held_out_rows_chose():
     from fedp2eft.methods.tuned import TunedMethod
     from fedp2eft.pipeline import personalise_pool
 
-    _, tok = load_classifier("tiny-bert", 3)
-    tasks = []
-    for k, lang in enumerate(["aa", "bb"]):
-        train = [Example(f"train{k} {i}", i % 3, lang) for i in range(10)]
-        test = [Example(f"test{k} {i}", i % 3, lang) for i in range(6)]
-        tasks.append(ClientTask(f"{lang}-seen-00", lang, CLASSIFICATION.encode(tok, train, 16),
-                                CLASSIFICATION.encode(tok, test, 16), CLASSIFICATION))
+    tasks = two_toy_clients()
     best = {"aa-seen-00": 3e-4, "bb-seen-00": 1e-3}
     calls = []
 
