@@ -46,6 +46,12 @@ register_moved_key("personalise.tune_lrs", "tuned.lrs")
 register_moved_key("personalise.tune_fraction", "tuned.fraction")
 
 
+def best_rate(scores: dict[float, float]) -> float:
+    """The rate of the highest validation score; the smaller rate on a tie."""
+    best = max(scores.values())
+    return min(lr for lr, v in scores.items() if v == best)
+
+
 @dataclass
 class TunedMethod:
     inner: object  # a Method: its personalise() is run at each candidate rate
@@ -93,16 +99,14 @@ class TunedMethod:
         scores = {lr: v for lr, v in scores.items() if not math.isnan(v)}
         if not scores:
             raise UserError(f"{self.name}: no client has >= 2 training rows to hold out validation data")
-        best = max(scores.values())
-        self.chosen = min(lr for lr, v in scores.items() if v == best)
+        self.chosen = best_rate(scores)
         self.validation = {f"{lr:g}": v for lr, v in scores.items()}
         metric = tasks[0].problem.metric if tasks else "accuracy"
         if not self.per_client:
             return {"lr": self.chosen, f"validation_{metric}": self.validation}
         # each client its best rate on its own held-out rows (the pool's rate where it cannot hold any out;
         # the smaller rate on a tie, as for the pool)
-        self.chosen_by_client = {cid: min(lr for lr, v in own.items() if v == max(own.values()))
-                                 for cid, own in by_client.items()}
+        self.chosen_by_client = {cid: best_rate(own) for cid, own in by_client.items()}
         counts = {f"{lr:g}": sum(1 for c in self.chosen_by_client.values() if c == lr) for lr in self.lrs}
         return {"lr": self.chosen, f"validation_{metric}": self.validation, "per_client_lr":
                 {cid: lr for cid, lr in sorted(self.chosen_by_client.items())}, "clients_per_lr": counts}
