@@ -44,7 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 from fedp2eft.atomic import write_json  # noqa: E402
-from fedp2eft.benchkit import add_options, bench_config, fast_sets, open_bench  # noqa: E402
+from fedp2eft.benchkit import add_measurement, add_options, bench_config, fast_sets, open_bench  # noqa: E402
 from fedp2eft.evaluation.paired import bootstrap_clients  # noqa: E402
 from fedp2eft.models.precision import set_precision  # noqa: E402
 from fedp2eft.report import environment  # noqa: E402
@@ -218,15 +218,9 @@ def compare_folders(args) -> int:
 
 
 def write_measurement(path: Path, result: dict, device: str | None = None) -> None:
-    """Add ``result`` to the file under its device (default: this machine's) and config (other devices' and
-    configs' entries kept)."""
+    """Add ``result`` under ``device`` (default: this machine's, marked where it runs bf16 natively)."""
     env = environment()
-    device = device or env["device"] + (" (native bf16)" if env["native_bf16"] else "")
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    measurements = old.get("measurements", {})
-    measurements.setdefault(device, {})[Path(result["config"]).stem + ("-fast" if result["fast"] else "")] = \
-        {**result, "environment": env}
-    write_json(path, {"measurements": measurements})
+    add_measurement(path, result, device or env["device"] + (" (native bf16)" if env["native_bf16"] else ""))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Median over ``--repeats`` passes, each alternating the variants so drift hits bo
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,10 +31,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from fedp2eft.atomic import write_json  # noqa: E402
-from fedp2eft.benchkit import add_options, bench_config, open_bench  # noqa: E402
+from fedp2eft.benchkit import add_measurement, add_options, bench_config, open_bench  # noqa: E402
 from fedp2eft.models.precision import set_precision  # noqa: E402
-from fedp2eft.report import environment  # noqa: E402
 from fedp2eft.tasks.classification import predict  # noqa: E402
 from fedp2eft.training.batches import padded_inputs  # noqa: E402
 
@@ -172,12 +169,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{e['padded_tokens']['in_order']} -> {e['padded_tokens']['sorted']} ({e['tokens']} real), "
           f"same predictions: {e['same_predictions']}")
     if args.out is not None:
-        env = environment()
-        old = json.loads(args.out.read_text()) if args.out.is_file() else {}
-        measurements = old.get("measurements", {})
-        name = Path(args.config).stem + ("-fast" if args.fast else "")
-        measurements.setdefault(env["device"], {})[name] = {**result, "environment": env}
-        write_json(args.out, {"measurements": measurements})
+        add_measurement(args.out, result)
     return 0
 
 

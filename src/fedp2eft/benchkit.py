@@ -9,7 +9,8 @@ start by hand and every one has a fast mode the suite runs:
 - ``stage_start``, ``client_round``, ``untrained_resources``, ``payload``: one client's round of any
   registered stage (a stage that needs another starts from the needed stage's state), a method's resources
   from its untrained stage, and the parameters a stage's round sends;
-- ``write_result(path, data)``: the result with the environment it was measured in, written atomically.
+- ``write_result(path, data)``: the result with the environment it was measured in, written atomically;
+  ``add_measurement(path, result, device)``: one entry of a file kept per device and config.
 """
 
 from __future__ import annotations
@@ -172,6 +173,17 @@ def payload(stage_name: str, cfg, base, budget: int) -> int:
     stage = get_stage(stage_name)
     b = budget if stage.per_budget else None
     return sum(v.numel() for v in stage.initial_state(base, stage.client_settings(cfg), stage_context(cfg, 0, b)).values())
+
+
+def add_measurement(path: Path, result: dict, device: str | None = None) -> None:
+    """Add ``result`` to a file of measurements under ``device`` (default: this machine's) and its config's name
+    (``result["config"]``'s stem, ``-fast`` in fast mode), keeping the other devices' and configs' entries."""
+    env = environment()
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    measurements = old.get("measurements", {})
+    name = Path(result["config"]).stem + ("-fast" if result["fast"] else "")
+    measurements.setdefault(device or env["device"], {})[name] = {**result, "environment": env}
+    write_json(path, {"measurements": measurements})
 
 
 def write_result(path: Path, data: dict) -> None:
