@@ -37,6 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+from fedp2eft.errors import UserError  # noqa: E402
 from fedp2eft.methods import get_spec  # noqa: E402
 
 # seconds per client of each method's personalisation and stage, as measured on federation 0 (results.md):
@@ -63,7 +64,10 @@ def plan(seeds: list[int], methods: list[str], order: list[str]) -> list[Job]:
     if not methods:
         raise SystemExit("--methods: name at least one method")
     for m in methods:
-        get_spec(m)  # an unknown method fails here, before any job starts
+        try:
+            get_spec(m)  # an unknown method fails here, before any job starts
+        except UserError as exc:
+            raise SystemExit(f"--methods: {exc}") from None
     first = "none" if "none" in methods else methods[0]
     rest = [m for m in methods if m != first]
     rank = {m: i for i, m in enumerate(order)}

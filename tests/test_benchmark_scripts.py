@@ -371,6 +371,8 @@ def test_replicates_runs_each_seed_and_method_as_its_own_job_and_waits_for_what_
     jobs = script.plan([0, 1], ["lora", "fedp2eft-step", "none", "fedp2eft"], script.DEFAULT_ORDER)
     assert [(j.seed, j.method) for j in jobs[:4]] == [(0, "none"), (0, "fedp2eft"), (0, "fedp2eft-step"), (0, "lora")]
     assert jobs[0].base and jobs[2].needs == ["none", "fedp2eft"] and jobs[1].needs == ["none"]
+    with pytest.raises(SystemExit, match="--methods: unknown method 'bogus'"):
+        script.plan([0], ["none", "bogus"], script.DEFAULT_ORDER)  # before any job starts
     sets = tiny_overrides(masakhanews_dir, rounds=1, **{
         "experiment.replicate": '"federation"', "personalise.budgets": "[1]", "fedp2eft.rounds": 1,
         "fedp2eft.r_init": 2, "fedp2eft.lora_alpha": 4, "fedp2eft.batch_size": 8, "fedp2eft_step.rounds": 1,
