@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from fedp2eft.benchkit import add_measurement, add_options, bench_config, open_bench  # noqa: E402
 from fedp2eft.models.precision import set_precision  # noqa: E402
 from fedp2eft.tasks.classification import predict  # noqa: E402
-from fedp2eft.training.batches import padded_inputs  # noqa: E402
+from fedp2eft.training import model_inputs, to_device  # noqa: E402
 
 
 def training_batches(bench, batches: int) -> list[dict]:
@@ -129,7 +129,8 @@ def predict_sorted(model, data, batch_size: int) -> list[int]:
     with torch.no_grad():
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
-            for i, p in zip(idx, model(**padded_inputs(data, idx)).argmax(-1).tolist(), strict=True):
+            batch = to_device(data.batch(idx), next(model.parameters()).device)
+            for i, p in zip(idx, model(**model_inputs(batch)).argmax(-1).tolist(), strict=True):
                 out[i] = p
     return out
 
